@@ -1,0 +1,51 @@
+"""The installed ``cqkd-stack`` command: Invoke's Program over our task collection."""
+
+from __future__ import annotations
+
+import sys
+
+from invoke import Program
+
+from . import __version__
+from .tasks import ns
+
+TASKS_WITH_FILES = {"validate"}
+
+
+class CqkdProgram(Program):
+    """Lets ``cqkd-stack validate a.yml b.yml`` (a shell glob) mean several files.
+
+    Invoke would read ``b.yml`` as a second task; a linter run from CI is
+    called with a glob, so after ``validate`` every further bare word that is
+    not a task name is taken as ``--file WORD``.
+    """
+
+    def run(self, argv: list[str] | str | None = None, exit: bool = True) -> None:
+        args = list(sys.argv if argv is None else argv.split() if isinstance(argv, str) else argv)
+        super().run(_files_as_flags(args, set(ns.task_names)), exit=exit)
+
+
+def _files_as_flags(argv: list[str], task_names: set[str]) -> list[str]:
+    out: list[str] = []
+    in_files_task = False
+    seen_positional = False
+    expects_value = False
+    for word in argv:
+        if word in TASKS_WITH_FILES:
+            in_files_task, seen_positional = True, False
+            out.append(word)
+            continue
+        if in_files_task and not expects_value and not word.startswith("-"):
+            if word in task_names:
+                in_files_task = False
+            elif seen_positional:
+                out += ["--file", word]
+                continue
+            else:
+                seen_positional = True
+        expects_value = in_files_task and word in ("--policy", "--format", "--file")
+        out.append(word)
+    return out
+
+
+program = CqkdProgram(namespace=ns, version=__version__, name="cqkd-stack", binary="cqkd-stack")

@@ -1,0 +1,245 @@
+"""Template + policy + options → a Swarm stack file.
+
+The template in ``stacks/`` carries the structure (services, roles, Swarm
+settings that must not drift); this module carries the numbers (replicas,
+ports, subnet), all taken from the policy so a rendered stack always passes
+validation against the policy it was rendered with.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import DEFAULT_NODE_IMAGE, __version__
+from .documents import data_file, parse_yaml, read_text
+from .errors import CqkdError, UsageError
+from .policy import Policy
+
+DEFAULT_TEMPLATE = "cqkd.stack.tmpl.yml"
+DHT_NETWORK = "dht"
+HOST_NETWORK = "hostnet"
+DEFAULT_SUBNET_BASE = "10.213.0.0"
+ROLE_LABEL = "cqkd.role"
+EXTENSION = "x-cqkd"
+# Addresses an overlay subnet loses before tasks get any: network, broadcast,
+# gateway. Docker also gives each swarm node one load-balancer address.
+RESERVED_ADDRESSES = 3
+_PLACEHOLDER = re.compile(r"<<(\.[A-Za-z][\w.]*)>>")
+
+
+def swarm_placeholders(text: str) -> str:
+    """``<<.Task.Slot>>`` → ``{{.Task.Slot}}``."""
+    return _PLACEHOLDER.sub(r"{{\1}}", text)
+
+
+def subnet_capacity(network: ipaddress.IPv4Network) -> int:
+    """Task addresses a subnet holds; dnsrr spends one per task per network."""
+    return max(network.num_addresses - RESERVED_ADDRESSES, 0)
+
+
+def subnet_for(tasks: int, base: str = DEFAULT_SUBNET_BASE) -> ipaddress.IPv4Network:
+    """The smallest subnet, /24 or larger, that holds ``tasks`` with headroom.
+
+    Headroom covers the load-balancer address each node takes and tasks being
+    replaced; a /24 (Docker's default, ~250 addresses) is the floor.
+    """
+    need = tasks + max(16, tasks // 10)
+    for prefix in range(24, 15, -1):
+        network = ipaddress.IPv4Network(f"{base}/{prefix}", strict=False)
+        if subnet_capacity(network) >= need:
+            return network
+    raise UsageError(f"{tasks} tasks do not fit in one overlay subnet of /16 or smaller")
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    replicas: int = 50
+    image: str = DEFAULT_NODE_IMAGE
+    network: str = "overlay"
+    port_offset: int = 0
+    subnet: str | None = None
+    bootstrap_host: str = "127.0.0.1"
+    template: Path | None = None
+    # A batch with a port offset joins the DHT of this already deployed stack.
+    join_stack: str = "cqkd"
+
+    @property
+    def is_batch(self) -> bool:
+        """An offset means "more workers beside a running DHT", not a second DHT."""
+        return self.port_offset > 0
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Template anchors are shared objects; the output should spell them out."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _environment(service: dict[str, Any]) -> dict[str, Any]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    service["environment"] = env
+    return env
+
+
+def _replace_placeholders(value: Any) -> Any:
+    if isinstance(value, str):
+        return swarm_placeholders(value)
+    if isinstance(value, dict):
+        return {k: _replace_placeholders(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_placeholders(v) for v in value]
+    return value
+
+
+def load_template(path: Path | None) -> tuple[dict[str, Any], str]:
+    path = path or data_file("stacks", DEFAULT_TEMPLATE)
+    data, problems = parse_yaml(read_text(path), str(path), "a stack template with services")
+    if problems:
+        raise UsageError(str(problems[0]))
+    if not isinstance(data.get("services"), dict):
+        raise UsageError(f"{path}::$.services: a template needs a mapping of services")
+    return data, str(path)
+
+
+def render_document(policy: Policy, options: RenderOptions) -> dict[str, Any]:
+    """The stack as data; ``render`` serialises it."""
+    if options.replicas < 1:
+        raise UsageError(f"--replicas must be at least 1, got {options.replicas}")
+    if options.port_offset < 0:
+        raise UsageError(f"--port-offset must be 0 or more, got {options.port_offset}")
+    if options.network not in ("overlay", "host"):
+        raise UsageError(f"--network must be overlay or host, got '{options.network}'")
+    doc, template = load_template(options.template)
+    doc = {k: v for k, v in doc.items() if not k.startswith("x-")}
+    services: dict[str, dict[str, Any]] = doc["services"]
+    if options.is_batch:
+        _keep_workers_only(doc, policy, options)
+        return _replace_placeholders(doc)
+
+    bootstrap_nodes = []
+    for name, service in services.items():
+        role = _role(service)
+        if role is None:
+            continue
+        extension = service.pop(EXTENSION, {}) or {}
+        deploy = service.setdefault("deploy", {})
+        if role == "worker":
+            deploy["replicas"] = options.replicas
+        offset = int(extension.get("port-offset", 0))
+        if role == "worker":
+            offset += options.port_offset
+        _environment(service).update(_port_environment(policy, role, offset))
+        service["image"] = options.image
+        if role == "bootstrap":
+            host = name if options.network == "overlay" else options.bootstrap_host
+            replicas = int(deploy.get("replicas", 1))
+            ports = policy.ports_for(role, replicas, offset)
+            if ports is not None:
+                bootstrap_nodes += [f"{host}:{p}" for p in range(ports.start, ports.end + 1)]
+    if not bootstrap_nodes:
+        raise CqkdError(f"{template}: no service has {ROLE_LABEL}: bootstrap; nodes cannot join")
+    for service in services.values():
+        env = service.get("environment")
+        if isinstance(env, dict) and env.get("CQKD_ROLE") not in (None, "bootstrap"):
+            env["BOOTSTRAP_NODES"] = ",".join(bootstrap_nodes)
+
+    if options.network == "host":
+        _use_host_network(doc)
+    else:
+        _size_overlay(doc, options)
+    return _replace_placeholders(doc)
+
+
+def _keep_workers_only(doc: dict[str, Any], policy: Policy, options: RenderOptions) -> None:
+    """A second batch: only workers, on the first stack's network and bootstrap node.
+
+    Service names are namespaced by the stack (``cqkd_bootstrap``), and that
+    full name resolves on the shared network from any stack attached to it.
+    """
+    services = doc["services"]
+    workers = {n: s for n, s in services.items() if _role(s) == "worker"}
+    if not workers:
+        raise UsageError("the template has no worker service to make a batch of")
+    bootstrap = policy.role_range("bootstrap").start
+    if options.network == "host":
+        host = options.bootstrap_host
+    else:
+        host = f"{options.join_stack}_bootstrap"
+    for service in workers.values():
+        service.pop(EXTENSION, None)
+        service["image"] = options.image
+        service.setdefault("deploy", {})["replicas"] = options.replicas
+        _environment(service).update(
+            _port_environment(policy, "worker", options.port_offset),
+            BOOTSTRAP_NODES=f"{host}:{bootstrap}",
+        )
+    doc["services"] = workers
+    if options.network == "host":
+        _use_host_network(doc)
+    else:
+        external = {"external": True, "name": f"{options.join_stack}_{DHT_NETWORK}"}
+        doc["networks"] = {DHT_NETWORK: external}
+
+
+def _role(service: dict[str, Any]) -> str | None:
+    return (service.get("deploy", {}).get("labels") or {}).get(ROLE_LABEL)
+
+
+def _port_environment(policy: Policy, role: str, offset: int) -> dict[str, str]:
+    rng = policy.role_range(role)
+    return {
+        "CQKD_ROLE": role,
+        "BASE_PORT": str(rng.start),
+        "PORT_RANGE_END": str(rng.end),
+        "PORT_OFFSET": str(offset),
+        "PORT_PROTOCOL": policy.protocol,
+    }
+
+
+def _tasks_on(doc: dict[str, Any], network: str) -> int:
+    total = 0
+    for service in doc["services"].values():
+        if network in (service.get("networks") or []):
+            total += int(service.get("deploy", {}).get("replicas", 1))
+    return total
+
+
+def _size_overlay(doc: dict[str, Any], options: RenderOptions) -> None:
+    tasks = _tasks_on(doc, DHT_NETWORK)
+    if options.subnet:
+        try:
+            subnet = ipaddress.IPv4Network(options.subnet)
+        except ValueError as exc:
+            raise UsageError(f"--subnet: {exc}") from None
+    else:
+        subnet = subnet_for(tasks)
+    network = doc.setdefault("networks", {}).setdefault(DHT_NETWORK, {"driver": "overlay"})
+    network["ipam"] = {"config": [{"subnet": str(subnet)}]}
+
+
+def _use_host_network(doc: dict[str, Any]) -> None:
+    """Tasks share the host's network: the unique port is what keeps them apart."""
+    for service in doc["services"].values():
+        service["networks"] = [HOST_NETWORK]
+    doc["networks"] = {HOST_NETWORK: {"external": True, "name": "host"}}
+
+
+def render(policy: Policy, options: RenderOptions) -> str:
+    doc = render_document(policy, options)
+    batch = f" (a batch at port offset {options.port_offset})" if options.is_batch else ""
+    header = (
+        f"# Rendered by cqkd-stack {__version__}: {options.replicas} workers{batch}, "
+        f"network {options.network}, policy {policy.source}.\n"
+        "# Validate before deploying: cqkd-stack validate FILE\n"
+    )
+    body = yaml.dump(doc, Dumper=_NoAliasDumper, sort_keys=False, default_flow_style=False)
+    return header + body
