@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from invoke import Program
+from invoke import Exit, ParseError, Program
 
 from . import __version__
 from .tasks import ns
@@ -23,6 +23,13 @@ class CqkdProgram(Program):
     def run(self, argv: list[str] | str | None = None, exit: bool = True) -> None:
         args = list(sys.argv if argv is None else argv.split() if isinstance(argv, str) else argv)
         super().run(_files_as_flags(args, set(ns.task_names)), exit=exit)
+
+    def parse_tasks(self) -> None:
+        """A malformed command line is a usage error: exit 2, as linters do, not 1."""
+        try:
+            super().parse_tasks()
+        except ParseError as exc:
+            raise Exit(f"cqkd-stack: error: {exc}", code=2) from None
 
 
 def _files_as_flags(argv: list[str], task_names: set[str]) -> list[str]:

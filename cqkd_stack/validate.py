@@ -339,12 +339,13 @@ def collision_problems(claims: Sequence[ServicePorts]) -> list[Problem]:
     for i, later in enumerate(claims):
         for earlier in claims[:i]:
             if later.protocol == earlier.protocol and later.ports.overlaps(earlier.ports):
+                verb = "overlap" if len(later.ports) > 1 else "overlaps"
                 where = "" if earlier.file == later.file else f" in {earlier.file}"
                 problems.append(
                     Problem(
                         later.file,
                         json_path(["services", later.service]),
-                        f"{_ports(later.ports)} overlap service '{earlier.service}'{where} "
+                        f"{_ports(later.ports)} {verb} service '{earlier.service}'{where} "
                         f"({earlier.ports}); give one of them a PORT_OFFSET past the other",
                     )
                 )

@@ -1,0 +1,73 @@
+"""The bad-input corpus: every case directory under tests/cases is one test.
+
+negative/<case>/ holds one or more stack files, an optional policy.yml and
+expected.yml (exit code and message fragments that must all appear).
+positive/<case>/ must validate cleanly, and Docker's own loader must accept
+its stacks too. A bug found later becomes a new directory here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+CASES = Path(__file__).resolve().parent.parent / "cases"
+
+
+def _case_dirs(kind: str) -> list[Path]:
+    return sorted(p for p in (CASES / kind).iterdir() if p.is_dir())
+
+
+def _stacks(case: Path) -> list[str]:
+    names = sorted(
+        p.name for p in case.glob("*.yml") if p.name not in ("policy.yml", "expected.yml")
+    )
+    assert names, f"{case} has no stack file"
+    return names
+
+
+def _args(case: Path) -> list[str]:
+    args = ["validate", *_stacks(case)]
+    if (case / "policy.yml").exists():
+        args += ["--policy", "policy.yml"]
+    return args
+
+
+@pytest.mark.parametrize("case", _case_dirs("negative"), ids=lambda p: p.name)
+def test_negative_case_is_refused_with_its_message(case: Path, cli) -> None:
+    expected = yaml.safe_load((case / "expected.yml").read_text())
+    result = cli(*_args(case), cwd=case)
+    said = result.out + result.err
+    assert result.code == expected["exit"], said
+    for fragment in expected["messages"]:
+        assert fragment in said
+
+
+@pytest.mark.parametrize("case", _case_dirs("positive"), ids=lambda p: p.name)
+def test_positive_case_is_valid(case: Path, cli) -> None:
+    result = cli(*_args(case), cwd=case)
+    assert result.code == 0, result.out + result.err
+    assert result.out.strip().endswith("valid")
+
+
+@pytest.mark.parametrize("case", _case_dirs("positive"), ids=lambda p: p.name)
+def test_positive_case_loads_with_dockers_own_loader(case: Path) -> None:
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("docker CLI not installed")
+    for name in _stacks(case):
+        done = subprocess.run(
+            [docker, "stack", "config", "-c", name], cwd=case, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+
+
+def test_every_negative_case_names_an_exit_code_and_messages() -> None:
+    for case in _case_dirs("negative"):
+        expected = yaml.safe_load((case / "expected.yml").read_text())
+        assert expected["exit"] in (1, 2), case
+        assert expected["messages"], case

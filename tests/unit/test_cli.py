@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cqkd_stack.main import _files_as_flags
+
+CASES = Path(__file__).resolve().parent.parent / "cases"
+TASKS = {"validate", "render", "deploy"}
+
+
+def test_several_files_after_validate_become_file_flags() -> None:
+    argv = ["cqkd-stack", "validate", "a.yml", "b.yml", "c.yml", "--format", "json"]
+    assert _files_as_flags(argv, TASKS) == [
+        "cqkd-stack",
+        "validate",
+        "a.yml",
+        "--file",
+        "b.yml",
+        "--file",
+        "c.yml",
+        "--format",
+        "json",
+    ]
+
+
+def test_option_values_and_following_tasks_are_left_alone() -> None:
+    argv = ["cqkd-stack", "validate", "--policy", "p.yml", "a.yml", "render"]
+    assert _files_as_flags(argv, TASKS) == argv
+
+
+def test_glob_of_files_is_validated_together(cli) -> None:
+    case = CASES / "negative" / "two-files-collide"
+    result = cli("validate", str(case / "a.yml"), str(case / "b.yml"), "--format", "json")
+    assert result.code == 1
+    report = json.loads(result.out)
+    assert [f["valid"] for f in report["files"]] == [True, False]
+    assert len(report["files"][1]["problems"]) == 2
+
+
+def test_usage_errors_exit_2(cli, tmp_path: Path) -> None:
+    assert cli("validate").code == 2
+    missing = cli("validate", str(tmp_path / "absent.yml"))
+    assert missing.code == 2
+    assert "absent.yml: no such file" in missing.err
+    stack = CASES / "positive" / "plain-stack" / "stack.yml"
+    assert cli("validate", str(stack), "--format", "yaml").code == 2
+    assert cli("validate", str(stack), "--policy", str(tmp_path / "none.yml")).code == 2
+
+
+def test_version_is_reported(cli) -> None:
+    result = cli("--version")
+    assert result.code == 0
+    assert "cqkd-stack" in result.out

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cqkd_stack.errors import UsageError
+from cqkd_stack.policy import Policy, PolicyError, PortRange, load_policy
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "policy.yml"
+    path.write_text(text)
+    return path
+
+
+def test_default_policy_has_the_design_ranges() -> None:
+    policy = load_policy()
+    assert policy.roles == {
+        "bootstrap": PortRange(5678, 5699),
+        "special": PortRange(6000, 6099),
+        "worker": PortRange(7000, 7999),
+    }
+    assert policy.protocol == "udp"
+    assert policy.one_port_per_worker and not policy.legacy_mode
+
+
+@pytest.mark.parametrize(
+    ("slot", "offset", "port"), [(1, 0, 7000), (1000, 0, 7999), (3, 500, 7502)]
+)
+def test_slot_formula(slot: int, offset: int, port: int) -> None:
+    assert Policy.port_for(7000, slot, offset) == port
+
+
+def test_ports_for_a_service_follow_the_role_range() -> None:
+    policy = load_policy()
+    assert policy.ports_for("worker", 1000) == PortRange(7000, 7999)
+    assert policy.ports_for("special", 1, offset=1) == PortRange(6001, 6001)
+    assert policy.ports_for("worker", 0) is None
+
+
+def test_role_of_port() -> None:
+    policy = load_policy()
+    assert policy.role_of_port(5678) == "bootstrap"
+    assert policy.role_of_port(7999) == "worker"
+    assert policy.role_of_port(8000) is None
+
+
+def test_unknown_role_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="unknown role 'observer'"):
+        load_policy().role_range("observer")
+
+
+def test_blocked_ports_inside_a_range() -> None:
+    policy = Policy(roles={"worker": PortRange(7000, 7999)}, blocked_ports=frozenset({7004, 9000}))
+    assert policy.blocked_in(PortRange(7000, 7009)) == [7004]
+
+
+def test_every_policy_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "version: 1\nroles:\n  bootstrap: {start: 80, end: 99}\n"
+        "  special: {start: 6000, end: 6099}\n  worker: {start: 7000, end: 70000}\nextra: 1\n",
+    )
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    paths = sorted(p.path for p in caught.value.problems)
+    assert paths == ["$", "$.roles.bootstrap.end", "$.roles.bootstrap.start", "$.roles.worker.end"]
+    assert caught.value.exit_code == 2
+
+
+def test_missing_policy_file_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="no such file"):
+        load_policy(tmp_path / "absent.yml")
+
+
+def test_extra_roles_are_allowed_if_disjoint(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "version: 1\nroles:\n  bootstrap: {start: 5678, end: 5699}\n"
+        "  special: {start: 6000, end: 6099}\n  worker: {start: 7000, end: 7999}\n"
+        "  observer: {start: 9000, end: 9009}\n",
+    )
+    assert load_policy(path).role_range("observer") == PortRange(9000, 9009)
