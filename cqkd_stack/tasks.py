@@ -8,10 +8,13 @@ collection serves ``invoke`` in the repository and the installed
 from __future__ import annotations
 
 import functools
+import json
 import sys
+import tempfile
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from invoke import Collection, Context, Exit, task
 
@@ -20,6 +23,10 @@ from .errors import CqkdError
 from .policy import Policy, load_policy
 from .render import RenderOptions, render
 from .validate import validate_files, validate_texts
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
 F = TypeVar("F", bound=Callable[..., Any])
 UNEXPECTED = 3
@@ -143,7 +150,342 @@ def validate(
         raise Exit(code=1)
 
 
+# --- live swarm -------------------------------------------------------------
+# The Docker SDK is imported inside these tasks only: render and validate run in
+# CI linters where a fast start matters and no engine exists.
+
+
+def _console() -> Console:
+    """Progress and summaries go to stderr, so --format json stays clean on stdout."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _progress_bar(console: Console) -> Progress:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _wait_with_bar(console: Console, label: str, wait: Callable[[Any], Any]) -> Any:
+    """Run a waiting function, drawing its (done, total, note) reports as a bar."""
+    with _progress_bar(console) as bar:
+        handle = bar.add_task(label, total=None)
+
+        def report_progress(done: int, total: int, note: str) -> None:
+            bar.update(handle, completed=done, total=total or None, description=f"{label}: {note}")
+
+        return wait(report_progress)
+
+
+@task(
+    help={
+        "skip-images": "only install/start the engine and the swarm",
+    }
+)
+@operator_errors
+def setup(c: Context, skip_images: bool = False) -> None:
+    """Install and start the Docker engine, initialise the swarm, build the images (idempotent)."""
+    from . import engine, images
+
+    console = _console()
+    with console.status("checking the Docker engine") as status:
+
+        def say(step: str) -> None:
+            status.update(step)
+            console.log(step)
+
+        engine.ensure_installed(progress=say)
+        engine.ensure_running(progress=say)
+        engine.ensure_swarm(progress=say)
+        if not skip_images:
+            images.ensure_images(progress=say)
+    built = "" if skip_images else ", images built"
+    console.log(f"setup complete: engine running, swarm active{built}")
+
+
+@task(
+    help={
+        "replicas": "number of worker tasks",
+        "network": "overlay (default) or host",
+        "stack": "stack name (default: cqkd, or cqkd.stack in invoke.yaml)",
+        "timeout": "seconds to wait for every task to be running and healthy",
+        "no-wait": "return once docker stack deploy has accepted the stack",
+        "file": "deploy this stack file instead of rendering one",
+        "image": "image of every DHT service",
+        "port-offset": "deploy a batch of workers beside the stack given by --join-stack",
+        "join-stack": "for a batch: the deployed stack whose DHT it joins",
+        "policy": "port policy file",
+        "format": "summary as text (default) or json",
+    }
+)
+@operator_errors
+def deploy(
+    c: Context,
+    replicas: int = 50,
+    network: str = "overlay",
+    stack: str = "",
+    timeout: int = 600,
+    no_wait: bool = False,
+    file: str = "",
+    image: str = DEFAULT_NODE_IMAGE,
+    port_offset: int = 0,
+    join_stack: str = "",
+    policy: str = "",
+    format: str = "text",
+) -> None:
+    """Validate, then deploy the DHT stack on the swarm and wait until every task is healthy."""
+    from . import deploy as live
+    from . import swarm
+
+    console = _console()
+    name = _setting(c, "stack", stack)
+    rules = _policy(c, policy)
+    client = swarm.connect()
+    node = swarm.require_manager(client)
+    if file:
+        source, text = file, Path(file).read_text()
+    else:
+        options = RenderOptions(
+            replicas=replicas,
+            image=image,
+            network=network,
+            port_offset=port_offset,
+            bootstrap_host=node.get("NodeAddr") or "127.0.0.1",
+            join_stack=_setting(c, "stack", join_stack) if port_offset else name,
+        )
+        source, text = f"<rendered for stack {name}>", render(rules, options)
+    # Ports other stacks already hold count as claims too; this stack's own
+    # services are being replaced, so they do not.
+    existing = swarm.live_claims(client, exclude_stack=name)
+    results = validate_texts([(source, text)], rules, existing)
+    if not results.ok:
+        raise Exit(report.text(results) + "\nnothing was deployed", code=1)
+    with tempfile.TemporaryDirectory(prefix="cqkd-") as tmp:
+        path = Path(tmp) / f"{name}.stack.yml"
+        path.write_text(text)
+        console.log(f"deploying stack '{name}' ({source})")
+        live.stack_deploy(path, name)
+    if no_wait:
+        console.log(f"stack '{name}' accepted; not waiting (--no-wait)")
+        return
+    waited = _wait_with_bar(
+        console,
+        "starting",
+        lambda progress: live.wait_until_running(client, name, timeout, progress),
+    )
+    ports = swarm.port_map(client, name, rules)
+    summary = {
+        "stack": name,
+        "seconds": round(waited.seconds, 1),
+        "tasks": waited.total,
+        "port_ranges": _port_ranges(ports),
+    }
+    if format == "json":
+        print(json.dumps(summary | {"ports": ports.as_dict()}, indent=2))
+        return
+    _print_port_table(console, ports)
+    ranges = ", ".join(f"{service} {rng}" for service, rng in summary["port_ranges"].items())
+    console.print(
+        f"[green]stack '{name}': {waited.total} tasks running and healthy "
+        f"in {waited.seconds:.1f} s[/green]; ports: {ranges}"
+    )
+
+
+def _port_ranges(ports: Any) -> dict[str, str]:
+    by_service: dict[str, list[int]] = {}
+    for row in ports.tasks:
+        if row.port is not None:
+            by_service.setdefault(row.service, []).append(row.port)
+    return {s: f"{min(p)}-{max(p)}" if len(p) > 1 else str(p[0]) for s, p in by_service.items()}
+
+
+def _print_port_table(console: Console, ports: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"stack {ports.stack}: {len(ports.tasks)} tasks")
+    for column in ("slot", "task", "node", "address", "port", "state"):
+        table.add_column(column, justify="right" if column in ("slot", "port") else "left")
+    for row in ports.tasks:
+        state = row.state + (f" ({row.error})" if row.error else "")
+        flag = " [red]DUPLICATE[/red]" if row.duplicate else ""
+        table.add_row(
+            str(row.slot), row.task, row.node, row.address or "-", f"{row.port}{flag}", state
+        )
+    console.print(table)
+    usage = Table(title="port ranges")
+    for column in ("role", "range", "used", "total", "free"):
+        usage.add_column(column)
+    for role in ports.roles:
+        usage.add_row(role.role, role.range, str(role.used), str(role.total), str(role.free))
+    console.print(usage)
+    for service, slots in ports.missing_slots.items():
+        console.print(f"[yellow]{service}: missing slots {_compact(slots)}[/yellow]")
+    if ports.duplicate_ports:
+        console.print(f"[red]duplicate ports: {_compact(ports.duplicate_ports)}[/red]")
+
+
+def _compact(numbers: list[int]) -> str:
+    """1,2,3,7 → 1-3, 7: a thousand missing slots must fit on a line."""
+    spans: list[str] = []
+    for n in numbers:
+        if spans and "-" not in spans[-1] and int(spans[-1]) == n - 1:
+            spans[-1] = f"{spans[-1]}-{n}"
+        elif spans and "-" in spans[-1] and int(spans[-1].split("-")[1]) == n - 1:
+            spans[-1] = f"{spans[-1].split('-')[0]}-{n}"
+        else:
+            spans.append(str(n))
+    return ", ".join(spans)
+
+
+@task(
+    help={
+        "stack": "stack name",
+        "format": "table (default) or json",
+        "policy": "port policy file",
+    }
+)
+@operator_errors
+def ports(c: Context, stack: str = "", format: str = "table", policy: str = "") -> None:
+    """The live port map: slot, task, node, address, port, state; duplicates and gaps flagged."""
+    from . import swarm
+
+    if format not in ("table", "json"):
+        raise Exit("cqkd-stack: error: --format must be table or json", code=2)
+    client = swarm.connect()
+    result = swarm.port_map(client, _setting(c, "stack", stack), _policy(c, policy))
+    if format == "json":
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        from rich.console import Console
+
+        _print_port_table(Console(), result)
+    if not result.healthy:
+        raise Exit(code=1)
+
+
+@task(name="dht-check", help={"stack": "stack name", "format": "text (default) or json"})
+@operator_errors
+def dht_check(c: Context, stack: str = "", format: str = "text") -> None:
+    """Alice stores a value in the DHT and Bob reads it back through the network."""
+    from . import swarm
+    from .dhtcheck import dht_check as check
+
+    result = check(swarm.connect(), _setting(c, "stack", stack))
+    if format == "json":
+        print(json.dumps(asdict(result), indent=2))
+    else:
+        print(
+            f"ok: {result.stored_by} stored {result.key}, {result.read_by} read it back "
+            f"through the DHT; round trip {result.round_trip_seconds * 1000:.0f} ms "
+            f"(set {result.set_seconds * 1000:.0f} ms, get {result.get_seconds * 1000:.0f} ms)"
+        )
+
+
+@task(
+    help={
+        "replicas": "new number of worker tasks",
+        "stack": "stack name",
+        "service": "service to scale (default: worker)",
+        "timeout": "seconds to wait for the new tasks",
+        "policy": "port policy file",
+    }
+)
+@operator_errors
+def scale(
+    c: Context,
+    replicas: int = 0,
+    stack: str = "",
+    service: str = "worker",
+    timeout: int = 600,
+    policy: str = "",
+) -> None:
+    """Scale the workers after checking the new count against the policy; existing ports stay."""
+    from . import deploy as live
+    from . import swarm
+
+    if replicas < 1:
+        raise Exit("cqkd-stack: error: give --replicas N (1 or more)", code=2)
+    console = _console()
+    name = _setting(c, "stack", stack)
+    rules = _policy(c, policy)
+    client = swarm.connect()
+    problems = swarm.scale_problems(client, name, service, replicas, rules)
+    if problems:
+        raise Exit("\n".join(problems) + "\nnothing was changed", code=1)
+    live.scale_service(client, name, service, replicas)
+    waited = _wait_with_bar(
+        console,
+        "scaling",
+        lambda progress: live.wait_until_running(client, name, timeout, progress),
+    )
+    console.print(
+        f"[green]{name}_{service}: {replicas} replicas; "
+        f"all {waited.total} tasks of the stack running[/green]"
+    )
+
+
+@task(
+    help={
+        "stack": "stack name",
+        "timeout": "seconds to wait for containers and network to go",
+    }
+)
+@operator_errors
+def teardown(c: Context, stack: str = "", timeout: int = 600) -> None:
+    """Remove the stack, wait until its tasks are gone, then remove its network."""
+    from . import deploy as live
+    from . import swarm
+
+    console = _console()
+    name = _setting(c, "stack", stack)
+    client = swarm.connect()
+    result = _wait_with_bar(
+        console,
+        "removing",
+        lambda progress: live.stack_rm(client, name, timeout, progress),
+    )
+    if not result.complete:
+        left = "; ".join(f"{kind}: {', '.join(v)}" for kind, v in result.left.items() if v)
+        raise Exit(
+            f"cqkd-stack: error: stack '{name}' not fully removed after {timeout} s: {left}",
+            code=1,
+        )
+    console.print(
+        f"[green]stack '{name}' removed ({len(result.removed_services)} services) "
+        f"in {result.seconds:.1f} s; no container or network left[/green]"
+    )
+
+
+@task(help={"pytest-args": "extra arguments for pytest, e.g. '-k render'"})
+def test(c: Context, pytest_args: str = "") -> None:
+    """Set up the engine and images, then run the unit and end-to-end tests."""
+    setup(c)
+    c.run(f"{sys.executable} -m pytest {pytest_args}", pty=False)
+
+
 ns = Collection()
+ns.add_task(setup)
 ns.add_task(render_stack, name="render")
 ns.add_task(validate)
+ns.add_task(deploy)
+ns.add_task(ports)
+ns.add_task(dht_check)
+ns.add_task(scale)
+ns.add_task(teardown)
+ns.add_task(test)
 ns.configure({"cqkd": {"stack": "cqkd", "policy": None}})

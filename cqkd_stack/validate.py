@@ -333,11 +333,17 @@ def check_document(
     return problems, claims
 
 
-def collision_problems(claims: Sequence[ServicePorts]) -> list[Problem]:
-    """Two services, in one file or two, must never be given the same port."""
+def collision_problems(
+    claims: Sequence[ServicePorts], existing: Sequence[ServicePorts] = ()
+) -> list[Problem]:
+    """Two services, in one file, two files or a live stack, must never share a port.
+
+    ``existing`` are claims already made (services deployed on the swarm);
+    problems are reported only on the new claims.
+    """
     problems = []
     for i, later in enumerate(claims):
-        for earlier in claims[:i]:
+        for earlier in [*existing, *claims[:i]]:
             if later.protocol == earlier.protocol and later.ports.overlaps(earlier.ports):
                 verb = "overlap" if len(later.ports) > 1 else "overlaps"
                 where = "" if earlier.file == later.file else f" in {earlier.file}"
@@ -352,7 +358,11 @@ def collision_problems(claims: Sequence[ServicePorts]) -> list[Problem]:
     return problems
 
 
-def validate_texts(sources: Sequence[tuple[str, str]], policy: Policy) -> Results:
+def validate_texts(
+    sources: Sequence[tuple[str, str]],
+    policy: Policy,
+    existing: Sequence[ServicePorts] = (),
+) -> Results:
     """Validate (file name, text) pairs together, so collisions across files are found."""
     results = Results()
     claims: list[ServicePorts] = []
@@ -363,7 +373,7 @@ def validate_texts(sources: Sequence[tuple[str, str]], policy: Policy) -> Result
             problems, found = check_document(doc, file, policy)
             claims += found
         results.extend(problems)
-    results.extend(collision_problems(claims))
+    results.extend(collision_problems(claims, existing))
     return results
 
 

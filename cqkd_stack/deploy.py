@@ -1,0 +1,201 @@
+"""Changing a live swarm: deploy, scale, wait, tear down.
+
+The Docker SDK has no stack support, so ``docker stack deploy`` and
+``docker stack rm`` go through the docker CLI; everything that can be asked
+of the API (tasks, containers, networks, scaling) goes through the SDK.
+Waits poll real state with a deadline; none sleeps for a guessed duration.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import CqkdError
+from .swarm import running_counts, stack_filter, stack_leftovers
+
+if TYPE_CHECKING:
+    import docker
+
+Progress = Callable[[int, int, str], None]
+POLL_SECONDS = 1.0
+
+
+def docker_cli() -> str:
+    path = shutil.which("docker")
+    if path is None:
+        raise CqkdError("the docker CLI is not installed; `docker stack` needs it")
+    return path
+
+
+def stack_deploy(stack_file: Path, stack: str) -> None:
+    """``docker stack deploy`` without registry lookups: images are local here."""
+    done = subprocess.run(
+        [docker_cli(), "stack", "deploy", "--resolve-image", "never", "-c", str(stack_file), stack],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise CqkdError(f"docker stack deploy failed: {done.stderr.strip() or done.stdout.strip()}")
+
+
+@dataclass
+class WaitResult:
+    seconds: float
+    ready: int
+    total: int
+
+
+@dataclass
+class TaskTrouble:
+    """A task that did not come up, and the engine's own words on why."""
+
+    service: str
+    slot: int | None
+    state: str
+    error: str
+
+
+class NotReady(CqkdError):
+    def __init__(self, message: str, troubles: list[TaskTrouble]) -> None:
+        super().__init__(message)
+        self.troubles = troubles
+
+
+def _expected_replicas(client: docker.DockerClient, stack: str) -> dict[str, tuple[str, int]]:
+    """Service ID → (name, replicas) as the swarm now wants them."""
+    wanted = {}
+    for service in client.api.services(filters=stack_filter(stack)):
+        replicated = service["Spec"].get("Mode", {}).get("Replicated")
+        if replicated is not None:
+            wanted[service["ID"]] = (service["Spec"]["Name"], int(replicated.get("Replicas", 0)))
+    return wanted
+
+
+def _troubles(tasks: list[dict[str, Any]], wanted: dict[str, tuple[str, int]]) -> list[TaskTrouble]:
+    troubles = []
+    for task in tasks:
+        status = task.get("Status", {})
+        if task.get("DesiredState") == "running" and status.get("State") == "running":
+            continue
+        name = wanted.get(task["ServiceID"], (task["ServiceID"], 0))[0]
+        error = status.get("Err") or status.get("Message", "")
+        troubles.append(TaskTrouble(name, task.get("Slot"), status.get("State", "?"), error))
+    troubles.sort(key=lambda t: (t.service, t.slot or 0))
+    return troubles
+
+
+def wait_until_running(
+    client: docker.DockerClient,
+    stack: str,
+    timeout: float,
+    progress: Progress | None = None,
+) -> WaitResult:
+    """Wait until every replica of every service of the stack is running (and healthy).
+
+    On timeout the error names each task that is not running with the
+    engine's reason, because "timed out" alone sends the operator digging.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    while True:
+        wanted = _expected_replicas(client, stack)
+        tasks = client.api.tasks(filters=stack_filter(stack))
+        counts = running_counts(tasks)
+        total = sum(n for _, n in wanted.values())
+        ready = sum(min(counts[sid], n) for sid, (_, n) in wanted.items())
+        if progress is not None:
+            progress(ready, total, f"{ready}/{total} tasks running")
+        if wanted and ready == total:
+            return WaitResult(time.monotonic() - start, ready, total)
+        if time.monotonic() >= deadline:
+            current = [t for t in tasks if t.get("DesiredState") == "running"]
+            troubles = _troubles(current, wanted)
+            # The latest failed attempt explains a task that keeps restarting.
+            failed = [t for t in tasks if t.get("Status", {}).get("Err")]
+            failed.sort(key=lambda t: t.get("Status", {}).get("Timestamp", ""), reverse=True)
+            lines = [
+                f"  {t.service}.{t.slot}: {t.state}" + (f" ({t.error})" if t.error else "")
+                for t in troubles[:20]
+            ]
+            more = f"\n  ... and {len(troubles) - 20} more" if len(troubles) > 20 else ""
+            last = failed[0]["Status"]["Err"] if failed else ""
+            hint = f"\n  latest task error: {last}" if last else ""
+            raise NotReady(
+                f"stack '{stack}': {ready}/{total} tasks running after {timeout:.0f} s; "
+                f"not running:\n" + "\n".join(lines) + more + hint,
+                troubles,
+            )
+        time.sleep(POLL_SECONDS)
+
+
+def scale_service(client: docker.DockerClient, stack: str, service: str, replicas: int) -> None:
+    """Scale one service of a stack; Swarm keeps existing tasks (and slots) as they are."""
+    from docker.errors import NotFound
+
+    try:
+        target = client.services.get(f"{stack}_{service}")
+    except NotFound:
+        raise CqkdError(f"stack '{stack}' has no service '{service}'") from None
+    if not target.scale(replicas):
+        raise CqkdError(f"docker refused to scale {stack}_{service} to {replicas}")
+
+
+@dataclass
+class Teardown:
+    seconds: float
+    removed_services: list[str] = field(default_factory=list)
+    left: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return not any(self.left.values())
+
+
+def stack_rm(
+    client: docker.DockerClient,
+    stack: str,
+    timeout: float,
+    progress: Progress | None = None,
+) -> Teardown:
+    """Remove a stack and wait until its containers and network are gone.
+
+    ``docker stack rm`` returns while containers still stop, and its network
+    removal then fails ("network ... is in use by task"); so wait for the
+    containers, then remove what networks remain ourselves.
+    """
+    from docker.errors import APIError, NotFound
+
+    start = time.monotonic()
+    before = stack_leftovers(client, stack)
+    if not any(before.values()):
+        raise CqkdError(f"no stack named '{stack}' is deployed; nothing to remove", exit_code=1)
+    done = subprocess.run([docker_cli(), "stack", "rm", stack], capture_output=True, text=True)
+    if done.returncode != 0 and "not found" not in done.stderr.lower():
+        raise CqkdError(f"docker stack rm failed: {done.stderr.strip()}")
+    total = len(before["containers"]) or 1
+    deadline = start + timeout
+    left = stack_leftovers(client, stack)
+    while time.monotonic() < deadline:
+        left = stack_leftovers(client, stack)
+        gone = total - len(left["containers"])
+        if progress is not None:
+            progress(max(gone, 0), total, f"{len(left['containers'])} containers stopping")
+        if not left["containers"] and not left["services"]:
+            for name in left["networks"]:
+                try:
+                    client.networks.get(name).remove()
+                except NotFound:
+                    pass
+                except APIError:
+                    break  # still in use: a task is being cleaned up; look again
+            left = stack_leftovers(client, stack)
+            if not any(left.values()):
+                break
+        time.sleep(POLL_SECONDS)
+    return Teardown(time.monotonic() - start, before["services"], left)
