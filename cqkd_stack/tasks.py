@@ -473,9 +473,10 @@ def teardown(c: Context, stack: str = "", timeout: int = 600) -> None:
 
 @task(help={"pytest-args": "extra arguments for pytest, e.g. '-k render'"})
 def test(c: Context, pytest_args: str = "") -> None:
-    """Set up the engine and images, then run the unit and end-to-end tests."""
+    """Lint, set up the engine and images, then run the unit and end-to-end tests."""
+    c.run(f"{sys.executable} -m ruff check .", pty=False)
     setup(c)
-    c.run(f"{sys.executable} -m pytest {pytest_args}", pty=False)
+    c.run(f"{sys.executable} -m pytest -ra {pytest_args}", pty=False)
 
 
 ns = Collection()

@@ -1,0 +1,178 @@
+"""A real DHT stack on the real swarm: deploy, verify from inside, scale, tear down.
+
+The verification does not trust our own code: expected ports are computed here
+from the slot (7000 + slot - 1), addresses come straight from the Docker API,
+and a probe container on the stack's overlay network sends each worker a real
+Kademlia ping.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import pytest
+
+WORKERS = 50
+SCALED = 60
+STACK_LABEL = "com.docker.stack.namespace"
+
+
+def cqkd(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """The command exactly as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "cqkd_stack", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def leftovers(client: docker.DockerClient, stack: str) -> dict[str, list[str]]:
+    flt = {"label": f"{STACK_LABEL}={stack}"}
+    return {
+        "services": [s.name for s in client.services.list(filters=flt)],
+        "containers": [c.name for c in client.containers.list(all=True, filters=flt)],
+        "networks": [n.name for n in client.networks.list(filters=flt)],
+    }
+
+
+def worker_tasks(client: docker.DockerClient, stack: str) -> list[dict[str, Any]]:
+    return client.api.tasks(filters={"service": f"{stack}_worker", "desired-state": "running"})
+
+
+def dht_address(task: dict[str, Any], stack: str) -> str:
+    for attachment in task["NetworksAttachments"]:
+        if attachment["Network"]["Spec"]["Name"] == f"{stack}_dht":
+            return attachment["Addresses"][0].split("/")[0]
+    raise AssertionError(f"task {task['ID']} is not on {stack}_dht")
+
+
+def probe(client: docker.DockerClient, image: str, network: str, targets: list[str]) -> dict:
+    """Kademlia-ping every target from a container attached to the DHT network."""
+    output = client.containers.run(
+        image,
+        ["python3", "-m", "cqkd_stack.probe", *targets],
+        entrypoint=[],
+        network=network,
+        remove=True,
+        stdout=True,
+        stderr=False,
+    )
+    return json.loads(output)
+
+
+def remove_quietly(stack: str) -> None:
+    """Teardown of last resort: the tests' own teardown should already have run."""
+    subprocess.run(["docker", "stack", "rm", stack], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def stack(docker_client: docker.DockerClient, node_image: str) -> Iterator[str]:
+    name = f"cqkdtest_{uuid.uuid4().hex[:8]}"
+    try:
+        done = cqkd("deploy", "--replicas", str(WORKERS), "--stack", name, "--timeout", "420")
+        assert done.returncode == 0, done.stdout + done.stderr
+        yield name
+    finally:
+        if any(leftovers(docker_client, name).values()):
+            cqkd("teardown", "--stack", name, "--timeout", "300")
+            remove_quietly(name)
+
+
+def test_every_worker_answers_kademlia_at_its_slot_port(
+    stack: str, docker_client: docker.DockerClient, node_image: str
+) -> None:
+    tasks = worker_tasks(docker_client, stack)
+    assert sorted(t["Slot"] for t in tasks) == list(range(1, WORKERS + 1))
+    targets = {f"{dht_address(t, stack)}:{7000 + t['Slot'] - 1}": t["Slot"] for t in tasks}
+    answers = probe(docker_client, node_image, f"{stack}_dht", list(targets))
+    silent = sorted(targets[t] for t, node_id in answers.items() if node_id is None)
+    assert silent == [], f"slots that did not answer on their port: {silent}"
+    assert len(set(answers.values())) == WORKERS, "every worker is a distinct Kademlia node"
+
+
+def test_a_wrong_port_does_not_answer(
+    stack: str, docker_client: docker.DockerClient, node_image: str
+) -> None:
+    """The probe must be able to fail: slot 1's address on slot 2's port is silent."""
+    task = next(t for t in worker_tasks(docker_client, stack) if t["Slot"] == 1)
+    target = f"{dht_address(task, stack)}:7001"
+    with pytest.raises(docker.errors.ContainerError):
+        probe(docker_client, node_image, f"{stack}_dht", [target])
+
+
+def test_dht_check_round_trip(stack: str) -> None:
+    done = cqkd("dht-check", "--stack", stack, "--format", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["stored_by"] == "alice" and result["read_by"] == "bob"
+    assert result["round_trip_seconds"] > 0
+
+
+def test_ports_lists_exactly_the_expected_slots_and_ports(stack: str) -> None:
+    done = cqkd("ports", "--stack", stack, "--format", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    workers = [t for t in result["tasks"] if t["service"] == f"{stack}_worker"]
+    assert sorted((t["slot"], t["port"]) for t in workers) == [
+        (slot, 7000 + slot - 1) for slot in range(1, WORKERS + 1)
+    ]
+    assert all(t["address"] and t["state"] == "running" for t in workers)
+    special = {t["service"]: t["port"] for t in result["tasks"] if t["role"] != "worker"}
+    assert special == {f"{stack}_bootstrap": 5678, f"{stack}_alice": 6000, f"{stack}_bob": 6001}
+    assert result["duplicate_ports"] == [] and result["missing_slots"] == {}
+    usage = {r["role"]: (r["used"], r["free"]) for r in result["roles"]}
+    assert usage["worker"] == (WORKERS, 1000 - WORKERS)
+
+
+def test_scale_up_keeps_existing_ports(
+    stack: str, docker_client: docker.DockerClient, node_image: str
+) -> None:
+    before = {t["Slot"]: t["ID"] for t in worker_tasks(docker_client, stack)}
+    done = cqkd("scale", "--replicas", str(SCALED), "--stack", stack, "--timeout", "300")
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = {t["Slot"]: t for t in worker_tasks(docker_client, stack)}
+    assert sorted(after) == list(range(1, SCALED + 1))
+    assert {slot: after[slot]["ID"] for slot in before} == before, "existing tasks were replaced"
+    new = {f"{dht_address(after[s], stack)}:{7000 + s - 1}" for s in range(WORKERS + 1, SCALED + 1)}
+    answers = probe(docker_client, node_image, f"{stack}_dht", sorted(new))
+    assert all(answers.values()), answers
+
+
+def test_scale_beyond_the_range_is_refused(stack: str, docker_client: docker.DockerClient) -> None:
+    before = docker_client.services.get(f"{stack}_worker").attrs["Version"]["Index"]
+    done = cqkd("scale", "--replicas", "1001", "--stack", stack)
+    assert done.returncode == 1
+    assert "1001 tasks need ports 7000-8000" in done.stderr
+    after = docker_client.services.get(f"{stack}_worker").attrs["Version"]["Index"]
+    assert after == before, "the service was changed although the scale was refused"
+
+
+def test_invalid_stack_is_refused_and_nothing_is_created(
+    docker_client: docker.DockerClient,
+) -> None:
+    name = f"cqkdtest_{uuid.uuid4().hex[:8]}"
+    try:
+        done = cqkd("deploy", "--replicas", "1001", "--stack", name)
+        assert done.returncode == 1
+        assert "1001 workers need ports 7000-8000" in done.stderr
+        assert "nothing was deployed" in done.stderr
+        assert leftovers(docker_client, name) == {"services": [], "containers": [], "networks": []}
+    finally:
+        remove_quietly(name)
+
+
+def test_teardown_leaves_no_service_container_or_network(
+    stack: str, docker_client: docker.DockerClient
+) -> None:
+    done = cqkd("teardown", "--stack", stack, "--timeout", "300")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert leftovers(docker_client, stack) == {"services": [], "containers": [], "networks": []}
+    again = cqkd("teardown", "--stack", stack)
+    assert again.returncode == 1 and "nothing to remove" in again.stderr
