@@ -1,0 +1,586 @@
+"""Tests for the reference node, ``nodectl`` and ``probe``.
+
+Pure helpers are tested directly. Everything else runs real nodes: real UDP
+sockets on this machine, real subprocesses, the real /proc/net/udp for the
+health check. The node's job is to behave correctly as a process (join,
+health file, signals, control socket), and mocks would only prove that our
+mocks agree with us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kademlia.utils import digest
+
+from cqkd_stack import nodectl, probe
+from cqkd_stack.errors import CqkdError
+from cqkd_stack.node import (
+    HealthFile,
+    NodeConfig,
+    NodeServer,
+    Request,
+    RequestError,
+    health_pattern,
+    network_get,
+    network_set,
+    parse_bootstrap_nodes,
+    parse_request,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+JOINED = re.compile(
+    r"^cqkd-node: joined role=(?P<role>\w+)(?: name=(?P<name>\S+))? port=(?P<port>\d+) "
+    r"neighbours=(?P<n>\d+) after=(?P<after>\d+\.\d\d)s$"
+)
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_parse_bootstrap_nodes_keeps_names_and_order() -> None:
+    assert parse_bootstrap_nodes("bootstrap:7000, 10.0.0.5:7001,,bootstrap:7000,") == (
+        ("bootstrap", 7000),
+        ("10.0.0.5", 7001),
+    )
+    assert parse_bootstrap_nodes("") == ()
+    assert parse_bootstrap_nodes(" , ") == ()
+    assert parse_bootstrap_nodes("[::1]:7000") == (("::1", 7000),)
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ("bootstrap", "not host:port"),
+        (":7000", "not host:port"),
+        ("bootstrap:seven", "no numeric port"),
+        ("bootstrap:0", "outside 1-65535"),
+        ("bootstrap:70000", "outside 1-65535"),
+    ],
+)
+def test_parse_bootstrap_nodes_rejects(raw: str, fragment: str) -> None:
+    with pytest.raises(CqkdError, match=fragment):
+        parse_bootstrap_nodes(raw)
+
+
+@pytest.mark.parametrize(
+    ("port", "pattern"),
+    [(7000, ":1B58 "), (7999, ":1F3F "), (80, ":0050 "), (65535, ":FFFF ")],
+)
+def test_health_pattern_is_proc_net_udp_format(port: int, pattern: str) -> None:
+    assert health_pattern(port) == pattern
+
+
+def test_health_pattern_rejects_impossible_ports() -> None:
+    with pytest.raises(ValueError):
+        health_pattern(65536)
+
+
+def test_health_file_is_exactly_the_pattern(tmp_path: Path) -> None:
+    health = HealthFile(tmp_path / "health", 7000)
+    health.write()
+    assert (tmp_path / "health").read_bytes() == b":1B58 "  # no newline: grep -f
+    health.write()  # rewriting over an existing file is fine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["health"]  # no temp left
+    health.remove()
+    health.remove()
+    assert not health.exists()
+
+
+def test_config_from_env_defaults() -> None:
+    config = NodeConfig.from_env({"CQKD_ROLE": "bootstrap", "DHT_PORT": "7000"})
+    assert config.role == "bootstrap"
+    assert config.port == 7000
+    assert config.bootstrap_nodes == ()
+    assert config.name is None
+    assert config.health_file == Path("/tmp/cqkd-health")
+    assert config.control_socket == Path("/tmp/cqkd-control.sock")
+    assert (config.join_retries, config.join_backoff, config.join_backoff_max) == (30, 0.5, 5.0)
+
+
+def test_config_from_env_everything() -> None:
+    config = NodeConfig.from_env(
+        {
+            "CQKD_ROLE": "special",
+            "CQKD_NODE_NAME": "alice",
+            "DHT_PORT": " 7100 ",
+            "BOOTSTRAP_NODES": "bootstrap:7000",
+            "CQKD_HEALTH_FILE": "/run/h",
+            "CQKD_CONTROL_SOCKET": "/run/c.sock",
+            "JOIN_RETRIES": "3",
+            "JOIN_BACKOFF": "0.1",
+            "JOIN_BACKOFF_MAX": "0.05",
+            "CQKD_HEALTH_INTERVAL": "2",
+            "CQKD_RPC_TIMEOUT": "1.5",
+        }
+    )
+    assert config.name == "alice"
+    assert config.port == 7100
+    assert config.bootstrap_nodes == (("bootstrap", 7000),)
+    assert config.health_file == Path("/run/h")
+    assert config.control_socket == Path("/run/c.sock")
+    assert config.join_retries == 3
+    assert config.join_backoff_max == 0.1  # never below the first pause
+    assert (config.health_interval, config.rpc_timeout) == (2.0, 1.5)
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"CQKD_ROLE": "worker", "BOOTSTRAP_NODES": "b:7000"}, "DHT_PORT is not set"),
+        ({"CQKD_ROLE": "worker", "DHT_PORT": "x", "BOOTSTRAP_NODES": "b:1"}, "not a port"),
+        ({"CQKD_ROLE": "worker", "DHT_PORT": "0", "BOOTSTRAP_NODES": "b:1"}, "outside"),
+        ({"DHT_PORT": "7000"}, "CQKD_ROLE is not set"),
+        ({"CQKD_ROLE": "peer", "DHT_PORT": "7000"}, "CQKD_ROLE is 'peer'"),
+        ({"CQKD_ROLE": "worker", "DHT_PORT": "7000"}, "needs BOOTSTRAP_NODES"),
+        ({"CQKD_ROLE": "bootstrap", "DHT_PORT": "7000", "JOIN_RETRIES": "1.5"}, "whole number"),
+        ({"CQKD_ROLE": "bootstrap", "DHT_PORT": "7000", "JOIN_BACKOFF": "0"}, "greater than 0"),
+        (
+            {"CQKD_ROLE": "bootstrap", "DHT_PORT": "7000", "CQKD_CONTROL_SOCKET": "/" + "x" * 120},
+            "longer than",
+        ),
+    ],
+)
+def test_config_from_env_rejects(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(CqkdError, match=fragment):
+        NodeConfig.from_env(env)
+
+
+def test_parse_request_accepts() -> None:
+    assert parse_request(b'{"op": "status"}\n') == Request("status")
+    assert parse_request(b'{"op": "get", "key": "k"}') == Request("get", "k")
+    assert parse_request(b'{"op": "set", "key": "k", "value": "v"}') == Request("set", "k", "v")
+    assert parse_request(b'{"op": "set", "key": "k", "value": 3}') == Request("set", "k", 3)
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b"", "not JSON"),
+        (b"\xff", "not JSON"),
+        (b"[1]", "JSON object"),
+        (b'{"op": "delete", "key": "k"}', "unknown op"),
+        (b'{"op": "get"}', "non-empty string 'key'"),
+        (b'{"op": "get", "key": 5}', "non-empty string 'key'"),
+        (b'{"op": "set", "key": "k"}', "needs a 'value'"),
+        (b'{"op": "set", "key": "k", "value": null}', "string, number or boolean"),
+        (b'{"op": "set", "key": "k", "value": [1]}', "string, number or boolean"),
+    ],
+)
+def test_parse_request_rejects(raw: bytes, fragment: str) -> None:
+    with pytest.raises(RequestError, match=fragment):
+        parse_request(raw)
+
+
+@pytest.mark.parametrize(
+    ("op", "reply", "code"),
+    [
+        ("status", {"ok": True}, 0),
+        ("status", {"ok": False, "error": "x"}, 1),
+        ("get", {"ok": True, "value": "v"}, 0),
+        ("get", {"ok": True, "value": None}, 1),
+        ("set", {"ok": True, "stored": True}, 0),
+        ("set", {"ok": True, "stored": False}, 1),
+    ],
+)
+def test_nodectl_exit_code(op: str, reply: dict[str, Any], code: int) -> None:
+    assert nodectl.exit_code(op, reply) == code
+
+
+def test_probe_targets_from_args_and_stdin() -> None:
+    targets = probe.read_targets(
+        ["10.0.0.1:7000", "-"], stdin_lines=["", "# comment", "worker-2:7001", "10.0.0.1:7000"]
+    )
+    assert [(t.host, t.port) for t in targets] == [("10.0.0.1", 7000), ("worker-2", 7001)]
+    for bad in ("10.0.0.1", "10.0.0.1:x", "10.0.0.1:0"):
+        with pytest.raises(probe.UsageError):
+            probe.parse_target(bad)
+    with pytest.raises(probe.UsageError, match="no targets"):
+        probe.read_targets(["-"], stdin_lines=[])
+
+
+# --------------------------------------------------------------------------- in-process network
+
+
+async def _listening(**kwargs: Any) -> tuple[NodeServer, int]:
+    server = NodeServer(**kwargs)
+    await server.listen(0, "127.0.0.1")
+    return server, server.transport.get_extra_info("sockname")[1]
+
+
+def test_get_asks_the_network_not_local_storage() -> None:
+    """The stock ``Server.get`` answers from local storage; ``network_get`` must not."""
+
+    async def scenario() -> None:
+        a, _ = await _listening()
+        b, b_port = await _listening()
+        try:
+            await a.bootstrap([("127.0.0.1", b_port)])
+            assert a.neighbour_count() == 1
+            a.storage[digest("only-a")] = "held by a"
+            assert await a.get("only-a") == "held by a"  # the library's shortcut
+            assert await network_get(a, "only-a") is None  # b does not have it
+            # b lists a among its contacts; the crawl must not ask a itself.
+            assert b.neighbour_count() == 1
+            b.storage[digest("only-b")] = "held by b"
+            assert await network_get(a, "only-b") == "held by b"
+            replicas, _ = await network_set(a, "both", "v")
+            assert replicas == 1  # stored on b, never via an RPC to a itself
+            assert b.storage.get(digest("both")) == "v"
+        finally:
+            a.stop()
+            b.stop()
+
+    asyncio.run(scenario())
+
+
+def test_node_never_counts_itself_or_the_probe_as_neighbour() -> None:
+    async def scenario() -> None:
+        a, a_port = await _listening()
+        try:
+            answered, node_id = await a.protocol.ping(("127.0.0.1", a_port), a.node.id)
+            assert answered and node_id == a.node.id
+            assert a.neighbour_count() == 0
+            results = await probe.probe([probe.parse_target(f"127.0.0.1:{a_port}")])
+            assert results == {f"127.0.0.1:{a_port}": a.node.id.hex()}
+            assert a.neighbour_count() == 0
+        finally:
+            a.stop()
+
+    asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- real processes
+
+
+def free_udp_ports(count: int) -> list[int]:
+    """Ports the kernel handed out a moment ago; held together so they differ."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("0.0.0.0", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def base_env() -> dict[str, str]:
+    """The caller's environment minus anything the node reads, plus the repo on the path."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CQKD_", "DHT_", "JOIN_", "BOOTSTRAP_", "TASK_", "BASE_PORT"))
+    }
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+@dataclass
+class NodeProc:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    health: Path
+    sock: Path
+    out: Path
+    err: Path
+
+    def lines(self) -> list[str]:
+        return self.out.read_text().splitlines()
+
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+    def healthy(self) -> bool:
+        return self.health.exists()
+
+    def wait_healthy(self, timeout: float = 8.0) -> None:
+        def check() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited {self.proc.returncode}: {self.stderr()}")
+            return self.healthy()
+
+        wait_for(check, timeout, f"{self.name} to become healthy")
+
+    def ctl(self, *args: str) -> tuple[int, dict[str, Any]]:
+        return run_module("nodectl", "--socket", str(self.sock), *args)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=5)
+
+
+def run_module(module: str, *args: str, stdin: str | None = None) -> tuple[int, Any]:
+    done = subprocess.run(
+        [PYTHON, "-m", f"cqkd_stack.{module}", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=base_env(),
+        cwd=REPO_ROOT,
+        timeout=30,
+    )
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1, (done.stdout, done.stderr)
+    return done.returncode, json.loads(lines[0])
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., NodeProc]]:
+    """Start nodes as real processes; every one is killed when the test ends."""
+    procs: list[NodeProc] = []
+
+    def start(name: str, port: int, role: str, bootstrap: str = "", **extra: str) -> NodeProc:
+        files = {k: tmp_path / f"{name}.{k}" for k in ("health", "sock", "out", "err")}
+        env = {
+            **base_env(),
+            "CQKD_ROLE": role,
+            "DHT_PORT": str(port),
+            "BOOTSTRAP_NODES": bootstrap,
+            "CQKD_HEALTH_FILE": str(files["health"]),
+            "CQKD_CONTROL_SOCKET": str(files["sock"]),
+            **extra,
+        }
+        with files["out"].open("wb") as out, files["err"].open("wb") as err:
+            proc = subprocess.Popen(
+                [PYTHON, "-m", "cqkd_stack.node"], env=env, cwd=REPO_ROOT, stdout=out, stderr=err
+            )
+        node = NodeProc(
+            name, port, proc, files["health"], files["sock"], files["out"], files["err"]
+        )
+        procs.append(node)
+        return node
+
+    try:
+        yield start
+    finally:
+        for node in procs:
+            node.stop()
+
+
+@pytest.fixture
+def cluster(spawn: Callable[..., NodeProc]) -> list[NodeProc]:
+    """A bootstrap node and three workers, all healthy."""
+    ports = free_udp_ports(4)
+    boot = spawn("boot", ports[0], "bootstrap")
+    boot.wait_healthy()
+    # A literal address plus a name, so the resolver path runs too.
+    join = f"127.0.0.1:{ports[0]},localhost:{ports[0]}"
+    workers = [spawn(f"w{i}", port, "worker", join) for i, port in enumerate(ports[1:], 1)]
+    for node in workers:
+        node.wait_healthy()
+    return [boot, *workers]
+
+
+def test_cluster_joins_and_is_healthy_by_proc_net_udp(cluster: list[NodeProc]) -> None:
+    for node in cluster:
+        assert node.health.read_bytes() == health_pattern(node.port).encode()
+        # Exactly the image's health check, against this machine's real table.
+        check = subprocess.run(["grep", "-qf", str(node.health), "/proc/net/udp"])
+        assert check.returncode == 0, f"{node.name}: pattern not in /proc/net/udp"
+        lines = node.lines()
+        assert len(lines) == 1, lines
+        match = JOINED.match(lines[0])
+        assert match, lines[0]
+        assert match["port"] == str(node.port)
+        role = "bootstrap" if node.name == "boot" else "worker"
+        assert match["role"] == role
+        assert (int(match["n"]) >= 1) == (role == "worker")
+        assert node.stderr() == ""  # quiet: 1000 containers log
+    # The pattern of a port nobody listens on must not match anything.
+    dead = HealthFile(cluster[0].health.with_name("dead.health"), free_udp_ports(1)[0])
+    dead.write()
+    assert subprocess.run(["grep", "-qf", str(dead.path), "/proc/net/udp"]).returncode == 1
+
+
+def test_status_probe_and_network_set_get(cluster: list[NodeProc]) -> None:
+    ids = {}
+    for node in cluster:
+        code, status = node.ctl("status")
+        assert code == 0, status
+        assert status["port"] == node.port
+        assert status["healthy"] is True
+        assert status["neighbours"] >= 1
+        assert isinstance(status["seconds"], float)
+        ids[f"127.0.0.1:{node.port}"] = status["node_id"]
+    neighbours_before = cluster[0].ctl("status")[1]["neighbours"]
+
+    code, answered = run_module("probe", *ids)
+    assert code == 0
+    assert answered == ids  # every port answered with the node id it reports itself
+    # Targets on stdin, plus one port where nobody listens.
+    dead = f"127.0.0.1:{free_udp_ports(1)[0]}"
+    stdin = "\n".join([*ids, dead]) + "\n"
+    code, answered = run_module(
+        "probe", "--rpc-timeout", "0.5", "--attempts", "1", "-", stdin=stdin
+    )
+    assert code == 1
+    assert answered == {**ids, dead: None}
+    # The probe did not leave itself behind as a (soon dead) neighbour.
+    assert cluster[0].ctl("status")[1]["neighbours"] == neighbours_before
+
+    w1, w2, w3 = cluster[1:]
+    code, stored = w1.ctl("set", "greeting", "hello from w1")
+    assert code == 0, stored
+    assert stored["ok"] and stored["stored"] and stored["replicas"] >= 1
+    code, got = w2.ctl("get", "greeting")
+    assert code == 0, got
+    assert got["value"] == "hello from w1"
+    code, got = w3.ctl("get", "never-set")
+    assert code == 1
+    assert got == {"ok": True, "key": "never-set", "value": None, "seconds": got["seconds"]}
+
+
+def test_nodectl_errors_are_json_lines(cluster: list[NodeProc], tmp_path: Path) -> None:
+    code, reply = run_module("nodectl", "--socket", str(tmp_path / "nobody.sock"), "status")
+    assert code == 1
+    assert reply["ok"] is False and "no control socket" in reply["error"]
+    usage = subprocess.run(
+        [PYTHON, "-m", "cqkd_stack.nodectl", "frob"],
+        capture_output=True,
+        env=base_env(),
+        cwd=REPO_ROOT,
+    )
+    assert usage.returncode == 2
+    # A malformed request gets an error reply, and the node keeps serving.
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(cluster[1].sock))
+        sock.sendall(b"not json\n")
+        reply = json.loads(sock.makefile().readline())
+    assert reply["ok"] is False and "not JSON" in reply["error"]
+    assert cluster[1].ctl("status")[0] == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_at_once_and_cleans_up(
+    spawn: Callable[..., NodeProc], sig: signal.Signals
+) -> None:
+    boot_port, worker_port = free_udp_ports(2)
+    boot = spawn("boot", boot_port, "bootstrap")
+    boot.wait_healthy()
+    worker = spawn("w", worker_port, "worker", f"127.0.0.1:{boot_port}")
+    worker.wait_healthy()
+    for node in (worker, boot):
+        assert node.sock.exists()
+        node.proc.send_signal(sig)
+        assert node.proc.wait(timeout=2) == 0
+        assert not node.health.exists()
+        assert not node.sock.exists()
+        assert node.stderr() == ""
+
+
+def test_signal_during_join_exits_zero(spawn: Callable[..., NodeProc]) -> None:
+    (port,) = free_udp_ports(1)
+    node = spawn("w", port, "worker", "127.0.0.1:9", CQKD_RPC_TIMEOUT="30")
+    wait_for(node.sock.exists, 5, "the control socket")
+    node.proc.send_signal(signal.SIGTERM)
+    assert node.proc.wait(timeout=2) == 0
+    assert not node.sock.exists()
+
+
+def test_missing_port_is_a_clear_error(spawn: Callable[..., NodeProc]) -> None:
+    node = spawn("w", 0, "worker", "127.0.0.1:7000", DHT_PORT="")
+    assert node.proc.wait(timeout=5) == 1
+    assert node.stderr().startswith("cqkd-node: error: DHT_PORT is not set")
+
+
+@pytest.mark.parametrize(
+    ("bootstrap", "reason"),
+    [
+        ("nohost.invalid:7000", "cannot resolve nohost.invalid"),
+        (None, "no bootstrap node answered"),
+    ],
+)
+def test_join_gives_up_after_bounded_retries(
+    spawn: Callable[..., NodeProc], bootstrap: str | None, reason: str
+) -> None:
+    port, dead = free_udp_ports(2)
+    node = spawn(
+        "w",
+        port,
+        "worker",
+        bootstrap or f"127.0.0.1:{dead}",
+        JOIN_RETRIES="3",
+        JOIN_BACKOFF="0.05",
+        CQKD_RPC_TIMEOUT="0.3",
+    )
+    assert node.proc.wait(timeout=8) == 1
+    err = node.stderr()
+    assert "could not join the DHT after 3 attempts" in err and reason in err, err
+    assert not node.health.exists()
+    assert node.lines() == []
+
+
+def test_worker_waits_for_a_late_bootstrap(spawn: Callable[..., NodeProc]) -> None:
+    boot_port, worker_port = free_udp_ports(2)
+    worker = spawn(
+        "w",
+        worker_port,
+        "worker",
+        f"localhost:{boot_port}",
+        JOIN_BACKOFF="0.1",
+        JOIN_BACKOFF_MAX="0.2",
+        CQKD_RPC_TIMEOUT="0.3",
+    )
+    wait_for(worker.sock.exists, 5, "the worker's control socket")
+    code, status = worker.ctl("status")
+    assert code == 0 and status["healthy"] is False and status["neighbours"] == 0
+    boot = spawn("boot", boot_port, "bootstrap")
+    worker.wait_healthy()
+    assert JOINED.match(worker.lines()[0])
+    assert boot.ctl("status")[1]["neighbours"] == 1
+
+
+def test_health_file_follows_the_neighbours(spawn: Callable[..., NodeProc]) -> None:
+    """Lost every neighbour: file gone; bootstrap back: rejoined and healthy again."""
+    boot_port, worker_port = free_udp_ports(2)
+    boot = spawn("boot", boot_port, "bootstrap")
+    boot.wait_healthy()
+    worker = spawn(
+        "w",
+        worker_port,
+        "worker",
+        f"127.0.0.1:{boot_port}",
+        CQKD_HEALTH_INTERVAL="0.2",
+        CQKD_RPC_TIMEOUT="0.3",
+    )
+    worker.wait_healthy()
+    boot.proc.terminate()
+    assert boot.proc.wait(timeout=2) == 0
+    # Kademlia notices a dead contact only when an RPC to it goes unanswered.
+    code, got = worker.ctl("get", "anything")
+    assert code == 1 and got["value"] is None
+    assert worker.ctl("status")[1]["neighbours"] == 0
+    wait_for(lambda: not worker.healthy(), 3, "the health file to go")
+    spawn("boot2", boot_port, "bootstrap")
+    worker.wait_healthy(timeout=5)
+    assert worker.proc.poll() is None
+    assert len(worker.lines()) == 1  # still one log line for the whole life
