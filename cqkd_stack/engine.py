@@ -285,6 +285,8 @@ def _wait_for_daemon(
             )
         if time.monotonic() >= deadline:
             where = f"; see {log_path}:\n{_log_since(log_path, log_offset)}" if log_path else ""
+            if os.environ.get("DOCKER_HOST"):
+                where = f" at DOCKER_HOST={os.environ['DOCKER_HOST']}{where}"
             raise CqkdError(f"the Docker engine did not answer within {timeout:g} s{where}")
         time.sleep(_POLL_INTERVAL)
 
