@@ -1,0 +1,59 @@
+"""What every end-to-end test needs: a real engine and the node image.
+
+No mocked Docker client anywhere: these tests talk to the engine on this
+machine. Without one they skip on a laptop, but fail on CI, where a missing
+engine means the setup is broken and skipping would hide it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+import requests
+
+from cqkd_stack import images
+from cqkd_stack.errors import CqkdError
+
+E2E_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark everything under tests/e2e, so ``-m "not e2e"`` selects the unit tests."""
+    for item in items:
+        if E2E_DIR in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+def on_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    """A client of the local engine, or skip (fail on CI) when none answers."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        if on_ci():
+            pytest.fail("Docker engine not reachable; on CI the engine is required", pytrace=False)
+        pytest.skip(f"Docker engine not reachable ({exc}); run `invoke setup` first")
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def node_image(docker_client: docker.DockerClient) -> str:
+    """The node image tag, built once per session (a no-op when it is current)."""
+    try:
+        result = images.ensure_images()
+    except CqkdError as exc:
+        pytest.fail(f"cannot build the node image: {exc.message}", pytrace=False)
+    return result.node_image
