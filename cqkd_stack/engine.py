@@ -106,7 +106,9 @@ def ensure_installed(progress: Progress | None = None) -> EngineStatus:
 
     Debian's own ``docker.io`` is used because it needs no extra repository or
     key, which a fresh CI machine would have to fetch from a registry-like
-    host; its API (1.41) is all the toolkit uses.
+    host; its API (1.41) is all the toolkit uses. Recommended packages are
+    kept: on hosts with AppArmor enabled, dockerd cannot start containers
+    without ``apparmor`` (a recommendation of docker.io).
     """
     status = EngineStatus()
     packages = missing_packages()
@@ -122,7 +124,7 @@ def ensure_installed(progress: Progress | None = None) -> EngineStatus:
     _say(progress, "updating the apt package lists…")
     _run_apt(["apt-get", "update"], env)
     _say(progress, f"installing {' '.join(packages)} (apt-get)…")
-    _run_apt(["apt-get", "install", "-y", "--no-install-recommends", *packages], env)
+    _run_apt(["apt-get", "install", "-y", *packages], env)
     still = missing_packages()
     if still:
         raise CqkdError(f"apt-get succeeded but these are still missing: {', '.join(still)}")
