@@ -488,6 +488,7 @@ class DhtNode:
         self.healthy = False
         self.last_join_error: str | None = None
         self._control: asyncio.AbstractServer | None = None
+        self._stragglers: set[asyncio.Future[Any]] = set()
 
     # -- lifecycle
 
@@ -531,7 +532,7 @@ class DhtNode:
         if not addresses:
             self.last_join_error = "; ".join(errors) or "no bootstrap address"
             return 0
-        await self.server.bootstrap(addresses)
+        await self.bootstrap(addresses)
         count = self.server.neighbour_count()
         if count == 0:
             tried = ", ".join(f"{h}:{p}" for h, p in addresses)
@@ -539,6 +540,38 @@ class DhtNode:
             if errors:
                 self.last_join_error += "; " + "; ".join(errors)
         return count
+
+    async def bootstrap(self, addresses: list[tuple[str, int]]) -> None:
+        """Like ``Server.bootstrap``, but crawl as soon as the first contact answers.
+
+        The library waits for every ping, so one silent address costs the full
+        RPC timeout on every join. Silent addresses are normal here: a Swarm
+        service name resolves to every task of the service, and BOOTSTRAP_NODES
+        lists every bootstrap port, so most (address, port) pairs are not a node.
+        Pings still in flight are left to finish on their own; cancelling them
+        would make rpcudp's timeout callback fail on a cancelled future.
+        """
+        pending = {asyncio.ensure_future(self.server.bootstrap_node(a)) for a in addresses}
+        self._stragglers |= pending
+        for task in pending:
+            task.add_done_callback(self._stragglers.discard)
+        contacts: list[Node] = []
+        while pending and not contacts:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            # Our own address may be in the list; answering ourselves is no contact.
+            contacts += [
+                t.result()
+                for t in done
+                if t.result() is not None and t.result().id != self.server.node.id
+            ]
+        if contacts:
+            protocol = self.server.protocol
+            for contact in contacts:
+                protocol.welcome_if_new(contact)
+            crawl = _NetworkNodeCrawl(
+                protocol, self.server.node, contacts, self.server.ksize, self.server.alpha
+            )
+            await crawl.find()
 
     async def join(self) -> bool:
         """Join with bounded retries; exponential backoff with jitter.
@@ -555,6 +588,15 @@ class DhtNode:
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, self.config.join_backoff_max)
         return False
+
+    async def join_in_background(self) -> None:
+        """A bootstrap node's join: failing it is worth a warning, not an exit.
+
+        The bootstrap node is the network's anchor; it is useful even alone,
+        and the others will find it.
+        """
+        if not await self.join():
+            log.warning("could not join BOOTSTRAP_NODES: %s", self.last_join_error)
 
     def become_healthy(self) -> None:
         self.health.write()
@@ -663,7 +705,7 @@ async def run(config: NodeConfig) -> int:
             # Listening is enough: the first node of a network has nobody to join.
             node.become_healthy()
             if config.bootstrap_nodes:
-                tasks.append(asyncio.ensure_future(node.join()))
+                tasks.append(asyncio.ensure_future(node.join_in_background()))
         else:
             joining = asyncio.ensure_future(node.join())
             tasks.append(joining)
