@@ -388,11 +388,12 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., NodeProc]]:
 @pytest.fixture
 def cluster(spawn: Callable[..., NodeProc]) -> list[NodeProc]:
     """A bootstrap node and three workers, all healthy."""
-    ports = free_udp_ports(4)
+    *ports, dead = free_udp_ports(5)
     boot = spawn("boot", ports[0], "bootstrap")
     boot.wait_healthy()
-    # A literal address plus a name, so the resolver path runs too.
-    join = f"127.0.0.1:{ports[0]},localhost:{ports[0]}"
+    # A literal address plus a name, so the resolver path runs too, and a
+    # silent one that must not hold up the join for a full RPC timeout.
+    join = f"127.0.0.1:{dead},127.0.0.1:{ports[0]},localhost:{ports[0]}"
     workers = [spawn(f"w{i}", port, "worker", join) for i, port in enumerate(ports[1:], 1)]
     for node in workers:
         node.wait_healthy()
@@ -413,6 +414,7 @@ def test_cluster_joins_and_is_healthy_by_proc_net_udp(cluster: list[NodeProc]) -
         role = "bootstrap" if node.name == "boot" else "worker"
         assert match["role"] == role
         assert (int(match["n"]) >= 1) == (role == "worker")
+        assert float(match["after"]) < 3.0  # rpcudp's timeout is 5 s
         assert node.stderr() == ""  # quiet: 1000 containers log
     # The pattern of a port nobody listens on must not match anything.
     dead = HealthFile(cluster[0].health.with_name("dead.health"), free_udp_ports(1)[0])
@@ -584,3 +586,15 @@ def test_health_file_follows_the_neighbours(spawn: Callable[..., NodeProc]) -> N
     worker.wait_healthy(timeout=5)
     assert worker.proc.poll() is None
     assert len(worker.lines()) == 1  # still one log line for the whole life
+
+
+def test_bootstrap_nodes_join_each_other(spawn: Callable[..., NodeProc]) -> None:
+    """A bootstrap node is healthy at once; listing itself does not make it its own peer."""
+    first, second = free_udp_ports(2)
+    a = spawn("a", first, "bootstrap")
+    a.wait_healthy()
+    b = spawn("b", second, "bootstrap", f"127.0.0.1:{second},localhost:{first}")
+    b.wait_healthy()
+    wait_for(lambda: a.ctl("status")[1]["neighbours"] == 1, 5, "a to learn about b")
+    assert b.ctl("status")[1]["neighbours"] == 1
+    assert b.lines()[0].startswith(f"cqkd-node: joined role=bootstrap port={second} ")
