@@ -741,8 +741,10 @@ def _configure_logging(env: Mapping[str, str]) -> None:
     logging.basicConfig(
         level=level, stream=sys.stderr, format=f"{PROG}: %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("kademlia").setLevel(max(level, logging.WARNING))
-    logging.getLogger("rpcudp").setLevel(level if level <= logging.DEBUG else logging.CRITICAL)
+    # kademlia logs every RPC at INFO; only a DEBUG run wants that.
+    debug = level <= logging.DEBUG
+    logging.getLogger("kademlia").setLevel(level if debug else max(level, logging.WARNING))
+    logging.getLogger("rpcudp").setLevel(level if debug else logging.CRITICAL)
 
 
 def main(argv: list[str] | None = None) -> int:
