@@ -159,7 +159,7 @@ def _console() -> Console:
     """Progress and summaries go to stderr, so --format json stays clean on stdout."""
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, log_path=False)
 
 
 def _progress_bar(console: Console) -> Progress:
@@ -209,13 +209,20 @@ def setup(c: Context, skip_images: bool = False) -> None:
             status.update(step)
             console.log(step)
 
-        engine.ensure_installed(progress=say)
-        engine.ensure_running(progress=say)
-        engine.ensure_swarm(progress=say)
-        if not skip_images:
-            images.ensure_images(progress=say)
-    built = "" if skip_images else ", images built"
-    console.log(f"setup complete: engine running, swarm active{built}")
+        state = engine.ensure_installed(progress=say)
+        state = state.update(engine.ensure_running(progress=say))
+        state = state.update(engine.ensure_swarm(progress=say))
+        built = images.ensure_images(progress=say) if not skip_images else None
+    for warning in state.warnings:
+        console.print(f"[yellow]warning: {warning}[/yellow]")
+    console.log(
+        f"engine {state.server_version} (pid {state.dockerd_pid}), swarm node "
+        f"{state.swarm_node_id} at {state.advertise_addr}"
+    )
+    if built is not None:
+        console.log(f"images: {built.base_image}, {built.node_image}")
+    changed = [*state.done, *(built.done if built else [])]
+    console.log("setup complete: " + ("; ".join(changed) if changed else "nothing to do"))
 
 
 @task(
