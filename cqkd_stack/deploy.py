@@ -135,15 +135,23 @@ def wait_until_running(
 
 
 def scale_service(client: docker.DockerClient, stack: str, service: str, replicas: int) -> None:
-    """Scale one service of a stack; Swarm keeps existing tasks (and slots) as they are."""
-    from docker.errors import NotFound
+    """Scale one service of a stack without touching its running tasks.
 
-    try:
-        target = client.services.get(f"{stack}_{service}")
-    except NotFound:
-        raise CqkdError(f"stack '{stack}' has no service '{service}'") from None
-    if not target.scale(replicas):
-        raise CqkdError(f"docker refused to scale {stack}_{service} to {replicas}")
+    Not the SDK's ``Service.scale``: it resubmits the whole spec with fields
+    normalised (an empty DNSConfig appears), Swarm sees a changed task
+    template and replaces every task, a rolling restart of the whole DHT.
+    ``docker service scale`` changes the replica count and nothing else.
+    """
+    name = f"{stack}_{service}"
+    if not client.api.services(filters={"name": name}):
+        raise CqkdError(f"stack '{stack}' has no service '{service}'")
+    done = subprocess.run(
+        [docker_cli(), "service", "scale", "--detach", f"{name}={replicas}"],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise CqkdError(f"docker service scale {name}={replicas} failed: {done.stderr.strip()}")
 
 
 @dataclass
