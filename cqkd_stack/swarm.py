@@ -299,9 +299,7 @@ def scale_problems(
         import ipaddress
 
         capacity = subnet_capacity(ipaddress.IPv4Network(subnets[0]))
-        others_on_net = sum(
-            port_rule(s).replicas or 0 for s in services if s["ID"] != target["ID"]
-        )
+        others_on_net = sum(port_rule(s).replicas or 0 for s in services if s["ID"] != target["ID"])
         if others_on_net + replicas > capacity:
             problems.append(
                 f"network {network_name} ({subnets[0]}) holds {capacity} task addresses; "
@@ -315,7 +313,11 @@ def stack_leftovers(client: docker.DockerClient, stack: str) -> dict[str, list[s
     flt = stack_filter(stack)
     return {
         "services": [s["Spec"]["Name"] for s in client.api.services(filters=flt)],
-        "containers": [c.name for c in client.containers.list(all=True, filters=flt)],
+        # The low-level list is one call; the SDK's containers.list() inspects
+        # each container in turn and fails when one vanishes meanwhile.
+        "containers": [
+            c["Names"][0].lstrip("/") for c in client.api.containers(all=True, filters=flt)
+        ],
         "networks": [n["Name"] for n in client.api.networks(filters=flt)],
     }
 

@@ -37,7 +37,7 @@ def leftovers(client: docker.DockerClient, stack: str) -> dict[str, list[str]]:
     flt = {"label": f"{STACK_LABEL}={stack}"}
     return {
         "services": [s.name for s in client.services.list(filters=flt)],
-        "containers": [c.name for c in client.containers.list(all=True, filters=flt)],
+        "containers": [c["Id"] for c in client.api.containers(all=True, filters=flt)],
         "networks": [n.name for n in client.networks.list(filters=flt)],
     }
 
