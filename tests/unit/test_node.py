@@ -598,3 +598,23 @@ def test_bootstrap_nodes_join_each_other(spawn: Callable[..., NodeProc]) -> None
     wait_for(lambda: a.ctl("status")[1]["neighbours"] == 1, 5, "a to learn about b")
     assert b.ctl("status")[1]["neighbours"] == 1
     assert b.lines()[0].startswith(f"cqkd-node: joined role=bootstrap port={second} ")
+
+
+def test_dead_contacts_are_evicted_without_a_lookup(spawn: Callable[..., NodeProc]) -> None:
+    """After churn the bootstrap node must forget a killed worker on its own.
+
+    Otherwise it hands the dead contact to every node that joins, and each
+    of their lookups waits out an RPC timeout on it (seen on a live swarm:
+    joins of 15-30 s after a rolling restart).
+    """
+    boot_port, live_port, dead_port = free_udp_ports(3)
+    boot = spawn("boot", boot_port, "bootstrap", CQKD_HEALTH_INTERVAL="0.2", CQKD_RPC_TIMEOUT="0.3")
+    boot.wait_healthy()
+    live = spawn("live", live_port, "worker", f"127.0.0.1:{boot_port}")
+    doomed = spawn("doomed", dead_port, "worker", f"127.0.0.1:{boot_port}")
+    live.wait_healthy()
+    doomed.wait_healthy()
+    wait_for(lambda: boot.ctl("status")[1]["neighbours"] == 2, 5, "both workers known")
+    doomed.stop()  # SIGKILL: no goodbye, as when a node or container dies
+    wait_for(lambda: boot.ctl("status")[1]["neighbours"] == 1, 5, "the dead worker to go")
+    assert live.ctl("status")[1]["neighbours"] >= 1
