@@ -153,3 +153,16 @@ def test_render_task_writes_a_valid_file(cli, tmp_path: Path) -> None:
     result = cli("validate", str(out), "--format", "json")
     assert result.code == 0
     assert '"valid": true' in result.out
+
+
+@pytest.mark.parametrize(
+    ("replicas", "interval"), [(1, "5s"), (47, "5s"), (200, "21s"), (1000, "101s")]
+)
+def test_health_interval_keeps_the_stack_within_its_check_budget(
+    replicas: int, interval: str
+) -> None:
+    doc = rendered(replicas=replicas)
+    intervals = {s["healthcheck"]["interval"] for s in doc["services"].values()}
+    assert intervals == {interval}
+    # Only the interval: the test command stays the image's own.
+    assert all(set(s["healthcheck"]) == {"interval"} for s in doc["services"].values())
