@@ -8,6 +8,7 @@ in-container resolver uses.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -15,13 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import CqkdError
 from .policy import Policy, PortRange
-from .render import DHT_NETWORK, ROLE_LABEL
+from .render import DEFAULT_SUBNET_BASE, DHT_NETWORK, ROLE_LABEL, subnet_for
 from .validate import ServicePorts
 
 if TYPE_CHECKING:
     import docker
 
 STACK_LABEL = "com.docker.stack.namespace"
+# Stacks take their overlay subnets from DEFAULT_SUBNET_BASE/16.
+SUBNET_POOL_PREFIX = 16
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -296,8 +299,6 @@ def scale_problems(
         subnets = [c["Subnet"] for c in configs if c.get("Subnet")]
         if not subnets:
             continue
-        import ipaddress
-
         capacity = subnet_capacity(ipaddress.IPv4Network(subnets[0]))
         others_on_net = sum(port_rule(s).replicas or 0 for s in services if s["ID"] != target["ID"])
         if others_on_net + replicas > capacity:
@@ -306,6 +307,42 @@ def scale_problems(
                 f"{others_on_net + replicas} tasks would need one each"
             )
     return problems
+
+
+def taken_subnets(
+    client: docker.DockerClient, exclude_stack: str | None = None
+) -> list[tuple[str, ipaddress.IPv4Network]]:
+    """IPv4 subnets of the engine's networks (swarm and local), by network name.
+
+    Swarm accepts an overlay network whose subnet overlaps another one, then
+    cannot give its tasks addresses: they sit in "new" for ever. So a new
+    stack's subnet must avoid all of these. A redeployed stack keeps its own.
+    """
+    taken = []
+    for network in client.api.networks():
+        labels = network.get("Labels") or {}
+        if exclude_stack is not None and labels.get(STACK_LABEL) == exclude_stack:
+            continue
+        for config in (network.get("IPAM") or {}).get("Config") or []:
+            try:
+                subnet = ipaddress.ip_network(config.get("Subnet", ""))
+            except ValueError:
+                continue
+            if isinstance(subnet, ipaddress.IPv4Network):
+                taken.append((network["Name"], subnet))
+    return taken
+
+
+def free_subnet(
+    taken: list[tuple[str, ipaddress.IPv4Network]], tasks: int
+) -> ipaddress.IPv4Network:
+    """The first subnet of the right size in the default pool that nothing uses."""
+    size = subnet_for(tasks).prefixlen
+    pool = ipaddress.IPv4Network(f"{DEFAULT_SUBNET_BASE}/{SUBNET_POOL_PREFIX}")
+    for candidate in pool.subnets(new_prefix=size):
+        if not any(candidate.overlaps(subnet) for _, subnet in taken):
+            return candidate
+    raise CqkdError(f"no free /{size} subnet left in {pool}; pass --subnet")
 
 
 def stack_leftovers(client: docker.DockerClient, stack: str) -> dict[str, list[str]]:

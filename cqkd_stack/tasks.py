@@ -7,6 +7,7 @@ collection serves ``invoke`` in the repository and the installed
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -19,9 +20,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from invoke import Collection, Context, Exit, task
 
 from . import DEFAULT_NODE_IMAGE, report
+from .documents import read_text
 from .errors import CqkdError
 from .policy import Policy, load_policy
-from .render import RenderOptions, render
+from .render import RenderOptions, dht_tasks, render
 from .validate import validate_files, validate_texts
 
 if TYPE_CHECKING:
@@ -238,6 +240,7 @@ def setup(c: Context, skip_images: bool = False) -> None:
         "join-stack": "for a batch: the deployed stack whose DHT it joins",
         "policy": "port policy file",
         "format": "summary as text (default) or json",
+        "subnet": "overlay subnet (default: the first free one in 10.213.0.0/16)",
     }
 )
 @operator_errors
@@ -254,6 +257,7 @@ def deploy(
     join_stack: str = "",
     policy: str = "",
     format: str = "text",
+    subnet: str = "",
 ) -> None:
     """Validate, then deploy the DHT stack on the swarm and wait until every task is healthy."""
     from . import deploy as live
@@ -264,8 +268,9 @@ def deploy(
     rules = _policy(c, policy)
     client = swarm.connect()
     node = swarm.require_manager(client)
+    taken = swarm.taken_subnets(client, exclude_stack=name)
     if file:
-        source, text = file, Path(file).read_text()
+        source, text = file, read_text(Path(file))
     else:
         options = RenderOptions(
             replicas=replicas,
@@ -275,11 +280,14 @@ def deploy(
             bootstrap_host=node.get("NodeAddr") or "127.0.0.1",
             join_stack=_setting(c, "stack", join_stack) if port_offset else name,
         )
+        if not subnet and network == "overlay" and not port_offset:
+            subnet = str(swarm.free_subnet(taken, dht_tasks(rules, options)))
+        options = dataclasses.replace(options, subnet=subnet or None)
         source, text = f"<rendered for stack {name}>", render(rules, options)
     # Ports other stacks already hold count as claims too; this stack's own
     # services are being replaced, so they do not.
     existing = swarm.live_claims(client, exclude_stack=name)
-    results = validate_texts([(source, text)], rules, existing)
+    results = validate_texts([(source, text)], rules, existing, taken)
     if not results.ok:
         raise Exit(report.text(results) + "\nnothing was deployed", code=1)
     with tempfile.TemporaryDirectory(prefix="cqkd-") as tmp:

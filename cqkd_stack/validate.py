@@ -22,6 +22,7 @@ SCHEMA = "stack.schema.json"
 SLOT_PLACEHOLDER = "{{.Task.Slot}}"
 DEFAULT_SUBNET = ipaddress.IPv4Network("10.0.0.0/24")  # Docker's default size for overlays
 _TRUE = {"1", "true", "yes", "on"}
+TakenSubnet = tuple[str, ipaddress.IPv4Network]
 
 
 @dataclass(frozen=True)
@@ -270,8 +271,14 @@ class _ServiceCheck:
         return ServicePorts(self.file, self.name, role, ports, protocol)
 
 
-def _network_problems(file: str, doc: dict[str, Any]) -> list[Problem]:
-    """dnsrr gives every task an address on each network it joins: check they fit."""
+def _network_problems(
+    file: str, doc: dict[str, Any], taken: Sequence[TakenSubnet] = ()
+) -> list[Problem]:
+    """dnsrr gives every task an address on each network it joins: check they fit.
+
+    ``taken`` are subnets of networks that already exist: an overlay that
+    overlaps one is created, but its tasks never get addresses.
+    """
     problems = []
     networks = doc.get("networks") or {}
     demand: dict[str, int] = {}
@@ -299,6 +306,17 @@ def _network_problems(file: str, doc: dict[str, Any]) -> list[Problem]:
                 problems.append(Problem(file, json_path(where), f"not a valid IPv4 subnet: {exc}"))
                 continue
             what = f"subnet {subnet}"
+            for other, used in taken:
+                if subnet.overlaps(used):
+                    problems.append(
+                        Problem(
+                            file,
+                            json_path(where),
+                            f"subnet {subnet} overlaps network '{other}' ({used}) on this "
+                            "engine; Swarm would create the network but never give its "
+                            "tasks addresses",
+                        )
+                    )
         capacity = subnet_capacity(subnet)
         if tasks > capacity:
             prefix = next(p for p in range(subnet.prefixlen, 0, -1) if 2 ** (32 - p) - 3 >= tasks)
@@ -314,7 +332,7 @@ def _network_problems(file: str, doc: dict[str, Any]) -> list[Problem]:
 
 
 def check_document(
-    doc: dict[str, Any], file: str, policy: Policy
+    doc: dict[str, Any], file: str, policy: Policy, taken: Sequence[TakenSubnet] = ()
 ) -> tuple[list[Problem], list[ServicePorts]]:
     """Schema and semantic problems of one parsed stack, and the ports it claims."""
     problems = schema_problems(doc, SCHEMA, file)
@@ -329,7 +347,7 @@ def check_document(
             if claim is not None:
                 claims.append(claim)
         problems += check.problems
-    problems += _network_problems(file, doc)
+    problems += _network_problems(file, doc, taken)
     return problems, claims
 
 
@@ -362,15 +380,20 @@ def validate_texts(
     sources: Sequence[tuple[str, str]],
     policy: Policy,
     existing: Sequence[ServicePorts] = (),
+    taken: Sequence[TakenSubnet] = (),
 ) -> Results:
-    """Validate (file name, text) pairs together, so collisions across files are found."""
+    """Validate (file name, text) pairs together, so collisions across files are found.
+
+    ``existing`` and ``taken`` describe a live swarm (ports other stacks hold,
+    subnets other networks use); a linter run has neither.
+    """
     results = Results()
     claims: list[ServicePorts] = []
     for file, text in sources:
         results.checked(file)
         doc, problems = parse_yaml(text, file, "a stack with services")
         if doc is not None:
-            problems, found = check_document(doc, file, policy)
+            problems, found = check_document(doc, file, policy, taken)
             claims += found
         results.extend(problems)
     results.extend(collision_problems(claims, existing))

@@ -168,6 +168,21 @@ def test_invalid_stack_is_refused_and_nothing_is_created(
         remove_quietly(name)
 
 
+def test_a_subnet_taken_by_a_live_stack_is_refused(
+    stack: str, docker_client: docker.DockerClient
+) -> None:
+    """Swarm would accept it and leave the new tasks in "new" for ever."""
+    live = docker_client.networks.get(f"{stack}_dht").attrs["IPAM"]["Config"][0]["Subnet"]
+    name = f"cqkdtest_{uuid.uuid4().hex[:8]}"
+    try:
+        done = cqkd("deploy", "--replicas", "3", "--stack", name, "--subnet", live)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert f"overlaps network '{stack}_dht'" in done.stderr
+        assert leftovers(docker_client, name) == {"services": [], "containers": [], "networks": []}
+    finally:
+        remove_quietly(name)
+
+
 def test_teardown_leaves_no_service_container_or_network(
     stack: str, docker_client: docker.DockerClient
 ) -> None:
