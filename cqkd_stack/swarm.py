@@ -230,19 +230,72 @@ def port_map(client: docker.DockerClient, stack: str, policy: Policy) -> PortMap
     return result
 
 
-def live_claims(
-    client: docker.DockerClient, exclude_stack: str | None = None
-) -> list[ServicePorts]:
-    """Ports already promised to DHT services of other stacks on this swarm.
+class NetworkNames:
+    """Network IDs in service specs → names, with one list call.
 
-    A new batch must not take them; validation checks against these exactly as
-    it checks two files against each other.
+    Swarm refers to the host network by a cluster-level ID that the local
+    network list does not show; such IDs are inspected once each.
     """
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+        self.by_id = {n["Id"]: n["Name"] for n in client.api.networks()}
+
+    def name(self, network_id: str) -> str:
+        if network_id not in self.by_id:
+            from docker.errors import NotFound
+
+            try:
+                self.by_id[network_id] = self.client.api.inspect_network(network_id)["Name"]
+            except NotFound:
+                self.by_id[network_id] = network_id
+        return self.by_id[network_id]
+
+    def of_service(self, service: dict[str, Any]) -> set[str]:
+        attached = service["Spec"].get("TaskTemplate", {}).get("Networks") or []
+        return {self.name(n["Target"]) for n in attached if n.get("Target")}
+
+
+def stack_network_names(doc: dict[str, Any], stack: str) -> set[str]:
+    """The engine's names for the networks a stack file's services join.
+
+    ``docker stack deploy`` prefixes a stack's own networks with the stack
+    name; external ones keep their name (``host`` for host networking).
+    """
+    declared = doc.get("networks") or {}
+    names = set()
+    for service in (doc.get("services") or {}).values():
+        joined = service.get("networks") or ["default"]
+        for key in joined:
+            network = declared.get(key) or {}
+            if network.get("external"):
+                names.add(network.get("name", key))
+            else:
+                names.add(network.get("name", f"{stack}_{key}"))
+    return names
+
+
+def live_claims(
+    client: docker.DockerClient,
+    exclude_stack: str | None = None,
+    networks: set[str] | None = None,
+) -> list[ServicePorts]:
+    """Ports already held by DHT services of other stacks that share a network.
+
+    Two stacks on separate overlay networks may both use 7000-7999: their
+    tasks never share a network namespace. Sharing one (a batch joining a
+    DHT's network, or host networking) makes equal ports a real collision.
+    ``networks=None`` counts every live service.
+    """
+    services = client.api.services()
+    names = NetworkNames(client)
     claims = []
-    for service in client.api.services():
-        labels = service["Spec"].get("Labels") or {}
-        stack = labels.get(STACK_LABEL)
+    for service in services:
+        spec = service["Spec"]
+        stack = (spec.get("Labels") or {}).get(STACK_LABEL)
         if stack is None or stack == exclude_stack:
+            continue
+        if networks is not None and not names.of_service(service) & networks:
             continue
         rule = port_rule(service)
         ports = rule.ports()
@@ -288,7 +341,8 @@ def scale_problems(
         f"{full}: slot {p - wanted.start + 1} would get port {p}, which the policy blocks"
         for p in policy.blocked_in(wanted)
     ]
-    others = [c for c in live_claims(client) if c.service != full]
+    joined = NetworkNames(client).of_service(target)
+    others = [c for c in live_claims(client, networks=joined) if c.service != full]
     mine = ServicePorts(f"stack {stack}", full, rule.role, wanted, rule.protocol)
     problems += [p.message for p in collision_problems([mine], others)]
     network_name = f"{stack}_{DHT_NETWORK}"

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import yaml
 from invoke import Collection, Context, Exit, task
 
 from . import DEFAULT_NODE_IMAGE, report
@@ -284,9 +285,11 @@ def deploy(
             subnet = str(swarm.free_subnet(taken, dht_tasks(rules, options)))
         options = dataclasses.replace(options, subnet=subnet or None)
         source, text = f"<rendered for stack {name}>", render(rules, options)
-    # Ports other stacks already hold count as claims too; this stack's own
-    # services are being replaced, so they do not.
-    existing = swarm.live_claims(client, exclude_stack=name)
+    # Ports that other stacks on the same networks hold count as claims too;
+    # this stack's own services are being replaced, so they do not.
+    doc = yaml.safe_load(text)
+    joined = swarm.stack_network_names(doc, name) if isinstance(doc, dict) else set()
+    existing = swarm.live_claims(client, exclude_stack=name, networks=joined)
     results = validate_texts([(source, text)], rules, existing, taken)
     if not results.ok:
         raise Exit(report.text(results) + "\nnothing was deployed", code=1)

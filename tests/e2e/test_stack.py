@@ -183,6 +183,35 @@ def test_a_subnet_taken_by_a_live_stack_is_refused(
         remove_quietly(name)
 
 
+def test_host_network_workers_answer_on_the_node_at_their_slot_port(
+    stack: str, docker_client: docker.DockerClient, node_image: str
+) -> None:
+    """Host networking: no overlay, the slot port alone keeps workers apart.
+
+    It shares no network with the overlay stack (same ports there are fine),
+    but a second host stack on the same ports is a real collision: refused.
+    """
+    host, clash = (f"cqkdtest_{uuid.uuid4().hex[:8]}" for _ in range(2))
+    try:
+        done = cqkd("deploy", "--replicas", "5", "--network", "host", "--stack", host)
+        assert done.returncode == 0, done.stdout + done.stderr
+        nodes = {n.id: n.attrs["Status"]["Addr"] for n in docker_client.nodes.list()}
+        tasks = worker_tasks(docker_client, host)
+        targets = {f"{nodes[t['NodeID']]}:{7000 + t['Slot'] - 1}": t["Slot"] for t in tasks}
+        assert sorted(targets.values()) == [1, 2, 3, 4, 5]
+        answers = probe(docker_client, node_image, "host", list(targets))
+        assert all(answers.values()), answers
+        refused = cqkd("deploy", "--replicas", "5", "--network", "host", "--stack", clash)
+        assert refused.returncode == 1
+        assert f"overlap service '{host}_worker' in stack {host}" in refused.stderr
+        assert leftovers(docker_client, clash) == {"services": [], "containers": [], "networks": []}
+    finally:
+        cqkd("teardown", "--stack", host, "--timeout", "300")
+        remove_quietly(host)
+        remove_quietly(clash)
+    assert leftovers(docker_client, host)["containers"] == []
+
+
 def test_teardown_leaves_no_service_container_or_network(
     stack: str, docker_client: docker.DockerClient
 ) -> None:

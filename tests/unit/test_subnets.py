@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+import yaml
 
 from cqkd_stack.errors import CqkdError
 from cqkd_stack.policy import load_policy
@@ -40,3 +41,16 @@ def test_a_subnet_overlapping_a_live_network_is_refused() -> None:
     assert [p.path for p in results.problems] == ["$.networks.dht.ipam.config[0].subnet"]
     assert "overlaps network 'other_dht' (10.213.0.0/22)" in results.problems[0].message
     assert validate_texts([("s.yml", text)], POLICY).ok
+
+
+def test_stack_network_names_follow_docker_stack_naming() -> None:
+    from cqkd_stack.swarm import stack_network_names
+
+    overlay = yaml.safe_load(render(POLICY, RenderOptions(replicas=3)))
+    assert stack_network_names(overlay, "prod") == {"prod_dht"}
+    host = yaml.safe_load(render(POLICY, RenderOptions(replicas=3, network="host")))
+    assert stack_network_names(host, "prod") == {"host"}
+    batch = yaml.safe_load(render(POLICY, RenderOptions(replicas=3, port_offset=100)))
+    assert stack_network_names(batch, "more") == {"cqkd_dht"}
+    bare = {"services": {"web": {"image": "x"}}}
+    assert stack_network_names(bare, "s") == {"s_default"}
