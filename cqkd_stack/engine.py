@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +23,7 @@ import docker.errors
 import requests
 
 from .errors import CqkdError
-
-Progress = Callable[[str], None]
+from .process import Progress, run, say, tail
 
 # Command -> Debian package that provides it. ``images`` needs debootstrap and
 # ``ensure_swarm`` needs ``ip``, so they come with the engine.
@@ -72,18 +71,9 @@ class EngineStatus:
         return self
 
 
-def _say(progress: Progress | None, message: str) -> None:
-    if progress is not None:
-        progress(message)
-
-
 def _require_root(what: str) -> None:
     if os.geteuid() != 0:
         raise CqkdError(f"{what} needs root (run it with sudo or as root)")
-
-
-def _tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 def _which(command: str) -> str | None:
@@ -121,27 +111,15 @@ def ensure_installed(progress: Progress | None = None) -> EngineStatus:
             "install Docker (dockerd), iptables, debootstrap and iproute2 yourself"
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    _say(progress, "updating the apt package lists…")
-    _run_apt(["apt-get", "update"], env)
-    _say(progress, f"installing {' '.join(packages)} (apt-get)…")
-    _run_apt(["apt-get", "install", "-y", *packages], env)
+    say(progress, "updating the apt package lists…")
+    run(["apt-get", "update"], "apt-get update", env=env)
+    say(progress, f"installing {' '.join(packages)} (apt-get)…")
+    run(["apt-get", "install", "-y", *packages], "apt-get install", env=env)
     still = missing_packages()
     if still:
         raise CqkdError(f"apt-get succeeded but these are still missing: {', '.join(still)}")
     status.done.append(f"installed {' '.join(packages)}")
     return status
-
-
-def _run_apt(argv: list[str], env: dict[str, str]) -> None:
-    try:
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-    except OSError as exc:
-        raise CqkdError(f"cannot run {' '.join(argv)}: {exc}") from exc
-    if proc.returncode != 0:
-        raise CqkdError(
-            f"{' '.join(argv)} failed (exit {proc.returncode}):\n"
-            f"{_tail(proc.stderr or proc.stdout)}"
-        )
 
 
 # --- daemon ------------------------------------------------------------------
@@ -204,7 +182,7 @@ def ensure_running(
         if pids:
             # A daemon that is still starting up (or restarting after a
             # crash) must not get a twin fighting over /var/lib/docker.
-            _say(progress, f"waiting for the running dockerd (pid {pids[0]}) to answer…")
+            say(progress, f"waiting for the running dockerd (pid {pids[0]}) to answer…")
             _wait_for_daemon(timeout, proc=None, log_path=None, log_offset=0)
         else:
             _start_dockerd(progress, timeout, log_path)
@@ -240,7 +218,7 @@ def _start_dockerd(progress: Progress | None, timeout: float, log_path: Path) ->
     dockerd = _which("dockerd")
     if dockerd is None:
         raise CqkdError("dockerd is not installed (run the install step first)")
-    _say(progress, f"starting dockerd (log: {log_path})…")
+    say(progress, f"starting dockerd (log: {log_path})…")
     env = {**os.environ, PREFER_OFFLINE_ENV: "1"}
     # A DOCKER_HOST meant for clients would be taken by nobody here, but a
     # leftover one would make our own pings look somewhere else.
@@ -299,7 +277,7 @@ def _log_since(log_path: Path | None, offset: int) -> str:
     try:
         with open(log_path, "rb") as log:
             log.seek(offset)
-            return _tail(log.read().decode(errors="replace"))
+            return tail(log.read().decode(errors="replace"))
     except OSError:
         return ""
 
@@ -351,7 +329,7 @@ def ensure_swarm(progress: Progress | None = None) -> EngineStatus:
             state = swarm.get("LocalNodeState", "")
             if state == "inactive":
                 addr = advertise_address()
-                _say(progress, f"initialising the swarm (advertise address {addr})…")
+                say(progress, f"initialising the swarm (advertise address {addr})…")
                 node_id = client.swarm.init(advertise_addr=addr, listen_addr="0.0.0.0:2377")
                 status.done.append(f"initialised a swarm advertising {addr}")
                 swarm = client.info().get("Swarm", {})

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +31,7 @@ from docker.models.images import Image
 
 from . import DEFAULT_NODE_IMAGE, __version__
 from .errors import CqkdError
-
-Progress = Callable[[str], None]
+from .process import Progress, run, say, tail
 
 BASE_IMAGE = "cqkd-base:bookworm"
 BASE_SUITE = "bookworm"
@@ -69,15 +68,6 @@ class ImageResult:
     # The wheels the node image was built from; None when nothing was built.
     wheelhouse: Path | None = None
     done: list[str] = field(default_factory=list)
-
-
-def _say(progress: Progress | None, message: str) -> None:
-    if progress is not None:
-        progress(message)
-
-
-def _tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 def _get_image(client: docker.DockerClient, name: str) -> Image | None:
@@ -190,10 +180,10 @@ def ensure_base_image(
     work = Path(tempfile.mkdtemp(prefix="cqkd-base-", dir="/var/tmp"))
     rootfs = work / "rootfs"
     try:
-        _say(progress, f"building base image {name} (debootstrap {BASE_SUITE} from {mirror})…")
+        say(progress, f"building base image {name} (debootstrap {BASE_SUITE} from {mirror})…")
         _debootstrap(debootstrap, rootfs, mirror)
         _slim(rootfs)
-        _say(progress, f"importing base image {name}…")
+        say(progress, f"importing base image {name}…")
         _import_rootfs(client, rootfs, name, mirror)
     finally:
         _remove_tree(work)
@@ -212,11 +202,11 @@ def _debootstrap(debootstrap: str, rootfs: Path, mirror: str) -> None:
         str(rootfs),
         mirror,
     ]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    proc = run(argv, "debootstrap", check=False)
     if proc.returncode != 0:
         log = rootfs / "debootstrap" / "debootstrap.log"
         detail = log.read_text(errors="replace") if log.is_file() else proc.stderr or proc.stdout
-        raise CqkdError(f"debootstrap failed (exit {proc.returncode}):\n{_tail(detail)}")
+        raise CqkdError(f"debootstrap failed (exit {proc.returncode}):\n{tail(detail)}")
 
 
 def _slim(rootfs: Path) -> None:
@@ -270,7 +260,7 @@ def _import_rootfs(client: docker.DockerClient, rootfs: Path, name: str, mirror:
             code = tar.wait()
         if code not in (0, 1):  # 1: a file changed while read, harmless here
             errors.seek(0)
-            detail = _tail(errors.read().decode(errors="replace"))
+            detail = tail(errors.read().decode(errors="replace"))
             raise CqkdError(f"tar of the base image tree failed (exit {code}):\n{detail}")
 
 
@@ -313,29 +303,17 @@ def build_wheelhouse(
     the one pip picks in the image.
     """
     project_dir = project_dir or project_root()
-    _say(progress, f"building the wheelhouse in {dest} (pip wheel)…")
+    say(progress, f"building the wheelhouse in {dest} (pip wheel)…")
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.glob("*.whl"):
         old.unlink()
     pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(dest)]
-    _run_pip([*pip, "--no-deps", str(project_dir)], "the cqkd-stack wheel")
-    _run_pip([*pip, *NODE_REQUIREMENTS], "the node's requirement wheels")
+    run([*pip, "--no-deps", str(project_dir)], "pip wheel of cqkd-stack")
+    run([*pip, *NODE_REQUIREMENTS], "pip wheel of the node's requirements")
     wheels = sorted(dest.glob("*.whl"))
     if not any(w.name.startswith("cqkd_stack-") for w in wheels):
         raise CqkdError(f"pip wheel did not produce a cqkd_stack wheel in {dest}")
     return wheels
-
-
-def _run_pip(argv: list[str], what: str) -> None:
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    except OSError as exc:
-        raise CqkdError(f"cannot run pip to build {what}: {exc}") from exc
-    if proc.returncode != 0:
-        raise CqkdError(
-            f"pip could not build {what} (exit {proc.returncode}):\n"
-            f"{_tail(proc.stderr or proc.stdout)}"
-        )
 
 
 # --- node image ----------------------------------------------------------------
@@ -396,7 +374,7 @@ def ensure_node_image(
 
     wheelhouse = wheelhouse or project_dir / "build" / "wheelhouse"
     wheels = build_wheelhouse(wheelhouse, project_dir, progress)
-    _say(progress, f"building node image {tag} (docker build)…")
+    say(progress, f"building node image {tag} (docker build)…")
     with tempfile.TemporaryDirectory(prefix="cqkd-node-context-") as context:
         shutil.copy2(DOCKERFILE, Path(context) / "Dockerfile")
         (Path(context) / "wheels").mkdir()
@@ -419,7 +397,7 @@ def ensure_node_image(
             log = "".join(
                 str(chunk.get("stream", chunk.get("error", ""))) for chunk in exc.build_log
             )
-            raise CqkdError(f"docker build of {tag} failed: {exc.msg}\n{_tail(log)}") from exc
+            raise CqkdError(f"docker build of {tag} failed: {exc.msg}\n{tail(log)}") from exc
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise CqkdError(f"docker build of {tag} failed: {exc}") from exc
     done.append(f"built {tag}")

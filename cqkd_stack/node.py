@@ -332,22 +332,23 @@ class _ExcludingNodeHeap(NodeHeap):
         super().push([n for n in nodes if n.id != self._exclude_id])
 
 
-class _NetworkValueCrawl(ValueSpiderCrawl):
+class _SkipSelf:
+    """Makes a library crawl's candidate heap an :class:`_ExcludingNodeHeap`."""
+
     def __init__(
         self, protocol: KademliaProtocol, node: Node, peers: list[Node], ksize: int, alpha: int
     ) -> None:
-        super().__init__(protocol, node, peers, ksize, alpha)
+        super().__init__(protocol, node, peers, ksize, alpha)  # type: ignore[call-arg]
         self.nearest = _ExcludingNodeHeap(node, ksize, protocol.source_node.id)
         self.nearest.push(peers)
 
 
-class _NetworkNodeCrawl(NodeSpiderCrawl):
-    def __init__(
-        self, protocol: KademliaProtocol, node: Node, peers: list[Node], ksize: int, alpha: int
-    ) -> None:
-        super().__init__(protocol, node, peers, ksize, alpha)
-        self.nearest = _ExcludingNodeHeap(node, ksize, protocol.source_node.id)
-        self.nearest.push(peers)
+class _NetworkValueCrawl(_SkipSelf, ValueSpiderCrawl):
+    pass
+
+
+class _NetworkNodeCrawl(_SkipSelf, NodeSpiderCrawl):
+    pass
 
 
 class NoNeighboursError(CqkdError):
