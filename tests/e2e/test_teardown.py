@@ -1,0 +1,70 @@
+"""Teardown paths a healthy small stack never takes: big stacks and crash leftovers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import docker
+import yaml
+
+from cqkd_stack.deploy import stack_rm, wait_until_running
+from cqkd_stack.policy import load_policy
+from cqkd_stack.render import RenderOptions, render
+from cqkd_stack.swarm import STACK_LABEL, stack_leftovers
+
+
+def test_a_large_stack_is_stepped_down_before_removal(
+    docker_client: docker.DockerClient, node_image: str
+) -> None:
+    """At full size (step 100) a 1000-task rm killed containerd; here step 2 on 6 tasks."""
+    stack = f"cqkdtest_{uuid.uuid4().hex[:8]}"
+    doc = yaml.safe_load(render(load_policy(), RenderOptions(replicas=6, image=node_image)))
+    doc["services"] = {"worker": doc["services"]["worker"]}
+    doc["services"]["worker"]["entrypoint"] = ["sleep", "infinity"]
+    doc["services"]["worker"]["healthcheck"] = {"disable": True}
+    doc["services"]["worker"]["environment"]["BOOTSTRAP_NODES"] = "none:1"
+    notes: list[str] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "stack.yml"
+            path.write_text(yaml.safe_dump(doc))
+            subprocess.run(
+                ["docker", "stack", "deploy", "--resolve-image", "never", "-c", str(path), stack],
+                check=True,
+                capture_output=True,
+            )
+        wait_until_running(docker_client, stack, timeout=120)
+        result = stack_rm(
+            docker_client, stack, 180, lambda _d, _t, note: notes.append(note), drain_step=2
+        )
+        assert result.complete, result.left
+        steps = [n for n in notes if n.startswith("stepping")]
+        assert any(n.endswith("down to 4") for n in steps), notes
+        assert any(n.endswith("down to 2") for n in steps), notes
+        assert not any(n.endswith("down to 0") for n in steps)
+    finally:
+        subprocess.run(["docker", "stack", "rm", stack], capture_output=True)
+
+
+def test_teardown_removes_containers_a_crash_left_behind(
+    docker_client: docker.DockerClient, node_image: str
+) -> None:
+    """No service knows them any more, so Swarm never would; teardown must."""
+    stack = f"cqkdtest_{uuid.uuid4().hex[:8]}"
+    orphan = docker_client.containers.create(
+        node_image, ["true"], entrypoint=[], labels={STACK_LABEL: stack}
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "cqkd_stack", "teardown", "--stack", stack, "--timeout", "60"],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        assert stack_leftovers(docker_client, stack)["containers"] == []
+    finally:
+        subprocess.run(["docker", "rm", "-f", orphan.id], capture_output=True)
