@@ -213,7 +213,9 @@ def setup(c: Context, skip_images: bool = False) -> None:
             console.log(step)
 
         state = engine.ensure_installed(progress=say)
-        state = state.update(engine.ensure_running(progress=say))
+        # A daemon restarting after a crash cleans up every container before it
+        # answers: ~1000 took over a minute here. Waiting is on a real condition.
+        state = state.update(engine.ensure_running(progress=say, timeout=300))
         state = state.update(engine.ensure_swarm(progress=say))
         built = images.ensure_images(progress=say) if not skip_images else None
     for warning in state.warnings:
