@@ -29,7 +29,7 @@ _TRUE = {"1", "true", "yes", "on"}
 
 
 def connect() -> docker.DockerClient:
-    """A client for the local engine, or an error that says what to do."""
+    """A client for a swarm manager (every stack operation needs one), or what to do."""
     import docker
     from docker.errors import DockerException
 
@@ -40,6 +40,7 @@ def connect() -> docker.DockerClient:
         raise CqkdError(
             f"cannot reach the Docker engine ({exc}); start it with: cqkd-stack setup"
         ) from None
+    require_manager(client)
     return client
 
 

@@ -51,6 +51,9 @@ def operator_errors(func: F) -> F:
         except (Exit, KeyboardInterrupt):
             raise
         except Exception as exc:  # the boundary: report, never swallow
+            if type(exc).__module__.startswith(("docker.", "requests.")):
+                # The engine refused or went away: the environment, not a bug of ours.
+                raise Exit(f"cqkd-stack: error: the Docker engine said: {exc}", code=1) from None
             raise Exit(
                 f"cqkd-stack: unexpected error ({type(exc).__name__}: {exc}); "
                 "this is a bug in cqkd-stack, please report it",
