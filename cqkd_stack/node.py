@@ -58,7 +58,7 @@ from kademlia.protocol import KademliaProtocol
 from kademlia.utils import digest
 
 from .errors import CqkdError
-from .probe import PROBE_NODE_ID
+from .probe import PROBE_NODE_ID, split_host_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -191,16 +191,10 @@ def parse_bootstrap_nodes(raw: str) -> tuple[tuple[str, int], ...]:
         item = item.strip()
         if not item:
             continue
-        host, sep, port_text = item.rpartition(":")
-        host = host.strip().removeprefix("[").removesuffix("]")
-        if not sep or not host:
-            raise CqkdError(f"BOOTSTRAP_NODES item {item!r} is not host:port")
         try:
-            port = int(port_text)
-        except ValueError:
-            raise CqkdError(f"BOOTSTRAP_NODES item {item!r} has no numeric port") from None
-        if not 1 <= port <= 65535:
-            raise CqkdError(f"BOOTSTRAP_NODES item {item!r} has a port outside 1-65535")
+            host, port = split_host_port(item)
+        except ValueError as exc:
+            raise CqkdError(f"BOOTSTRAP_NODES item {item!r} {exc}") from None
         if (host, port) not in result:
             result.append((host, port))
     return tuple(result)

@@ -57,18 +57,31 @@ class Target:
     port: int
 
 
-def parse_target(text: str) -> Target:
-    """``"10.0.1.5:7003"`` → Target; host names are allowed and resolved later."""
+def split_host_port(text: str, form: str = "host:port") -> tuple[str, int]:
+    """``"10.0.1.5:7003"`` or ``"[::1]:7000"`` → (host, port).
+
+    Raises ValueError whose text completes "<item> ...", so each caller can
+    name what it was parsing (a target, a BOOTSTRAP_NODES item).
+    """
     host, sep, port_text = text.strip().rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
+    host = host.strip().removeprefix("[").removesuffix("]")
     if not sep or not host:
-        raise UsageError(f"target {text!r} is not ADDR:PORT")
+        raise ValueError(f"is not {form}")
     try:
         port = int(port_text)
     except ValueError:
-        raise UsageError(f"target {text!r} has no numeric port") from None
+        raise ValueError("has no numeric port") from None
     if not 1 <= port <= 65535:
-        raise UsageError(f"target {text!r} has a port outside 1-65535")
+        raise ValueError("has a port outside 1-65535")
+    return host, port
+
+
+def parse_target(text: str) -> Target:
+    """``"10.0.1.5:7003"`` → Target; host names are allowed and resolved later."""
+    try:
+        host, port = split_host_port(text, "ADDR:PORT")
+    except ValueError as exc:
+        raise UsageError(f"target {text!r} {exc}") from None
     return Target(text.strip(), host, port)
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import CqkdError
 from .policy import Policy, PortRange
 from .render import DEFAULT_SUBNET_BASE, DHT_NETWORK, ROLE_LABEL, subnet_for
-from .validate import ServicePorts
+from .validate import ServicePorts, key_values
 
 if TYPE_CHECKING:
     import docker
@@ -44,7 +44,7 @@ def connect() -> docker.DockerClient:
     return client
 
 
-def require_manager(client: docker.DockerClient) -> dict[str, Any]:
+def require_manager(client: docker.DockerClient) -> None:
     """Stacks need a swarm manager; say so before anything else fails obscurely."""
     swarm = client.info().get("Swarm") or {}
     if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
@@ -59,8 +59,7 @@ def stack_filter(stack: str) -> dict[str, str]:
 def env_of(spec: dict[str, Any]) -> dict[str, str]:
     """A service spec's container environment as a mapping."""
     container = spec.get("TaskTemplate", {}).get("ContainerSpec", {})
-    pairs = (item.split("=", 1) for item in container.get("Env") or [])
-    return {p[0]: p[1] if len(p) > 1 else "" for p in pairs}
+    return key_values(container.get("Env"))
 
 
 @dataclass(frozen=True)

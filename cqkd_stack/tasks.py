@@ -273,7 +273,7 @@ def deploy(
     name = _setting(c, "stack", stack)
     rules = _policy(c, policy)
     client = swarm.connect()
-    node = swarm.require_manager(client)
+    manager_address = client.info()["Swarm"].get("NodeAddr") or "127.0.0.1"
     taken = swarm.taken_subnets(client, exclude_stack=name)
     if file:
         source, text = file, read_text(Path(file))
@@ -283,7 +283,7 @@ def deploy(
             image=image,
             network=network,
             port_offset=port_offset,
-            bootstrap_host=node.get("NodeAddr") or "127.0.0.1",
+            bootstrap_host=manager_address,
             join_stack=_setting(c, "stack", join_stack) if port_offset else name,
         )
         if not subnet and network == "overlay" and not port_offset:
@@ -364,15 +364,13 @@ def _print_port_table(console: Console, ports: Any) -> None:
 
 def _compact(numbers: list[int]) -> str:
     """1,2,3,7 → 1-3, 7: a thousand missing slots must fit on a line."""
-    spans: list[str] = []
-    for n in numbers:
-        if spans and "-" not in spans[-1] and int(spans[-1]) == n - 1:
-            spans[-1] = f"{spans[-1]}-{n}"
-        elif spans and "-" in spans[-1] and int(spans[-1].split("-")[1]) == n - 1:
-            spans[-1] = f"{spans[-1].split('-')[0]}-{n}"
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and spans[-1][1] == n - 1:
+            spans[-1][1] = n
         else:
-            spans.append(str(n))
-    return ", ".join(spans)
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 @task(

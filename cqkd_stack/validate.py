@@ -36,7 +36,7 @@ class ServicePorts:
     protocol: str
 
 
-def _mapping(value: Any) -> dict[str, str]:
+def key_values(value: Any) -> dict[str, str]:
     """Compose accepts environment and labels as a mapping or a KEY=VALUE list."""
     if isinstance(value, dict):
         return {str(k): "" if v is None else str(v) for k, v in value.items()}
@@ -69,8 +69,8 @@ class _ServiceCheck:
     def __init__(self, file: str, name: str, service: dict[str, Any], policy: Policy) -> None:
         self.file, self.name, self.service, self.policy = file, name, service, policy
         self.deploy: dict[str, Any] = service.get("deploy") or {}
-        self.env = _mapping(service.get("environment"))
-        self.labels = _mapping(self.deploy.get("labels"))
+        self.env = key_values(service.get("environment"))
+        self.labels = key_values(self.deploy.get("labels"))
         self.problems: list[Problem] = []
 
     def problem(self, where: Iterable[str | int], message: str) -> None:

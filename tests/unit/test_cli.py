@@ -52,3 +52,11 @@ def test_version_is_reported(cli) -> None:
     result = cli("--version")
     assert result.code == 0
     assert "cqkd-stack" in result.out
+
+
+def test_slot_lists_are_compacted_into_ranges() -> None:
+    from cqkd_stack.tasks import _compact
+
+    assert _compact([1, 2, 3, 7, 9, 10]) == "1-3, 7, 9-10"
+    assert _compact([5]) == "5"
+    assert _compact([]) == ""
