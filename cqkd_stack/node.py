@@ -58,7 +58,7 @@ from kademlia.protocol import KademliaProtocol
 from kademlia.utils import digest
 
 from .errors import CqkdError
-from .probe import PROBE_NODE_ID, split_host_port
+from .wire import PROBE_NODE_ID, split_host_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import ipaddress
 import json
 import logging
@@ -32,14 +31,11 @@ from dataclasses import dataclass
 
 from rpcudp.protocol import RPCProtocol
 
+from .wire import PROBE_NODE_ID, split_host_port
+
 PROG = "cqkd-probe"
 # Kademlia node ids are SHA-1 sized; anything else answering is not our node.
 NODE_ID_BYTES = 20
-# Every probe uses this one id. Kademlia adds every pinger to its routing
-# table, so a probe with a random id would leave a dead contact in all 1000
-# nodes, and each node's next lookup would wait out an RPC timeout on it. Our
-# node never adds this id; a stock kademlia node adds it once, not once per run.
-PROBE_NODE_ID = hashlib.sha1(b"cqkd-stack probe").digest()
 # 1000 replies arriving together overflow the default ~200 KiB receive buffer
 # (each datagram is accounted at ~1 KiB); the kernel caps this at rmem_max.
 # With it, 1000 pings in flight at once were all answered in a local test.
@@ -55,25 +51,6 @@ class Target:
     text: str
     host: str
     port: int
-
-
-def split_host_port(text: str, form: str = "host:port") -> tuple[str, int]:
-    """``"10.0.1.5:7003"`` or ``"[::1]:7000"`` → (host, port).
-
-    Raises ValueError whose text completes "<item> ...", so each caller can
-    name what it was parsing (a target, a BOOTSTRAP_NODES item).
-    """
-    host, sep, port_text = text.strip().rpartition(":")
-    host = host.strip().removeprefix("[").removesuffix("]")
-    if not sep or not host:
-        raise ValueError(f"is not {form}")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError("has no numeric port") from None
-    if not 1 <= port <= 65535:
-        raise ValueError("has a port outside 1-65535")
-    return host, port
 
 
 def parse_target(text: str) -> Target:
