@@ -35,6 +35,13 @@ PROG = "cqkd-resolver"
 # almost always a slot or a typo, never a deliberate choice.
 MIN_PORT = 1024
 MAX_PORT = 65535
+# The seed design's contract: with BASE_PORT unset, a task is a worker and its
+# range is the default policy's worker range, so `WORKER_ID=5` alone means
+# 7004 and `LEGACY_PORT_MODE=true` alone means 7000. Written out here because
+# the resolver reads no policy file; a unit test keeps it equal to
+# stacks/port-policy.yml.
+DEFAULT_BASE_PORT = 7000
+DEFAULT_RANGE_END = 7999
 
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no", ""})
@@ -44,7 +51,8 @@ usage: python -m cqkd_stack.resolver [--json] [--no-bind-check]
        python -m cqkd_stack.resolver [--no-bind-check] exec -- CMD [ARG ...]
 
 Compute this task's DHT port from the environment (DHT_PORT, or
-BASE_PORT + (TASK_SLOT - 1) + PORT_OFFSET, or LEGACY_PORT_MODE) and check that
+BASE_PORT + (TASK_SLOT - 1) + PORT_OFFSET, or LEGACY_PORT_MODE; BASE_PORT
+defaults to 7000, range 7000-7999, PORT_OFFSET to 0) and check that
 it can be bound. Without a subcommand, print the port; with `exec`, export
 DHT_PORT=<port> and replace this process with CMD.
 
@@ -270,11 +278,15 @@ def resolve(env: Mapping[str, str]) -> Resolution:
     if raw_port is not None:
         return done(_explicit_port(env, raw_port, base, end, role), None, "DHT_PORT")
 
+    if base is None and end is None:
+        # An explicit DHT_PORT (above) keeps its old freedom; only the formula
+        # and legacy mode fall back to the default worker range.
+        base, end = DEFAULT_BASE_PORT, DEFAULT_RANGE_END
     if base is None:
         raise ResolverError(
-            "BASE_PORT is not set and neither is DHT_PORT: set BASE_PORT to the first "
-            f"port of the {role + ' ' if role else ''}role's range (with TASK_SLOT), "
-            "or an explicit DHT_PORT"
+            f"PORT_RANGE_END={end} is set but BASE_PORT is not: set BASE_PORT to the first "
+            f"port of the {role + ' ' if role else ''}role's range, or neither of them "
+            f"for the default worker range {DEFAULT_BASE_PORT}-{DEFAULT_RANGE_END}"
         )
 
     if _parse_flag(env, "LEGACY_PORT_MODE"):

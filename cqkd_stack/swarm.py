@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import CqkdError
 from .policy import Policy, PortRange
 from .render import DEFAULT_SUBNET_BASE, DHT_NETWORK, ROLE_LABEL, subnet_for
+from .resolver import DEFAULT_BASE_PORT
 from .validate import ServicePorts, key_values
 
 if TYPE_CHECKING:
@@ -103,11 +104,14 @@ def port_rule(service: dict[str, Any]) -> ServicePortRule:
     replicated = spec.get("Mode", {}).get("Replicated")
     base = _int(env.get("BASE_PORT"))
     fixed = _int(env.get("DHT_PORT"))
+    role = env.get("CQKD_ROLE") or labels.get(ROLE_LABEL)
+    if base is None and fixed is None and role and not env.get("PORT_RANGE_END"):
+        base = DEFAULT_BASE_PORT  # what the resolver in each task falls back to
     if fixed is None and env.get("LEGACY_PORT_MODE", "").lower() in _TRUE:
         fixed = base
     return ServicePortRule(
         service=spec["Name"],
-        role=env.get("CQKD_ROLE") or labels.get(ROLE_LABEL),
+        role=role,
         base=base,
         offset=_int(env.get("PORT_OFFSET")) or 0,
         fixed=fixed,

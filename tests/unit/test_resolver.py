@@ -162,8 +162,31 @@ def test_misspelt_legacy_flag_is_an_error() -> None:
     assert "LEGACY_PORT_MODE='ture'" in error_of(worker(LEGACY_PORT_MODE="ture", TASK_SLOT="1"))
 
 
-def test_legacy_mode_still_needs_base_port() -> None:
-    assert "BASE_PORT is not set" in error_of({"LEGACY_PORT_MODE": "true"})
+def test_seed_contract_worker_id_alone() -> None:
+    """The seed design's words, verbatim: nothing but WORKER_ID=5 answers 7004."""
+    result = resolve({"WORKER_ID": "5"})
+    assert (result.port, result.slot, result.source) == (7004, 5, "WORKER_ID")
+
+
+def test_seed_contract_legacy_mode_alone() -> None:
+    assert resolve({"LEGACY_PORT_MODE": "true"}).port == 7000
+
+
+def test_seed_contract_defaults_stay_inside_the_worker_range() -> None:
+    assert resolve({"WORKER_ID": "1000"}).port == 7999
+    assert "outside the range 7000-7999" in error_of({"WORKER_ID": "1001"})
+
+
+def test_seed_contract_defaults_match_the_shipped_policy() -> None:
+    from cqkd_stack.policy import load_policy
+    from cqkd_stack.resolver import DEFAULT_BASE_PORT, DEFAULT_RANGE_END
+
+    worker = load_policy().role_range("worker")
+    assert (worker.start, worker.end) == (DEFAULT_BASE_PORT, DEFAULT_RANGE_END)
+
+
+def test_seed_contract_port_offset_defaults_to_zero_and_still_applies() -> None:
+    assert resolve({"WORKER_ID": "5", "PORT_OFFSET": "10"}).port == 7014
 
 
 # --- DHT_PORT mistakes -------------------------------------------------------
@@ -241,9 +264,9 @@ def test_whitespace_around_integers_is_tolerated() -> None:
     assert resolve(worker(TASK_SLOT=" 3\n")).port == 7002
 
 
-def test_missing_base_port_without_dht_port() -> None:
-    message = error_of({"TASK_SLOT": "1", "CQKD_ROLE": "worker"})
-    assert "BASE_PORT is not set" in message and "DHT_PORT" in message
+def test_range_end_without_base_port_is_an_error() -> None:
+    message = error_of({"TASK_SLOT": "1", "CQKD_ROLE": "worker", "PORT_RANGE_END": "7100"})
+    assert "BASE_PORT is not" in message and "7000-7999" in message
 
 
 def test_inverted_range_is_an_error() -> None:
