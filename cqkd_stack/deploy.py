@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import DEFAULT_NODE_IMAGE
 from .errors import CqkdError
 from .process import run
 from .swarm import running_counts, stack_filter, stack_leftovers
@@ -51,6 +52,9 @@ class WaitResult:
     seconds: float
     ready: int
     total: int
+    # When every replica was first running, and when every task was in the DHT.
+    running_seconds: float | None = None
+    joined_seconds: float | None = None
 
 
 @dataclass
@@ -134,6 +138,117 @@ def wait_until_running(
                 troubles,
             )
         time.sleep(POLL_SECONDS)
+
+
+def poll_interval(total: int) -> float:
+    """Seconds between rounds: a task listing of 1000 tasks costs the engine real CPU."""
+    return POLL_SECONDS if total <= 300 else 2 * POLL_SECONDS
+
+
+def wait_until_ready(
+    client: docker.DockerClient,
+    stack: str,
+    timeout: float,
+    progress: Progress | None = None,
+    *,
+    image: str = DEFAULT_NODE_IMAGE,
+) -> WaitResult:
+    """Wait until every replica runs and every DHT task answers the probe, joined.
+
+    Each round lists services, tasks and nodes (one API call each), then
+    probes, in one process, only the running tasks not yet seen joined. Once
+    all are, one more round asks every task, so a task that died meanwhile
+    is not reported as ready. Swarm's "running" and the DHT's "joined" are
+    reported separately: the first is the engine's work, the second ours.
+    """
+    from .readiness import Prober, targets_of
+    from .swarm import task_rows
+
+    start = time.monotonic()
+    deadline = start + timeout
+    joined_ids: set[str] = set()
+    running_at: float | None = None
+    with Prober(client, stack, image) as prober:
+        while True:
+            round_start = time.monotonic()
+            wanted = _expected_replicas(client, stack)
+            services = client.api.services(filters=stack_filter(stack))
+            tasks = client.api.tasks(filters=stack_filter(stack))
+            nodes = {n["ID"]: n for n in client.api.nodes()}
+            total = sum(n for _, n in wanted.values())
+            counts = running_counts(tasks)
+            running = sum(min(counts[sid], n) for sid, (_, n) in wanted.items())
+            if wanted and running == total and running_at is None:
+                running_at = time.monotonic() - start
+            rows = {r.task_id: r for r in task_rows(stack, services, tasks, nodes)}
+            joined_ids &= rows.keys()
+            dht_total = sum(n for sid, (_, n) in wanted.items() if _is_dht_service(services, sid))
+            pending = [r for tid, r in rows.items() if tid not in joined_ids]
+            confirm = running == total and len(joined_ids) >= dht_total
+            asked = list(rows.values()) if confirm else pending
+            answers = prober.round(targets_of(asked)).answers
+            for task_id, row in rows.items():
+                (target,) = targets_of([row])
+                if target.askable and target.ready(answers.get(target.text)):
+                    joined_ids.add(task_id)
+                elif confirm or task_id not in joined_ids:
+                    joined_ids.discard(task_id)
+            joined = min(len(joined_ids), dht_total)
+            if progress is not None:
+                progress(
+                    joined,
+                    dht_total,
+                    f"{running}/{total} running, {joined}/{dht_total} joined",
+                )
+            if confirm and running == total and len(joined_ids) >= dht_total:
+                now = time.monotonic() - start
+                return WaitResult(now, joined, dht_total, running_at, now)
+            if time.monotonic() >= deadline:
+                raise _not_ready(stack, timeout, tasks, wanted, rows, joined_ids, running, total)
+            if not confirm and running == total and len(joined_ids) >= dht_total:
+                continue  # everything answered: confirm at once, no reason to wait
+            time.sleep(max(0.0, poll_interval(total) - (time.monotonic() - round_start)))
+
+
+def _is_dht_service(services: list[dict[str, Any]], service_id: str) -> bool:
+    from .swarm import is_dht, port_rule
+
+    return any(s["ID"] == service_id and is_dht(port_rule(s)) for s in services)
+
+
+def _not_ready(
+    stack: str,
+    timeout: float,
+    tasks: list[dict[str, Any]],
+    wanted: dict[str, tuple[str, int]],
+    rows: dict[str, Any],
+    joined_ids: set[str],
+    running: int,
+    total: int,
+) -> NotReady:
+    """Name each task that is not running (with the engine's reason) or not in the DHT."""
+    current = [t for t in tasks if t.get("DesiredState") == "running"]
+    troubles = _troubles(current, wanted)
+    for task_id, row in rows.items():
+        if row.state == "running" and task_id not in joined_ids:
+            where = f"{row.address}:{row.port}"
+            troubles.append(
+                TaskTrouble(row.service, row.slot, "running", f"not in the DHT at {where}")
+            )
+    failed = [t for t in tasks if t.get("Status", {}).get("Err")]
+    failed.sort(key=lambda t: t.get("Status", {}).get("Timestamp", ""), reverse=True)
+    lines = [
+        f"  {t.service}.{t.slot}: {t.state}" + (f" ({t.error})" if t.error else "")
+        for t in troubles[:20]
+    ]
+    more = f"\n  ... and {len(troubles) - 20} more" if len(troubles) > 20 else ""
+    last = failed[0]["Status"]["Err"] if failed else ""
+    hint = f"\n  latest task error: {last}" if last else ""
+    return NotReady(
+        f"stack '{stack}': {running}/{total} tasks running, {len(joined_ids)} in the DHT "
+        f"after {timeout:.0f} s; not ready:\n" + "\n".join(lines) + more + hint,
+        troubles,
+    )
 
 
 def scale_service(client: docker.DockerClient, stack: str, service: str, replicas: int) -> None:
@@ -247,7 +362,12 @@ def stack_rm(
     """
     from docker.errors import APIError, NotFound
 
+    from .readiness import remove_probes
+
     start = time.monotonic()
+    # A probe an interrupted deploy left on the stack's network would keep
+    # the network from being removed.
+    remove_probes(client, stack)
     before = stack_leftovers(client, stack)
     if not any(before.values()):
         raise CqkdError(f"no stack named '{stack}' is deployed; nothing to remove", exit_code=1)

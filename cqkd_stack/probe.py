@@ -8,8 +8,14 @@ network, so "every port answers" is checked from inside the DHT network with
 the protocol the nodes speak, independently of our resolver's arithmetic.
 
 Output (stdout, one line): ``{"ADDR:PORT": "<responder node id hex>" | null, ...}``
-in the order given. Exit 0 if every target answered, 1 if any did not, 2 for
-a usage error.
+in the order given; with ``--joined`` each answer is ``{"id": hex, "neighbours": n}``
+(the node's contacts from a ``find_node``: 0 means listening but not in the
+DHT yet). Exit 0 if every target answered, 1 if any did not, 2 for a usage
+error.
+
+``cqkd-stack deploy`` / ``scale`` / ``probe`` run it once per poll round in one
+container on the stack's network: readiness costs one process per round, not
+a health-check exec per task.
 
 Every target gets its own ``ping`` over one local UDP socket, many at once:
 an unanswered RPC costs the full RPC timeout (5 s in rpcudp), so 1000 targets
@@ -28,6 +34,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from rpcudp.protocol import RPCProtocol
 
@@ -124,6 +131,46 @@ async def ping_one(protocol: ProbeProtocol, target: Target, attempts: int) -> st
     return None
 
 
+def count_neighbours(answer: object) -> int | None:
+    """Contacts in a ``find_node`` answer, the probe itself not counted; None if malformed.
+
+    A stock kademlia node keeps the probe (one fixed id) as a contact once
+    pinged, with the port of whichever probe run was last; counting it would
+    make a node that never joined look joined.
+    """
+    if not isinstance(answer, list):
+        return None
+    contacts = 0
+    for contact in answer:
+        if not isinstance(contact, (list, tuple)) or len(contact) != 3:
+            return None
+        if contact[0] != PROBE_NODE_ID:
+            contacts += 1
+    return contacts
+
+
+async def joined_one(
+    protocol: ProbeProtocol, target: Target, attempts: int
+) -> dict[str, object] | None:
+    """``{"id": hex, "neighbours": n}`` for a node that answers, else ``None``.
+
+    "Joined" needs more than an answer: a node listens (and answers pings)
+    before it has found anybody. ``find_node`` returns the node's contacts,
+    so an empty answer means "up, but not in the DHT yet".
+    """
+    node_id = await ping_one(protocol, target, attempts)
+    if node_id is None:
+        return None
+    address = await _address(target)
+    neighbours: int | None = None
+    for _ in range(attempts):
+        answered, contacts = await protocol.find_node(address, protocol.node_id, protocol.node_id)
+        if answered:
+            neighbours = count_neighbours(contacts)
+            break
+    return {"id": node_id, "neighbours": neighbours}
+
+
 async def probe(
     targets: list[Target],
     *,
@@ -132,8 +179,12 @@ async def probe(
     attempts: int = 2,
     concurrency: int = 1024,
     bind: str = "0.0.0.0",
-) -> dict[str, str | None]:
-    """Ping every target; targets still unanswered after ``timeout`` seconds are ``None``."""
+    joined: bool = False,
+) -> dict[str, Any]:
+    """Ping every target; targets still unanswered after ``timeout`` seconds are ``None``.
+
+    With ``joined``, each answer is ``{"id", "neighbours"}`` (see :func:`joined_one`).
+    """
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with contextlib.suppress(OSError):
@@ -143,16 +194,18 @@ async def probe(
     transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
     gate = asyncio.Semaphore(concurrency)
 
-    async def bounded(target: Target) -> str | None:
+    ask = joined_one if joined else ping_one
+
+    async def bounded(target: Target) -> Any:
         async with gate:
-            return await ping_one(protocol, target, attempts)
+            return await ask(protocol, target, attempts)
 
     tasks = {t.text: asyncio.ensure_future(bounded(t)) for t in targets}
     try:
         await asyncio.wait(tasks.values(), timeout=timeout)
     finally:
         transport.close()
-    results: dict[str, str | None] = {}
+    results: dict[str, Any] = {}
     for text, task in tasks.items():
         if task.done() and not task.cancelled() and task.exception() is None:
             results[text] = task.result()
@@ -194,6 +247,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--bind", default="0.0.0.0", help="local address (default: %(default)s)")
     parser.add_argument(
+        "--joined",
+        action="store_true",
+        help='also ask each node for its contacts: {"id", "neighbours"} per target',
+    )
+    parser.add_argument(
         "-v", "--verbose", action="store_true", help="print a summary line to stderr"
     )
     return parser
@@ -225,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 attempts=args.attempts,
                 concurrency=args.concurrency,
                 bind=args.bind,
+                joined=args.joined,
             )
         )
     except OSError as exc:  # the local socket itself, e.g. a bad --bind address

@@ -50,12 +50,23 @@ def health_interval(tasks: int) -> int:
     return max(MIN_HEALTH_INTERVAL, math.ceil(tasks / HEALTH_CHECKS_PER_SECOND))
 
 
-def _set_health_interval(doc: dict[str, Any], tasks: int) -> None:
-    """Only the interval: the check itself stays the image's (Test empty = inherit)."""
-    interval = f"{health_interval(tasks)}s"
+def _set_healthcheck(doc: dict[str, Any], tasks: int, enabled: bool) -> None:
+    """Docker health checks off unless asked for; with them, only the interval is set.
+
+    Readiness is the toolkit's own Kademlia probe (one process per poll round
+    for the whole stack), not a check per task: every check is an exec through
+    dockerd, and at 1000 tasks they kept the load above 120 and held tasks out
+    of DNS until their first check passed. Enabled, the check stays the
+    image's (Test empty = inherit) and its interval keeps the stack within
+    HEALTH_CHECKS_PER_SECOND.
+    """
     for service in doc["services"].values():
-        if _role(service) is not None:
-            service.setdefault("healthcheck", {})["interval"] = interval
+        if _role(service) is None:
+            continue
+        if enabled:
+            service.setdefault("healthcheck", {})["interval"] = f"{health_interval(tasks)}s"
+        else:
+            service["healthcheck"] = {"disable": True}
 
 
 def subnet_capacity(network: ipaddress.IPv4Network) -> int:
@@ -88,6 +99,8 @@ class RenderOptions:
     template: Path | None = None
     # A batch with a port offset joins the DHT of this already deployed stack.
     join_stack: str = "cqkd"
+    # Docker's per-task health check (an exec per task per interval); off by default.
+    healthcheck: bool = False
 
     @property
     def is_batch(self) -> bool:
@@ -143,7 +156,7 @@ def render_document(policy: Policy, options: RenderOptions) -> dict[str, Any]:
     services: dict[str, dict[str, Any]] = doc["services"]
     if options.is_batch:
         _keep_workers_only(doc, policy, options)
-        _set_health_interval(doc, options.replicas)
+        _set_healthcheck(doc, options.replicas, options.healthcheck)
         return _replace_placeholders(doc)
 
     bootstrap_nodes = []
@@ -174,7 +187,7 @@ def render_document(policy: Policy, options: RenderOptions) -> dict[str, Any]:
             env["BOOTSTRAP_NODES"] = ",".join(bootstrap_nodes)
 
     tasks = sum(int(s.get("deploy", {}).get("replicas", 1)) for s in services.values())
-    _set_health_interval(doc, tasks)
+    _set_healthcheck(doc, tasks, options.healthcheck)
     if options.network == "host":
         _use_host_network(doc)
     else:

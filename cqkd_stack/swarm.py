@@ -168,15 +168,27 @@ class PortMap:
 
 
 def _address(task: dict[str, Any], network_name: str, node_addr: str | None) -> str | None:
-    """The task's address on the DHT network; on the host network, its node's address."""
-    for attachment in task.get("NetworksAttachments") or []:
-        if attachment.get("Network", {}).get("Spec", {}).get("Name") == network_name:
-            addresses = attachment.get("Addresses") or []
-            return addresses[0].split("/")[0] if addresses else None
+    """The task's address on the DHT network; on the host network, its node's address.
+
+    The stack's own ``<stack>_dht`` first; else the first other network it is
+    attached to (a batch joins another stack's network, a hand-written stack
+    may name its network freely); ingress never carries DHT traffic.
+    """
+    attachments = task.get("NetworksAttachments") or []
+    ranked = sorted(
+        attachments,
+        key=lambda a: a.get("Network", {}).get("Spec", {}).get("Name") != network_name,
+    )
+    for attachment in ranked:
+        spec = attachment.get("Network", {}).get("Spec", {})
+        if spec.get("Ingress") or spec.get("Name") == "ingress":
+            continue
+        addresses = attachment.get("Addresses") or []
+        return addresses[0].split("/")[0] if addresses else None
     return node_addr
 
 
-def port_map(client: docker.DockerClient, stack: str, policy: Policy) -> PortMap:
+def port_map(client: docker.DockerClient, stack: str, policy: Policy | None = None) -> PortMap:
     """Slot, task, node, address and port of every current task of a stack."""
     api = client.api
     services = api.services(filters=stack_filter(stack))
@@ -184,18 +196,29 @@ def port_map(client: docker.DockerClient, stack: str, policy: Policy) -> PortMap
         raise CqkdError(f"no stack named '{stack}' is deployed (no service has that namespace)")
     tasks = api.tasks(filters={**stack_filter(stack), "desired-state": "running"})
     nodes = {n["ID"]: n for n in api.nodes()}
+    return build_port_map(stack, services, tasks, nodes, policy)
+
+
+def task_rows(
+    stack: str,
+    services: list[dict[str, Any]],
+    tasks: list[dict[str, Any]],
+    nodes: dict[str, dict[str, Any]],
+) -> list[TaskPort]:
+    """One row per task that Swarm wants running, for the DHT services only."""
     rules = {s["ID"]: port_rule(s) for s in services}
     network_name = f"{stack}_{DHT_NETWORK}"
-
-    result = PortMap(stack=stack)
+    rows = []
     for task in tasks:
+        if task.get("DesiredState", "running") != "running":
+            continue
         rule = rules.get(task["ServiceID"])
         if rule is None or not is_dht(rule):
             continue
         node = nodes.get(task.get("NodeID", ""), {})
         status = task.get("Status", {})
         slot = task.get("Slot")
-        result.tasks.append(
+        rows.append(
             TaskPort(
                 service=rule.service,
                 role=rule.role,
@@ -210,6 +233,19 @@ def port_map(client: docker.DockerClient, stack: str, policy: Policy) -> PortMap
                 container_id=status.get("ContainerStatus", {}).get("ContainerID"),
             )
         )
+    return rows
+
+
+def build_port_map(
+    stack: str,
+    services: list[dict[str, Any]],
+    tasks: list[dict[str, Any]],
+    nodes: dict[str, dict[str, Any]],
+    policy: Policy | None = None,
+) -> PortMap:
+    """The port map from already fetched services, tasks and nodes (pure)."""
+    rules = {s["ID"]: port_rule(s) for s in services}
+    result = PortMap(stack=stack, tasks=task_rows(stack, services, tasks, nodes))
     result.tasks.sort(key=lambda t: (t.port is None, t.port or 0, t.service, t.slot or 0))
 
     counts = Counter(t.port for t in result.tasks if t.port is not None)
@@ -228,7 +264,7 @@ def port_map(client: docker.DockerClient, stack: str, policy: Policy) -> PortMap
                 result.missing_slots[rule.service] = missing
 
     used = {p for p in counts}
-    for name, rng in policy.roles.items():
+    for name, rng in (policy.roles if policy is not None else {}).items():
         in_use = sum(1 for p in used if p in rng)
         result.roles.append(RoleUse(name, str(rng), in_use, len(rng), len(rng) - in_use))
     return result

@@ -87,6 +87,7 @@ def _files(files: str, file: list[str]) -> list[str]:
         "policy": "port policy file (default: the shipped stacks/port-policy.yml)",
         "subnet": "overlay subnet (default: sized for the task count)",
         "join-stack": "for a batch: the deployed stack whose DHT it joins",
+        "healthcheck": "add Docker's per-task health check (off: readiness is probed)",
     }
 )
 @operator_errors
@@ -100,6 +101,7 @@ def render_stack(
     policy: str = "",
     subnet: str = "",
     join_stack: str = "",
+    healthcheck: bool = False,
 ) -> None:
     """Render the CQKD stack (bootstrap, Alice, Bob, N workers) for docker stack deploy."""
     rules = _policy(c, policy)
@@ -110,6 +112,7 @@ def render_stack(
         port_offset=port_offset,
         subnet=subnet or None,
         join_stack=_setting(c, "stack", join_stack),
+        healthcheck=healthcheck,
     )
     text = render(rules, options)
     name = output or "<rendered>"
@@ -238,7 +241,7 @@ def setup(c: Context, skip_images: bool = False) -> None:
         "replicas": "number of worker tasks",
         "network": "overlay (default) or host",
         "stack": "stack name (default: cqkd, or cqkd.stack in invoke.yaml)",
-        "timeout": "seconds to wait for every task to be running and healthy",
+        "timeout": "seconds to wait for every task to be running and in the DHT",
         "no-wait": "return once docker stack deploy has accepted the stack",
         "file": "deploy this stack file instead of rendering one",
         "image": "image of every DHT service",
@@ -247,6 +250,7 @@ def setup(c: Context, skip_images: bool = False) -> None:
         "policy": "port policy file",
         "format": "summary as text (default) or json",
         "subnet": "overlay subnet (default: the first free one in 10.213.0.0/16)",
+        "healthcheck": "add Docker's per-task health check (off: readiness is probed)",
     }
 )
 @operator_errors
@@ -264,8 +268,9 @@ def deploy(
     policy: str = "",
     format: str = "text",
     subnet: str = "",
+    healthcheck: bool = False,
 ) -> None:
-    """Validate, then deploy the DHT stack on the swarm and wait until every task is healthy."""
+    """Validate, deploy the DHT stack, and wait until every task answers in the DHT."""
     from . import deploy as live
     from . import swarm
 
@@ -285,6 +290,7 @@ def deploy(
             port_offset=port_offset,
             bootstrap_host=manager_address,
             join_stack=_setting(c, "stack", join_stack) if port_offset else name,
+            healthcheck=healthcheck,
         )
         if not subnet and network == "overlay" and not port_offset:
             subnet = str(swarm.free_subnet(taken, dht_tasks(rules, options)))
@@ -309,12 +315,14 @@ def deploy(
     waited = _wait_with_bar(
         console,
         "starting",
-        lambda progress: live.wait_until_running(client, name, timeout, progress),
+        lambda progress: live.wait_until_ready(client, name, timeout, progress),
     )
     ports = swarm.port_map(client, name, rules)
     summary = {
         "stack": name,
         "seconds": round(waited.seconds, 1),
+        "running_seconds": _rounded(waited.running_seconds),
+        "joined_seconds": _rounded(waited.joined_seconds),
         "tasks": waited.total,
         "port_ranges": _port_ranges(ports),
     }
@@ -324,9 +332,14 @@ def deploy(
     _print_port_table(console, ports)
     ranges = ", ".join(f"{service} {rng}" for service, rng in summary["port_ranges"].items())
     console.print(
-        f"[green]stack '{name}': {waited.total} tasks running and healthy "
-        f"in {waited.seconds:.1f} s[/green]; ports: {ranges}"
+        f"[green]stack '{name}': {waited.total} tasks running after "
+        f"{waited.running_seconds or 0:.1f} s, all in the DHT after {waited.seconds:.1f} s"
+        f"[/green]; ports: {ranges}"
     )
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
 
 
 def _port_ranges(ports: Any) -> dict[str, str]:
@@ -399,22 +412,88 @@ def ports(c: Context, stack: str = "", format: str = "table", policy: str = "") 
         raise Exit(code=1)
 
 
-@task(name="dht-check", help={"stack": "stack name", "format": "text (default) or json"})
+@task(
+    name="dht-check",
+    help={
+        "stack": "stack name",
+        "format": "text (default) or json",
+        "all": "also probe every DHT task at its address and port (as the probe task)",
+    },
+)
 @operator_errors
-def dht_check(c: Context, stack: str = "", format: str = "text") -> None:
+def dht_check(c: Context, stack: str = "", format: str = "text", all: bool = False) -> None:
     """Alice stores a value in the DHT and Bob reads it back through the network."""
     from . import swarm
     from .dhtcheck import dht_check as check
 
-    result = check(swarm.connect(), _setting(c, "stack", stack))
+    name = _setting(c, "stack", stack)
+    client = swarm.connect()
+    result = check(client, name)
+    report_ = _probe(client, name) if all else None
     if format == "json":
-        print(json.dumps(asdict(result), indent=2))
+        out: dict[str, Any] = asdict(result)
+        if report_ is not None:
+            out["probe"] = _probe_dict(report_)
+        print(json.dumps(out, indent=2))
     else:
         print(
             f"ok: {result.stored_by} stored {result.key}, {result.read_by} read it back "
             f"through the DHT; round trip {result.round_trip_seconds * 1000:.0f} ms "
             f"(set {result.set_seconds * 1000:.0f} ms, get {result.get_seconds * 1000:.0f} ms)"
         )
+        if report_ is not None:
+            print(_probe_text(report_))
+    if report_ is not None and not report_.ok:
+        raise Exit(code=1)
+
+
+def _probe(client: Any, stack: str) -> Any:
+    from . import swarm
+    from .readiness import probe_stack
+
+    rows = swarm.port_map(client, stack).tasks
+    return probe_stack(client, stack, rows)
+
+
+def _probe_dict(result: Any) -> dict[str, Any]:
+    return asdict(result) | {"ok": result.ok}
+
+
+def _probe_text(result: Any) -> str:
+    lines = [
+        f"{result.answered}/{result.total} DHT tasks answered at their address and port, "
+        f"{result.joined} in the DHT; probe round {result.round_seconds:.2f} s, "
+        f"{result.seconds:.2f} s in all"
+    ]
+    for label, rows in (("silent", result.silent), ("answering, no contacts", result.not_joined)):
+        by_service: dict[str, list[int]] = {}
+        for row in rows:
+            by_service.setdefault(row["service"], []).append(row["slot"] or 0)
+        for service, slots in sorted(by_service.items()):
+            lines.append(f"{label}: {service} slots {_compact(slots)}")
+    return "\n".join(lines)
+
+
+@task(
+    help={
+        "stack": "stack name",
+        "format": "text (default) or json",
+    }
+)
+@operator_errors
+def probe(c: Context, stack: str = "", format: str = "text") -> None:
+    """Kademlia-ping every DHT task at its own address and port, all in one round.
+
+    Exit 1 if any task is silent or has no contacts.
+    """
+    from . import swarm
+
+    if format not in ("text", "json"):
+        raise Exit("cqkd-stack: error: --format must be text or json", code=2)
+    result = _probe(swarm.connect(), _setting(c, "stack", stack))
+    print(json.dumps(_probe_dict(result), indent=2) if format == "json" else _probe_text(result))
+    if not result.ok:
+        raise Exit(code=1)
 
 
 @task(
@@ -452,11 +531,11 @@ def scale(
     waited = _wait_with_bar(
         console,
         "scaling",
-        lambda progress: live.wait_until_running(client, name, timeout, progress),
+        lambda progress: live.wait_until_ready(client, name, timeout, progress),
     )
     console.print(
         f"[green]{name}_{service}: {replicas} replicas; "
-        f"all {waited.total} tasks of the stack running[/green]"
+        f"all {waited.total} DHT tasks of the stack running and in the DHT[/green]"
     )
 
 
@@ -507,6 +586,7 @@ ns.add_task(validate)
 ns.add_task(deploy)
 ns.add_task(ports)
 ns.add_task(dht_check)
+ns.add_task(probe)
 ns.add_task(scale)
 ns.add_task(teardown)
 ns.add_task(test)

@@ -161,8 +161,21 @@ def test_render_task_writes_a_valid_file(cli, tmp_path: Path) -> None:
 def test_health_interval_keeps_the_stack_within_its_check_budget(
     replicas: int, interval: str
 ) -> None:
-    doc = rendered(replicas=replicas)
+    doc = rendered(replicas=replicas, healthcheck=True)
     intervals = {s["healthcheck"]["interval"] for s in doc["services"].values()}
     assert intervals == {interval}
     # Only the interval: the test command stays the image's own.
     assert all(set(s["healthcheck"]) == {"interval"} for s in doc["services"].values())
+
+
+def test_health_checks_are_off_by_default() -> None:
+    """Readiness is the probe's job; a check per task costs an exec each interval."""
+    doc = rendered(replicas=1000)
+    assert all(s["healthcheck"] == {"disable": True} for s in doc["services"].values())
+
+
+def test_every_dht_node_is_restarted_whatever_its_exit() -> None:
+    """on-failure left a node that exited 0 'Complete' for good (Alice, at 1000 tasks)."""
+    doc = rendered(replicas=3)
+    policies = {s["deploy"]["restart_policy"]["condition"] for s in doc["services"].values()}
+    assert policies == {"any"}

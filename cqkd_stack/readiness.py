@@ -1,0 +1,256 @@
+"""Is every task of a stack in the DHT? Asked over Kademlia, not with Docker health checks.
+
+A task is ready when it answers at ``address : port`` (its slot's port) and,
+unless it is a bootstrap node, reports at least one contact: the fact the
+toolkit exists for, observed from the stack's own network. One probe process
+per poll round asks every task at once, so waiting on 1000 tasks costs one
+process a round instead of an exec per task per health interval (which kept
+the load above 120 on 2 cores and held tasks out of DNS until their first
+check passed).
+
+The probe runs in a container of the node image attached to the stack's
+network (an overlay's addresses are not reachable from the host), or on the
+host network for host-mode stacks. It is started once per wait and removed
+afterwards; it carries :data:`PROBE_LABEL` so teardown can remove one a
+crashed run left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import DEFAULT_NODE_IMAGE
+from .errors import CqkdError
+from .swarm import NetworkNames, TaskPort, is_dht, port_rule, stack_filter
+
+if TYPE_CHECKING:
+    import docker
+
+PROBE_LABEL = "org.cqkd.probe.stack"
+# A wait round asks only the tasks not yet ready; a lost datagram just waits
+# for the next round, so one attempt with a short timeout keeps rounds short.
+WAIT_RPC_TIMEOUT = 1.0
+# A one-off probe (the `probe` task) gets a second chance per target.
+CHECK_RPC_TIMEOUT = 1.0
+CHECK_ATTEMPTS = 2
+
+
+@dataclass(frozen=True)
+class Target:
+    """One DHT task to ask, with what the operator needs to find it."""
+
+    service: str
+    role: str | None
+    slot: int | None
+    address: str | None
+    port: int | None
+    state: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.address}:{self.port}"
+
+    @property
+    def askable(self) -> bool:
+        return self.state == "running" and bool(self.address) and self.port is not None
+
+    def ready(self, answer: Any) -> bool:
+        """Answered, and in the DHT (a bootstrap node is the DHT's first member)."""
+        if not isinstance(answer, dict):
+            return False
+        if self.role == "bootstrap":
+            return True
+        return (answer.get("neighbours") or 0) > 0
+
+
+def targets_of(rows: list[TaskPort]) -> list[Target]:
+    return [Target(r.service, r.role, r.slot, r.address, r.port, r.state) for r in rows]
+
+
+def stack_network(client: docker.DockerClient, stack: str) -> str:
+    """The network the stack's DHT services share: its overlay, an external one, or host."""
+    services = client.api.services(filters=stack_filter(stack))
+    if not services:
+        raise CqkdError(f"no stack named '{stack}' is deployed (no service has that namespace)")
+    names = NetworkNames(client)
+    joined: set[str] = set()
+    for service in services:
+        if is_dht(port_rule(service)):
+            joined |= names.of_service(service)
+    joined.discard("ingress")
+    if not joined or "host" in joined:
+        return "host"
+    own = f"{stack}_dht"
+    return own if own in joined else sorted(joined)[0]
+
+
+@dataclass
+class Round:
+    """One probe round: the answer per target text, and how long it took."""
+
+    answers: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Prober:
+    """A probe container on a stack's network that answers one round per call.
+
+    Use as a context manager: the container is removed on exit, also after
+    an error or Ctrl-C.
+    """
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        stack: str,
+        image: str = DEFAULT_NODE_IMAGE,
+        network: str | None = None,
+    ) -> None:
+        self.client = client
+        self.stack = stack
+        self.image = image
+        self.network = network or stack_network(client, stack)
+        self.container: Any = None
+
+    def __enter__(self) -> Prober:
+        from docker.errors import APIError, ImageNotFound
+
+        net = {"network_mode": "host"} if self.network == "host" else {"network": self.network}
+        try:
+            self.container = self.client.containers.run(
+                self.image,
+                ["sleep", "infinity"],
+                entrypoint=[],
+                detach=True,
+                init=True,
+                name=f"{self.stack}_probe_{secrets.token_hex(3)}",
+                labels={PROBE_LABEL: self.stack},
+                **net,
+            )
+        except ImageNotFound:
+            raise CqkdError(
+                f"the probe needs the image {self.image}; build it with: cqkd-stack setup"
+            ) from None
+        except APIError as exc:
+            raise CqkdError(
+                f"cannot start a probe container on network {self.network}: {exc.explanation}"
+            ) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.container is not None:
+            remove_container(self.container)
+
+    def round(
+        self,
+        targets: list[Target],
+        rpc_timeout: float = WAIT_RPC_TIMEOUT,
+        attempts: int = 1,
+    ) -> Round:
+        """Ask every askable target once, concurrently; the others are left out."""
+        texts = sorted({t.text for t in targets if t.askable})
+        if not texts:
+            return Round()
+        command = [
+            "python3",
+            "-m",
+            "cqkd_stack.probe",
+            "--joined",
+            "--rpc-timeout",
+            str(rpc_timeout),
+            "--attempts",
+            str(attempts),
+            "--timeout",
+            str(rpc_timeout * attempts * 2 + 5),
+            *texts,
+        ]
+        start = time.monotonic()
+        code, (out, err) = self.container.exec_run(command, demux=True)
+        seconds = time.monotonic() - start
+        text = (out or b"").decode(errors="replace").strip()
+        try:
+            answers = json.loads(text.splitlines()[-1]) if text else None
+        except json.JSONDecodeError:
+            answers = None
+        if not isinstance(answers, dict):
+            detail = (err or b"").decode(errors="replace").strip() or text or f"exit {code}"
+            raise CqkdError(f"the probe in {self.container.name} failed: {detail[-500:]}")
+        return Round(answers, seconds)
+
+
+def remove_container(container: Any) -> None:
+    from docker.errors import APIError, NotFound
+
+    with contextlib.suppress(NotFound, APIError):
+        container.remove(force=True)
+
+
+def remove_probes(client: docker.DockerClient, stack: str) -> int:
+    """Remove probe containers a crashed or interrupted run left on a stack's network."""
+    from docker.errors import APIError, NotFound
+
+    found = client.api.containers(all=True, filters={"label": f"{PROBE_LABEL}={stack}"})
+    for container in found:
+        with contextlib.suppress(NotFound, APIError):
+            client.api.remove_container(container["Id"], force=True)
+    return len(found)
+
+
+@dataclass
+class ProbeReport:
+    """Every DHT task of a stack asked once: the `probe` task's result."""
+
+    stack: str
+    total: int
+    answered: int
+    joined: int
+    seconds: float
+    round_seconds: float
+    silent: list[dict[str, Any]] = field(default_factory=list)
+    not_joined: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.silent and not self.not_joined
+
+
+def _row(target: Target) -> dict[str, Any]:
+    return {
+        "service": target.service,
+        "slot": target.slot,
+        "address": target.address,
+        "port": target.port,
+        "state": target.state,
+    }
+
+
+def probe_stack(
+    client: docker.DockerClient,
+    stack: str,
+    rows: list[TaskPort],
+    image: str = DEFAULT_NODE_IMAGE,
+) -> ProbeReport:
+    """Ask every DHT task of the stack once; a task that is not running counts as silent."""
+    start = time.monotonic()
+    targets = targets_of(rows)
+    with Prober(client, stack, image) as prober:
+        result = prober.round(targets, CHECK_RPC_TIMEOUT, CHECK_ATTEMPTS)
+    answered = [t for t in targets if t.askable and result.answers.get(t.text)]
+    joined = [t for t in answered if t.ready(result.answers.get(t.text))]
+    joined_set = {id(t) for t in joined}
+    answered_set = {id(t) for t in answered}
+    return ProbeReport(
+        stack=stack,
+        total=len(targets),
+        answered=len(answered),
+        joined=len(joined),
+        seconds=time.monotonic() - start,
+        round_seconds=result.seconds,
+        silent=[_row(t) for t in targets if id(t) not in answered_set],
+        not_joined=[_row(t) for t in answered if id(t) not in joined_set],
+    )
