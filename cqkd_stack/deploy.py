@@ -296,25 +296,30 @@ def _drain(
     progress: Progress | None,
     step: int = DRAIN_STEP,
 ) -> None:
-    """Step a large stack's services down before removal, waiting at each step.
+    """Step a large stack's services down before removal, ``step`` tasks at a time, pipelined.
 
-    Stopping a thousand containers at once overwhelms containerd on a small
-    machine; a hundred at a time does not. Stacks of up to ``DRAIN_STEP``
-    tasks per service go straight to ``docker stack rm``.
+    Stopping a thousand containers at once overwhelmed containerd on a small
+    machine (it and dockerd vanished); a hundred at a time does not. Waiting
+    for each step to finish before the next left the engine idle between
+    steps, so the next step is issued as soon as half of the previous one
+    has stopped: at most ``1.5 * step`` containers are stopping at any time.
+    Stacks of up to ``step`` tasks per service go straight to ``docker stack rm``.
     """
     wanted = _expected_replicas(client, stack)
     for name, original in sorted(wanted.values(), key=lambda item: -item[1]):
-        replicas = original
-        while replicas > step and time.monotonic() < deadline:
-            replicas = max(replicas - step, step)
-            scale_to(name, replicas)
+        target = original
+        while time.monotonic() < deadline:
             # Containers on this engine: the storm that matters is per engine.
-            while (running := _running_containers(client, name)) > replicas:
-                if time.monotonic() >= deadline:
-                    return
-                if progress is not None:
-                    progress(original - running, original, f"stepping {name} down to {replicas}")
-                time.sleep(POLL_SECONDS)
+            running = _running_containers(client, name)
+            if progress is not None:
+                progress(original - running, original, f"stepping {name} down to {target}")
+            if target <= step and running <= target:
+                break
+            if target > step and running - target <= step // 2:
+                target = max(target - step, step)
+                scale_to(name, target)
+                continue
+            time.sleep(POLL_SECONDS / 2)
 
 
 def _remove_orphans(client: docker.DockerClient, stack: str) -> None:

@@ -122,21 +122,25 @@ class Prober:
 
         net = {"network_mode": "host"} if self.network == "host" else {"network": self.network}
         try:
-            self.container = self.client.containers.run(
+            # Created, then started: a container whose start fails (a full
+            # network, say) still exists and must be removed here.
+            self.container = self.client.containers.create(
                 self.image,
                 ["sleep", "infinity"],
                 entrypoint=[],
-                detach=True,
                 init=True,
                 name=f"{self.stack}_probe_{secrets.token_hex(3)}",
                 labels={PROBE_LABEL: self.stack},
                 **net,
             )
+            self.container.start()
         except ImageNotFound:
             raise CqkdError(
                 f"the probe needs the image {self.image}; build it with: cqkd-stack setup"
             ) from None
         except APIError as exc:
+            if self.container is not None:
+                remove_container(self.container)
             raise CqkdError(
                 f"cannot start a probe container on network {self.network}: {exc.explanation}"
             ) from None

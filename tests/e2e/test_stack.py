@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -72,12 +73,19 @@ def remove_quietly(stack: str) -> None:
     subprocess.run(["docker", "stack", "rm", stack], capture_output=True)
 
 
+DEPLOYED: dict[str, Any] = {}
+
+
 @pytest.fixture(scope="module")
 def stack(docker_client: docker.DockerClient, node_image: str) -> Iterator[str]:
     name = f"cqkdtest_{uuid.uuid4().hex[:8]}"
     try:
-        done = cqkd("deploy", "--replicas", str(WORKERS), "--stack", name, "--timeout", "420")
+        done = cqkd(
+            "deploy", "--replicas", str(WORKERS), "--stack", name, "--timeout", "420",
+            "--format", "json",
+        )
         assert done.returncode == 0, done.stdout + done.stderr
+        DEPLOYED.update(json.loads(done.stdout))
         yield name
     finally:
         if any(leftovers(docker_client, name).values()):
@@ -95,6 +103,91 @@ def test_every_worker_answers_kademlia_at_its_slot_port(
     silent = sorted(targets[t] for t, node_id in answers.items() if node_id is None)
     assert silent == [], f"slots that did not answer on their port: {silent}"
     assert len(set(answers.values())) == WORKERS, "every worker is a distinct Kademlia node"
+
+
+def test_deploy_reports_running_and_joined_separately(stack: str) -> None:
+    """deploy returns only once every task is in the DHT, which comes after running."""
+    assert DEPLOYED["tasks"] == WORKERS + 3
+    assert 0 < DEPLOYED["running_seconds"] <= DEPLOYED["joined_seconds"] <= DEPLOYED["seconds"]
+
+
+def test_no_task_runs_a_docker_health_check(stack: str, docker_client: docker.DockerClient) -> None:
+    """Readiness is the probe's job: a check per task is an exec per task per interval."""
+    for service in docker_client.services.list(filters={"label": f"{STACK_LABEL}={stack}"}):
+        check = service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"].get("Healthcheck")
+        assert check == {"Test": ["NONE"]}, (service.name, check)
+
+
+def test_probe_task_finds_every_task_in_the_dht(stack: str) -> None:
+    done = cqkd("probe", "--stack", stack, "--format", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert (result["total"], result["answered"], result["joined"]) == (WORKERS + 3,) * 3
+    assert result["silent"] == [] and result["not_joined"] == [] and result["ok"] is True
+    assert 0 < result["round_seconds"] <= result["seconds"]
+
+
+def test_probe_and_dht_check_all_name_a_silent_worker(
+    stack: str, docker_client: docker.DockerClient
+) -> None:
+    """A paused worker cannot answer: the probe must say which slot, and exit 1."""
+    task = next(t for t in worker_tasks(docker_client, stack) if t["Slot"] == 3)
+    container = docker_client.containers.get(task["Status"]["ContainerStatus"]["ContainerID"])
+    container.pause()
+    try:
+        done = cqkd("probe", "--stack", stack, "--format", "json")
+        assert done.returncode == 1, done.stdout + done.stderr
+        result = json.loads(done.stdout)
+        assert result["answered"] == WORKERS + 2
+        assert [(r["service"], r["slot"], r["port"]) for r in result["silent"]] == [
+            (f"{stack}_worker", 3, 7002)
+        ]
+        text = cqkd("dht-check", "--all", "--stack", stack)
+        assert text.returncode == 1, text.stdout + text.stderr
+        assert f"silent: {stack}_worker slots 3" in text.stdout
+        assert "alice stored" in text.stdout, "the store/read check still ran"
+    finally:
+        container.unpause()
+
+
+def test_a_node_that_exits_zero_is_started_again(
+    stack: str, docker_client: docker.DockerClient, node_image: str
+) -> None:
+    """Alice once exited 0 and stayed 'Complete' for good under on-failure."""
+    service = f"{stack}_alice"
+    (old,) = docker_client.api.tasks(filters={"service": service, "desired-state": "running"})
+    container = docker_client.containers.get(old["Status"]["ContainerStatus"]["ContainerID"])
+    container.kill(signal="SIGTERM")  # the node stops cleanly: exit 0
+    assert container.wait(timeout=60)["StatusCode"] == 0
+
+    def restarted() -> dict[str, Any] | None:
+        for task in docker_client.api.tasks(filters={"service": service}):
+            if task["ID"] != old["ID"] and task["Status"]["State"] == "running":
+                return task
+        return None
+
+    new = wait_for(restarted, 120, "a new Alice task running")
+    assert new["Slot"] == old["Slot"]
+    address = dht_address(new, stack)
+    answers = probe(docker_client, node_image, f"{stack}_dht", [f"{address}:6000"])
+    assert answers[f"{address}:6000"], "the restarted Alice does not answer on 6000"
+    history = {t["ID"]: t for t in docker_client.api.tasks(filters={"service": service})}
+    assert history[old["ID"]]["Status"]["State"] == "complete"
+    done = cqkd("probe", "--stack", stack, "--format", "json")
+    assert done.returncode == 0 or wait_for(
+        lambda: cqkd("probe", "--stack", stack).returncode == 0, 60, "Alice back in the DHT"
+    )
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    """Poll a real condition until it holds; fail naming what never happened."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_a_wrong_port_does_not_answer(
