@@ -1,87 +1,125 @@
 """The reference Kademlia node that every DHT task of the stack runs.
 
-Run as ``python3 -m cqkd_stack.node`` behind the resolver entrypoint, which has
-already exported ``DHT_PORT`` (see "Container environment contract" and "The
-reference node's interfaces" in docs/design.md). The node
+Run as ``python3 -m cqkd_stack.node`` (the image's entrypoint). It computes its
+own UDP port with ``cqkd_stack.resolver`` from the task's environment
+(``TASK_SLOT``/``WORKER_ID``, ``BASE_PORT``, ``PORT_OFFSET``, ``DHT_PORT``,
+``LEGACY_PORT_MODE``...; see "Container environment contract" and "The
+reference node's interfaces" in docs/design.md), so no second interpreter start
+is needed in front of it. The node
 
-* listens on UDP ``0.0.0.0:DHT_PORT`` with kademlia's ``Server``;
+* listens on UDP ``BIND_HOST:port`` (default ``0.0.0.0``) and answers
+  Kademlia RPCs (``ping``, ``store``, ``find_node``, ``find_value``, ``stun``)
+  at once, before it has joined, in the wire format of ``kademlia`` 2.2.3 /
+  ``rpcudp`` 5.0.1: one byte (``0`` request, ``1`` response), a 20-byte message
+  id, then msgpack; k = 20, alpha = 3, 160-bit ids, k-buckets by XOR distance;
+  an unanswered RPC times out after ``CQKD_RPC_TIMEOUT`` and its contact
+  leaves the routing table;
 * joins through ``BOOTSTRAP_NODES`` (host names resolved to every IPv4 address
-  they have) with bounded retries and exponential backoff, because Swarm may
-  start a worker long before the bootstrap task is reachable;
+  they have, off the event loop) and through any peer it already knows, and
+  NEVER gives up: Swarm starts tasks in any order and Docker's DNS lists a
+  dnsrr task only once it runs, so a node whose bootstrap is not there yet
+  retries with capped exponential backoff and jitter, and says why on stderr
+  at the first failure and then at most every 30 s (1000 containers log);
 * writes the health file (``:XXXX `` for ``grep -qf FILE /proc/net/udp``) once it
-  is in the DHT and removes it when it loses every neighbour, so Swarm's
-  ``running`` means "in the DHT";
-* serves ``set`` / ``get`` / ``status`` on a Unix control socket, where ``get``
-  always asks the network and never answers from this node's own storage;
+  is in the DHT (a bootstrap node: once it listens) and removes it while it
+  has no neighbour, trying a fresh join every health round meanwhile;
+* pings a sample of its contacts every ``CQKD_HEALTH_INTERVAL`` so dead ones
+  leave the table before a lookup meets them;
+* serves ``set`` / ``get`` / ``status`` on a Unix control socket (one JSON line
+  in, one out), where ``get`` always asks the network and never this node;
 * stops at once on SIGTERM/SIGINT and exits 0, so tearing down 1000 tasks does
   not wait out ``stop_grace_period`` per task.
 
-It prints exactly one line to stdout (when it becomes healthy); everything
-else is quiet unless ``CQKD_LOG_LEVEL`` asks for more, because 1000 containers
-log.
+Why it is written this way: 1000+ containers each run one, and what a node
+imports is what each container costs in memory that is not shared. The
+``kademlia`` library needs ``asyncio`` (with ``ssl``, ``logging``...), which
+roughly doubles the private memory of the process. So this node is one thread
+on one ``selectors`` loop, built on the standard library modules the
+interpreter loads anyway (``os``, ``socket`` with ``selectors``, ``signal``,
+``time``) plus ``umsgpack`` (the msgpack implementation rpcudp itself uses, pure
+Python). ``json`` and ``hashlib`` are imported only when the control socket
+is used; a node id and a message id are just ``os.urandom(20)``. Host
+names are looked up in a short-lived forked child that writes the addresses
+to a pipe the loop watches: Docker's DNS can be slow under load and
+``getaddrinfo`` cannot time out (a stuck child is killed), and the C
+library's resolver state (about 0.5 MiB, measured) then never enters the
+long-lived process.
 
-Environment (besides ``DHT_PORT``, ``CQKD_ROLE`` and ``BOOTSTRAP_NODES``):
+It prints exactly one line to stdout (when it first joins); everything else
+is quiet unless ``CQKD_LOG_LEVEL`` asks for more.
+
+Environment (besides the port variables, ``CQKD_ROLE`` and ``BOOTSTRAP_NODES``):
 
 ``CQKD_NODE_NAME``        optional name of a special node (``alice``), shown in logs and status
 ``CQKD_HEALTH_FILE``      health file path (default ``/tmp/cqkd-health``)
 ``CQKD_CONTROL_SOCKET``   control socket path (default ``/tmp/cqkd-control.sock``)
-``JOIN_RETRIES``          join attempts before giving up (default 30)
-``JOIN_BACKOFF``          first pause between attempts in seconds (default 0.5)
-``JOIN_BACKOFF_MAX``      longest pause between attempts (default 5)
+``JOIN_BACKOFF``          first pause between join attempts in seconds (default 0.5)
+``JOIN_BACKOFF_MAX``      longest pause between join attempts (default 5)
 ``CQKD_HEALTH_INTERVAL``  seconds between neighbour checks (default 10)
 ``CQKD_RPC_TIMEOUT``      seconds to wait for one Kademlia RPC reply (default 2; rpcudp's is 5)
-``CQKD_LOG_LEVEL``        Python log level for diagnostics on stderr (default WARNING)
+``CQKD_LOG_LEVEL``        DEBUG, INFO, WARNING (default) or ERROR, for diagnostics on stderr
+
+``JOIN_RETRIES`` is accepted and ignored: the node no longer gives up joining.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import ipaddress
-import json
-import logging
 import os
-import random
+import selectors
 import signal
 import socket
 import sys
-import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from kademlia.crawling import NodeSpiderCrawl, ValueSpiderCrawl
-from kademlia.network import Server
-from kademlia.node import Node, NodeHeap
-from kademlia.protocol import KademliaProtocol
-from kademlia.utils import digest
+import umsgpack
 
 from .errors import CqkdError
+from .resolver import ResolverError, resolve
 from .wire import PROBE_NODE_ID, split_host_port
 
+# Evaluated by type checkers only: ``typing`` and ``collections.abc`` would
+# cost memory and start-up time in every container for nothing.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
+    from typing import Any
+
+    Contact = tuple[bytes, str, int]
+    Reply = Callable[[bool, Any], None]
 
 PROG = "cqkd-node"
 ROLES = ("bootstrap", "special", "worker")
 DEFAULT_HEALTH_FILE = "/tmp/cqkd-health"
 DEFAULT_CONTROL_SOCKET = "/tmp/cqkd-control.sock"
 
+# Kademlia's parameters, as the kademlia library's defaults.
+K = 20
+ALPHA = 3
+ID_BYTES = 20
+# rpcudp refuses to send an RPC whose msgpack body is larger.
+MAX_RPC_BYTES = 8192
+MAX_DATAGRAM = 65535
+# A node stores what others ask it to; keep the newest this many keys.
+MAX_STORED = 4096
+
 # A control operation crawls the network; a crawl round waits at most one RPC
 # timeout, so 30 s covers several rounds without letting a client hang forever.
 OP_TIMEOUT = 30.0
-# A request is a key and a value; kademlia caps an RPC at 8 KiB anyway.
+# A request is a key and a value; an RPC is capped at 8 KiB anyway.
 MAX_REQUEST_BYTES = 64 * 1024
 # sun_path is 108 bytes on Linux including the terminating NUL.
 MAX_SOCKET_PATH = 107
-# How long one name lookup may take before the join attempt counts as failed.
+# How long one name lookup may take before the join attempt counts it as failed.
 DNS_TIMEOUT = 10.0
 # Contacts pinged per health round: a tenth of the routing table, within bounds.
 NEIGHBOUR_CHECK_MIN = 3
 NEIGHBOUR_CHECK_MAX = 50
+# 1000 containers log: a node that cannot join says so at most this often.
+JOIN_WARNING_INTERVAL = 30.0
 
-log = logging.getLogger(PROG)
+LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+
 # "after=" in the joined line counts from here: close to process start, so it
 # includes imports and is comparable across nodes.
 _LOADED = time.monotonic()
@@ -90,90 +128,117 @@ _LOADED = time.monotonic()
 # --------------------------------------------------------------------------- configuration
 
 
-@dataclass(frozen=True)
 class NodeConfig:
     """Everything the node takes from its environment, checked up front.
 
     Parsing the whole environment before opening any socket means a typo in
-    the stack fails the task at once with one clear line, instead of after
-    minutes of join retries.
+    the stack fails the task at once with one clear line. A plain class, not
+    a dataclass: ``dataclasses`` (with ``inspect``, ``re``...) would cost
+    every container memory.
     """
 
-    role: str
-    port: int
-    bootstrap_nodes: tuple[tuple[str, int], ...] = ()
-    name: str | None = None
-    health_file: Path = Path(DEFAULT_HEALTH_FILE)
-    control_socket: Path = Path(DEFAULT_CONTROL_SOCKET)
-    join_retries: int = 30
-    join_backoff: float = 0.5
-    join_backoff_max: float = 5.0
-    health_interval: float = 10.0
-    # Tasks on one overlay network answer in milliseconds; rpcudp's 5 s made
-    # every dead contact cost a lookup five seconds.
-    rpc_timeout: float = 2.0
-    interface: str = "0.0.0.0"
+    __slots__ = (
+        "bootstrap_nodes",
+        "control_socket",
+        "health_file",
+        "health_interval",
+        "interface",
+        "join_backoff",
+        "join_backoff_max",
+        "log_level",
+        "name",
+        "port",
+        "role",
+        "rpc_timeout",
+    )
+
+    def __init__(
+        self,
+        role: str,
+        port: int,
+        bootstrap_nodes: tuple[tuple[str, int], ...] = (),
+        name: str | None = None,
+        health_file: str = DEFAULT_HEALTH_FILE,
+        control_socket: str = DEFAULT_CONTROL_SOCKET,
+        join_backoff: float = 0.5,
+        join_backoff_max: float = 5.0,
+        health_interval: float = 10.0,
+        # Tasks on one overlay network answer in milliseconds; rpcudp's 5 s made
+        # every dead contact cost a lookup five seconds.
+        rpc_timeout: float = 2.0,
+        interface: str = "0.0.0.0",
+        log_level: int = LEVELS["WARNING"],
+    ) -> None:
+        self.role = role
+        self.port = port
+        self.bootstrap_nodes = bootstrap_nodes
+        self.name = name
+        self.health_file = health_file
+        self.control_socket = control_socket
+        self.join_backoff = join_backoff
+        self.join_backoff_max = join_backoff_max
+        self.health_interval = health_interval
+        self.rpc_timeout = rpc_timeout
+        self.interface = interface
+        self.log_level = log_level
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"NodeConfig({fields})"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> NodeConfig:
-        """Build the configuration or raise ``CqkdError`` naming the bad variable."""
+        """Build the configuration or raise ``CqkdError`` naming the bad variable.
+
+        The port comes from :func:`cqkd_stack.resolver.resolve`, the one parser
+        of the port contract; its refusal becomes the node's error.
+        """
         role = env.get("CQKD_ROLE", "").strip()
         if role not in ROLES:
             shown = f"{role!r}" if role else "not set"
             raise CqkdError(f"CQKD_ROLE is {shown}; expected one of {', '.join(ROLES)}")
-        port = _parse_port(env.get("DHT_PORT"))
+        try:
+            resolution = resolve(env)
+        except ResolverError as exc:
+            raise CqkdError(str(exc)) from None
+        if resolution.protocol != "udp":
+            raise CqkdError(f"PORT_PROTOCOL={resolution.protocol}: the node speaks UDP only")
         nodes = parse_bootstrap_nodes(env.get("BOOTSTRAP_NODES", ""))
         if role != "bootstrap" and not nodes:
             raise CqkdError(f"a {role} node needs BOOTSTRAP_NODES (host:port,...) to join")
-        control_socket = Path(env.get("CQKD_CONTROL_SOCKET") or DEFAULT_CONTROL_SOCKET)
+        control_socket = env.get("CQKD_CONTROL_SOCKET") or DEFAULT_CONTROL_SOCKET
         if len(os.fsencode(control_socket)) > MAX_SOCKET_PATH:
             raise CqkdError(
                 f"CQKD_CONTROL_SOCKET={control_socket} is longer than the "
                 f"{MAX_SOCKET_PATH} bytes a Unix socket path may have"
             )
+        level_name = (env.get("CQKD_LOG_LEVEL") or "WARNING").strip().upper()
         backoff = _parse_number(env, "JOIN_BACKOFF", 0.5)
         return cls(
             role=role,
-            port=port,
+            port=resolution.port,
             bootstrap_nodes=nodes,
             name=(env.get("CQKD_NODE_NAME") or "").strip() or None,
-            health_file=Path(env.get("CQKD_HEALTH_FILE") or DEFAULT_HEALTH_FILE),
+            health_file=env.get("CQKD_HEALTH_FILE") or DEFAULT_HEALTH_FILE,
             control_socket=control_socket,
-            join_retries=int(_parse_number(env, "JOIN_RETRIES", 30, integer=True)),
             join_backoff=backoff,
             join_backoff_max=max(backoff, _parse_number(env, "JOIN_BACKOFF_MAX", 5.0)),
             health_interval=_parse_number(env, "CQKD_HEALTH_INTERVAL", 10.0),
-            rpc_timeout=_parse_number(env, "CQKD_RPC_TIMEOUT", NodeConfig.rpc_timeout),
+            rpc_timeout=_parse_number(env, "CQKD_RPC_TIMEOUT", 2.0),
+            interface=resolution.bind_host,
+            log_level=LEVELS.get(level_name, LEVELS["WARNING"]),
         )
 
 
-def _parse_port(raw: str | None) -> int:
-    if raw is None or not raw.strip():
-        raise CqkdError(
-            "DHT_PORT is not set; start the node through the resolver "
-            "(python3 -m cqkd_stack.resolver exec -- python3 -m cqkd_stack.node)"
-        )
-    try:
-        port = int(raw.strip())
-    except ValueError:
-        raise CqkdError(f"DHT_PORT={raw!r} is not a port number") from None
-    if not 1 <= port <= 65535:
-        raise CqkdError(f"DHT_PORT={port} is outside 1-65535")
-    return port
-
-
-def _parse_number(
-    env: Mapping[str, str], name: str, default: float, integer: bool = False
-) -> float:
+def _parse_number(env: Mapping[str, str], name: str, default: float) -> float:
     raw = (env.get(name) or "").strip()
     if not raw:
         return default
     try:
-        value = int(raw) if integer else float(raw)
+        value = float(raw)
     except ValueError:
-        kind = "a whole number" if integer else "a number"
-        raise CqkdError(f"{name}={raw!r} is not {kind}") from None
-    if value <= 0:
+        raise CqkdError(f"{name}={raw!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
         raise CqkdError(f"{name}={raw} must be greater than 0")
     return value
 
@@ -214,14 +279,63 @@ def health_pattern(port: int) -> str:
     return f":{port:04X} "
 
 
+def digest(key: str) -> bytes:
+    """A key's place in the DHT: sha1 of its UTF-8 text, as ``kademlia.utils.digest``.
+
+    ``hashlib`` loads OpenSSL; only the control socket's set/get need it.
+    """
+    import hashlib
+
+    return hashlib.sha1(key.encode("utf8")).digest()
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
+
+
+def _as_int(node_id: bytes) -> int:
+    return int.from_bytes(node_id, "big")
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, bytes) and len(value) == ID_BYTES
+
+
+def _contacts_from(answer: object) -> list[Contact]:
+    """The valid ``(id, ip, port)`` entries of a ``find_node`` answer; junk is skipped."""
+    found: list[Contact] = []
+    if not isinstance(answer, list):
+        return found
+    for item in answer:
+        if (
+            isinstance(item, (list, tuple))
+            and len(item) == 3
+            and _is_id(item[0])
+            and isinstance(item[1], str)
+            and isinstance(item[2], int)
+            and 0 < item[2] < 65536
+        ):
+            found.append((item[0], item[1], item[2]))
+    return found
+
+
+def _random_fraction() -> float:
+    """A float in [0, 1) for jitter and sampling, without importing ``random``."""
+    return int.from_bytes(os.urandom(4), "big") / 4294967296
+
+
 # --------------------------------------------------------------------------- health file
 
 
 class HealthFile:
     """The file Swarm's health check greps for; present only while the node is in the DHT."""
 
-    def __init__(self, path: Path, port: int) -> None:
-        self.path = path
+    def __init__(self, path: str | os.PathLike[str], port: int) -> None:
+        self.path = os.fspath(path)
         self.pattern = health_pattern(port)
 
     def write(self) -> None:
@@ -230,238 +344,239 @@ class HealthFile:
         No trailing newline, because ``grep -f`` would read the empty line
         after it as a pattern that matches every line of /proc/net/udp.
         """
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        folder, name = os.path.split(self.path)
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(self.pattern, encoding="ascii")
+            with open(tmp, "w", encoding="ascii") as handle:
+                handle.write(self.pattern)
             os.replace(tmp, self.path)
         except OSError as exc:
             raise CqkdError(f"cannot write health file {self.path}: {exc}") from None
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            os.unlink(self.path)
 
     def exists(self) -> bool:
-        return self.path.exists()
+        return os.path.exists(self.path)
 
 
-# --------------------------------------------------------------------------- Kademlia pieces
+# --------------------------------------------------------------------------- routing table
 
 
-class NodeProtocol(KademliaProtocol):
-    """kademlia's protocol, minus two ways a node can fool itself, plus a timeout knob.
+class RoutingTable:
+    """k-buckets indexed by the bit length of the XOR distance to our own id.
 
-    * A node never enters its own routing table. Stock kademlia adds any
-      pinger, so a node listed in its own BOOTSTRAP_NODES (or a bootstrap
-      replica reached through a service name that also resolves to itself)
-      would count itself as a neighbour and report healthy alone.
-    * Nor does the probe (:data:`cqkd_stack.probe.PROBE_NODE_ID`): it exits
-      right after pinging, and as a contact it would make a node that has not
-      joined look joined, then cost the next lookup an RPC timeout.
-    * The RPC timeout is configurable; rpcudp's constructor takes one, but
-      ``KademliaProtocol`` does not pass it through and leaves 5 s.
+    Each bucket holds up to k contacts ``(id, ip, port)``, least recently seen
+    first. A full bucket keeps its old contacts (they have proven to stay up):
+    the newcomer waits among the bucket's spares while the node pings the
+    oldest contact, and takes its place only if that one turns out dead.
     """
 
-    def __init__(self, source_node: Node, storage: Any, ksize: int, rpc_timeout: float) -> None:
-        super().__init__(source_node, storage, ksize)
-        self._wait_timeout = rpc_timeout
+    def __init__(self, own_id: bytes, k: int = K) -> None:
+        self.own_id = own_id
+        self._own = _as_int(own_id)
+        self.k = k
+        self.buckets: dict[int, list[Contact]] = {}
+        self.spares: dict[int, list[Contact]] = {}
 
-    def welcome_if_new(self, node: Node) -> None:
-        if node.id in (self.source_node.id, PROBE_NODE_ID):
-            return
-        super().welcome_if_new(node)
+    def index(self, node_id: bytes) -> int:
+        return (_as_int(node_id) ^ self._own).bit_length()
 
+    def __len__(self) -> int:
+        return sum(len(bucket) for bucket in self.buckets.values())
 
-class NodeServer(Server):
-    """``Server`` that builds :class:`NodeProtocol` with our RPC timeout."""
+    def contacts(self) -> list[Contact]:
+        return [c for bucket in self.buckets.values() for c in bucket]
 
-    def __init__(self, rpc_timeout: float = 5.0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.rpc_timeout = rpc_timeout
+    def get(self, node_id: bytes) -> Contact | None:
+        for contact in self.buckets.get(self.index(node_id), ()):
+            if contact[0] == node_id:
+                return contact
+        return None
 
-    def _create_protocol(self) -> NodeProtocol:
-        return NodeProtocol(self.node, self.storage, self.ksize, self.rpc_timeout)
+    def touch(self, contact: Contact) -> tuple[str, Contact | None]:
+        """Record that ``contact`` was seen.
 
-    def neighbour_count(self) -> int:
-        if self.protocol is None:
-            return 0
-        return sum(len(bucket) for bucket in self.protocol.router.buckets)
-
-    async def check_some_neighbours(self) -> int:
-        """Ping a sample of the routing table; the library drops those that stay silent.
-
-        Kademlia only learns a contact is dead when an RPC to it fails, and the
-        library refreshes hourly. After churn (a scale-down, a restart) every
-        lookup would otherwise wait out each dead contact's RPC timeout, and
-        the bootstrap node hands its dead contacts to every node that joins.
-        Returns how many were pinged.
+        Returns "known", "added" or "full", and for "full" the bucket's oldest
+        contact, which the caller pings.
         """
-        if self.protocol is None:
-            return 0
-        contacts = [n for bucket in self.protocol.router.buckets for n in bucket.get_nodes()]
-        if not contacts:
-            return 0
-        count = min(
-            len(contacts), NEIGHBOUR_CHECK_MAX, max(NEIGHBOUR_CHECK_MIN, len(contacts) // 10)
-        )
-        sample = random.sample(contacts, count)
-        await asyncio.gather(*(self.protocol.call_ping(n) for n in sample), return_exceptions=True)
-        return count
+        index = self.index(contact[0])
+        bucket = self.buckets.setdefault(index, [])
+        for position, known in enumerate(bucket):
+            if known[0] == contact[0]:
+                del bucket[position]
+                bucket.append(contact)  # the address may have changed
+                return "known", None
+        if len(bucket) < self.k:
+            bucket.append(contact)
+            return "added", None
+        spares = self.spares.setdefault(index, [])
+        spares[:] = [c for c in spares if c[0] != contact[0]]
+        spares.append(contact)
+        del spares[: -self.k]
+        return "full", bucket[0]
+
+    def remove(self, node_id: bytes) -> bool:
+        """Drop a contact (it did not answer); the newest spare of its bucket moves in."""
+        index = self.index(node_id)
+        spares = self.spares.get(index)
+        if spares:
+            spares[:] = [c for c in spares if c[0] != node_id]
+        bucket = self.buckets.get(index)
+        if not bucket:
+            return False
+        kept = [c for c in bucket if c[0] != node_id]
+        if len(kept) == len(bucket):
+            return False
+        if spares:
+            kept.append(spares.pop())
+        if kept:
+            self.buckets[index] = kept
+        else:
+            del self.buckets[index]
+        if not spares:
+            self.spares.pop(index, None)
+        return True
+
+    def nearest(
+        self, target: bytes, k: int = K, exclude: tuple[str, int] | None = None
+    ) -> list[Contact]:
+        """The k contacts closest to ``target``, except ``target`` and ``exclude``'s address."""
+        goal = _as_int(target)
+        found = [
+            c
+            for bucket in self.buckets.values()
+            for c in bucket
+            if c[0] != target and (exclude is None or (c[1], c[2]) != exclude)
+        ]
+        found.sort(key=lambda c: _as_int(c[0]) ^ goal)
+        return found[:k]
 
 
-class _ExcludingNodeHeap(NodeHeap):
-    """A crawl's candidate heap that never contains the crawling node itself.
+# --------------------------------------------------------------------------- lookups
 
-    Other nodes list us among their contacts; without this the crawl would
-    send ``find_value`` to ourselves and our own storage would answer.
+
+class Lookup:
+    """An iterative ``find_node`` / ``find_value`` over the network, never asking ourselves.
+
+    Up to alpha RPCs are in flight at once, always to the closest contacts not
+    asked yet among the k closest known; it ends when those k have all
+    answered or failed (the result is the k closest that answered), or, for
+    a value, at the first node that has it. Other nodes list us among their
+    contacts; this node never asks itself, so its own storage cannot make a
+    ``get`` look like a read across the network.
     """
-
-    def __init__(self, node: Node, maxsize: int, exclude_id: bytes) -> None:
-        super().__init__(node, maxsize)
-        self._exclude_id = exclude_id
-
-    def push(self, nodes: Node | list[Node]) -> None:
-        if not isinstance(nodes, list):
-            nodes = [nodes]
-        super().push([n for n in nodes if n.id != self._exclude_id])
-
-
-class _SkipSelf:
-    """Makes a library crawl's candidate heap an :class:`_ExcludingNodeHeap`."""
 
     def __init__(
-        self, protocol: KademliaProtocol, node: Node, peers: list[Node], ksize: int, alpha: int
+        self,
+        node: DhtNode,
+        target: bytes,
+        want_value: bool,
+        done: Callable[[Any, list[Contact]], None],
     ) -> None:
-        super().__init__(protocol, node, peers, ksize, alpha)  # type: ignore[call-arg]
-        self.nearest = _ExcludingNodeHeap(node, ksize, protocol.source_node.id)
-        self.nearest.push(peers)
+        self.node = node
+        self.target = target
+        self._goal = _as_int(target)
+        self.want_value = want_value
+        self.done = done
+        self.known: dict[bytes, Contact] = {}
+        self.asked: set[bytes] = set()
+        self.without_value: list[Contact] = []
+        self.in_flight = 0
+        self.finished = False
 
+    def start(self) -> Lookup:
+        self.add(self.node.table.nearest(self.target))
+        self.pump()
+        return self
 
-class _NetworkValueCrawl(_SkipSelf, ValueSpiderCrawl):
-    pass
+    def cancel(self) -> None:
+        self.finished = True
 
+    def add(self, contacts: Iterable[Contact]) -> None:
+        for contact in contacts:
+            node_id = contact[0]
+            if node_id in self.known or node_id in self.asked:
+                continue  # asked and absent from known: it failed
+            if node_id in (self.node.id, PROBE_NODE_ID):
+                continue
+            self.known[node_id] = contact
 
-class _NetworkNodeCrawl(_SkipSelf, NodeSpiderCrawl):
-    pass
+    def _distance(self, contact: Contact) -> int:
+        return _as_int(contact[0]) ^ self._goal
 
+    def nearest(self) -> list[Contact]:
+        return sorted(self.known.values(), key=self._distance)[:K]
 
-class NoNeighboursError(CqkdError):
-    """The routing table is empty, so the network cannot be asked at all."""
-
-
-async def network_get(server: Server, key: str) -> Any:
-    """Look ``key`` up in the network only; ``None`` if no other node has it.
-
-    ``Server.get`` returns a locally stored value without any network traffic,
-    and its crawl may ask this node itself; either would let ``dht-check``
-    "prove" a read that never crossed the network.
-    """
-    target = Node(digest(key))
-    nearest = server.protocol.router.find_neighbors(target)
-    if not nearest:
-        raise NoNeighboursError("this node has no neighbours to ask")
-    crawl = _NetworkValueCrawl(server.protocol, target, nearest, server.ksize, server.alpha)
-    return await crawl.find()
-
-
-async def network_set(server: Server, key: str, value: Any) -> tuple[int, bool]:
-    """Store ``key`` on the k closest other nodes; return (how many acked, kept locally).
-
-    Reimplements ``Server.set_digest`` to report a count instead of a bool and
-    to survive a crawl that finds nobody alive (the library then calls
-    ``max()`` on an empty list and raises ``ValueError``).
-    """
-    dkey = digest(key)
-    target = Node(dkey)
-    nearest = server.protocol.router.find_neighbors(target)
-    if not nearest:
-        raise NoNeighboursError("this node has no neighbours to store on")
-    crawl = _NetworkNodeCrawl(server.protocol, target, nearest, server.ksize, server.alpha)
-    nodes = await crawl.find()
-    if not nodes:
-        return 0, False
-    farthest = max(n.distance_to(target) for n in nodes)
-    local = server.node.distance_to(target) < farthest
-    if local:
-        server.storage[dkey] = value
-    results = await asyncio.gather(*(server.protocol.call_store(n, dkey, value) for n in nodes))
-    return sum(1 for ok, _ in results if ok), local
-
-
-# --------------------------------------------------------------------------- name resolution
-
-
-async def resolve_ipv4(host: str, port: int, timeout: float = DNS_TIMEOUT) -> list[tuple[str, int]]:
-    """Every IPv4 address of ``host`` (kademlia's bootstrap accepts addresses only).
-
-    The lookup runs in a daemon thread rather than the loop's executor: a
-    stuck DNS server must not keep the process alive after SIGTERM, and
-    ``asyncio.run`` would otherwise join the executor thread on exit.
-    """
-    with contextlib.suppress(ValueError):
-        if ipaddress.ip_address(host).version == 4:
-            return [(host, port)]
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[list[tuple[str, int]]] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if future.done():
+    def pump(self) -> None:
+        if self.finished:
             return
-        if error is not None:
-            future.set_exception(error)
+        name = "find_value" if self.want_value else "find_node"
+        for contact in self.nearest():
+            if self.in_flight >= ALPHA:
+                break
+            if contact[0] in self.asked:
+                continue
+            self.asked.add(contact[0])
+            self.in_flight += 1
+            self.node.rpc(
+                contact,
+                name,
+                [self.node.id, self.target],
+                lambda ok, data, contact=contact: self._answer(contact, ok, data),
+            )
+        if self.in_flight == 0:
+            self._finish(None, self.nearest())
+
+    def _answer(self, contact: Contact, ok: bool, data: Any) -> None:
+        self.in_flight -= 1
+        if self.finished:
+            return
+        if not ok:
+            self.known.pop(contact[0], None)
+        elif self.want_value and isinstance(data, dict) and data.get("value") is not None:
+            value = data["value"]
+            # As kademlia's crawl: the closest node that did not have the value
+            # gets a copy, so the next lookup ends sooner.
+            if self.without_value:
+                closest = min(self.without_value, key=self._distance)
+                self.node.rpc(closest, "store", [self.node.id, self.target, value])
+            self._finish(value, self.nearest())
+            return
         else:
-            future.set_result(result)
+            self.without_value.append(contact)
+            self.add(_contacts_from(data))
+        self.pump()
 
-    def lookup() -> None:
-        try:
-            infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)
-            found: list[tuple[str, int]] = []
-            for *_, sockaddr in infos:
-                addr = (str(sockaddr[0]), port)
-                if addr not in found:
-                    found.append(addr)
-            result: Any = found
-            error: BaseException | None = None
-        except OSError as exc:
-            result, error = None, exc
-        with contextlib.suppress(RuntimeError):  # the loop closed while we waited
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=lookup, name=f"resolve-{host}", daemon=True).start()
-    return await asyncio.wait_for(future, timeout)
-
-
-async def resolve_all(nodes: Iterable[tuple[str, int]]) -> tuple[list[tuple[str, int]], list[str]]:
-    """Resolve every bootstrap entry; return (addresses, one error text per failed name).
-
-    One name failing does not fail the attempt while another resolves: with
-    several bootstrap services, one may simply not be running yet.
-    """
-    nodes = list(nodes)
-    results = await asyncio.gather(
-        *(resolve_ipv4(host, port) for host, port in nodes), return_exceptions=True
-    )
-    addresses: list[tuple[str, int]] = []
-    errors: list[str] = []
-    for (host, _), result in zip(nodes, results, strict=True):
-        if isinstance(result, BaseException):
-            reason = "timed out" if isinstance(result, asyncio.TimeoutError) else str(result)
-            errors.append(f"cannot resolve {host}: {reason}")
-            continue
-        for addr in result:
-            if addr not in addresses:
-                addresses.append(addr)
-    return addresses, errors
+    def _finish(self, value: Any, nodes: list[Contact]) -> None:
+        self.finished = True
+        self.done(value, nodes)
 
 
 # --------------------------------------------------------------------------- control requests
 
 
-@dataclass(frozen=True)
 class Request:
-    op: str
-    key: str | None = None
-    value: Any = None
+    """One parsed control request: ``op`` plus, for set/get, a key (and a value)."""
+
+    __slots__ = ("key", "op", "value")
+
+    def __init__(self, op: str, key: str | None = None, value: Any = None) -> None:
+        self.op = op
+        self.key = key
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Request):
+            return NotImplemented
+        return (self.op, self.key, self.value) == (other.op, other.key, other.value)
+
+    def __hash__(self) -> int:
+        return hash((self.op, self.key, self.value))
+
+    def __repr__(self) -> str:
+        return f"Request({self.op!r}, {self.key!r}, {self.value!r})"
 
 
 class RequestError(CqkdError):
@@ -470,6 +585,8 @@ class RequestError(CqkdError):
 
 def parse_request(raw: bytes) -> Request:
     """Check one control request; kept pure so every refusal is unit-testable."""
+    import json  # only Alice, Bob and operators use the control socket
+
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -495,287 +612,779 @@ def parse_request(raw: bytes) -> Request:
     return Request("set", key, value)
 
 
+class _Client:
+    """One control connection: the request line being read, then the operation."""
+
+    __slots__ = ("buffer", "conn", "lookup", "replied", "timer")
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.buffer = b""
+        self.lookup: Lookup | None = None
+        self.replied = False
+        self.timer: list[Any] | None = None
+
+
+class _JoinAttempt:
+    """One join attempt: pings out, names being resolved, and what went wrong."""
+
+    __slots__ = ("errors", "names", "over", "pinged", "timer", "waiting")
+
+    def __init__(self) -> None:
+        self.pinged: list[tuple[str, int]] = []
+        self.names: list[tuple[str, int]] = []
+        self.errors: list[str] = []
+        self.waiting = 0
+        self.over = False
+        self.timer: list[Any] | None = None
+
+
 # --------------------------------------------------------------------------- the node
 
 
 class DhtNode:
-    """One running node: the Kademlia server plus health file and control socket."""
+    """One running node: UDP RPCs, the routing table, joins, health file and control socket.
+
+    Everything happens on one ``selectors`` loop: datagrams, control
+    connections, timers (RPC timeouts, join backoff, health rounds), the
+    pipes of name-lookup children and the socket the signal handler wakes the
+    loop through (``signal.set_wakeup_fd``). Operations
+    (lookups, joins, control requests) are callbacks on that loop, so none of
+    them stops the node from answering RPCs.
+    """
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        self.server = NodeServer(rpc_timeout=config.rpc_timeout)
+        self.id = os.urandom(ID_BYTES)
+        self.table = RoutingTable(self.id)
+        self.storage: dict[bytes, Any] = {}
         self.health = HealthFile(config.health_file, config.port)
         self.started = _LOADED
-        self.healthy = False
+        self.selector = selectors.DefaultSelector()
+        self.sock: socket.socket | None = None
+        self.control: socket.socket | None = None
+        self.wake_r, self.wake_w = socket.socketpair()
+        # msgid -> (deadline, callback)
+        self.pending: dict[bytes, tuple[float, Reply]] = {}
+        # [when, callback]; a cancelled timer's callback is None
+        self.timers: list[list[Any]] = []
+        self.stopping = False
+        self.announced = False  # the joined line is printed once for the whole life
+        self.in_dht = False  # a join succeeded (or, for a bootstrap node, it need not)
+        self.attempt: _JoinAttempt | None = None
+        self.join_failures = 0
+        self.join_delay = config.join_backoff
         self.last_join_error: str | None = None
-        self._control: asyncio.AbstractServer | None = None
-        self._stragglers: set[asyncio.Future[Any]] = set()
+        self._last_warning: float | None = None
+        self._pinging: set[bytes] = set()
+        # (host, port) -> (pid, pipe) of the child process looking the name up
+        self._resolving: dict[tuple[str, int], tuple[int, int]] = {}
 
-    # -- lifecycle
+    # -- diagnostics
 
-    async def start(self) -> None:
+    def say(self, level: str, text: str) -> None:
+        if LEVELS[level] >= self.config.log_level:
+            print(f"{PROG}: {level.lower()}: {text}", file=sys.stderr, flush=True)
+
+    # -- timers and the loop
+
+    def later(self, delay: float, callback: Callable[[], None]) -> list[Any]:
+        timer = [time.monotonic() + delay, callback]
+        self.timers.append(timer)
+        return timer
+
+    @staticmethod
+    def cancel(timer: list[Any] | None) -> None:
+        if timer is not None:
+            timer[1] = None
+
+    def _timeout(self) -> float | None:
+        deadlines = [t[0] for t in self.timers if t[1] is not None]
+        deadlines += [entry[0] for entry in self.pending.values()]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _run_due(self) -> None:
+        now = time.monotonic()
+        expired = [msgid for msgid, entry in self.pending.items() if entry[0] <= now]
+        for msgid in expired:
+            entry = self.pending.pop(msgid, None)
+            if entry is not None:
+                self._guard(entry[1], False, None)
+        due = [t for t in self.timers if t[0] <= now and t[1] is not None]
+        self.timers = [t for t in self.timers if t[0] > now and t[1] is not None]
+        for timer in due:
+            callback, timer[1] = timer[1], None
+            if callback is not None:
+                self._guard(callback)
+
+    def _guard(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run one callback; a bug in one operation must not take the node down."""
+        try:
+            callback(*args)
+        except CqkdError as exc:
+            self.say("ERROR", exc.message)
+        except Exception as exc:
+            self.say("ERROR", f"internal error: {exc!r}")
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT (exit 0); ``CqkdError`` if the sockets cannot be opened."""
+        for sock in (self.wake_r, self.wake_w):
+            sock.setblocking(False)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        try:
+            self.start()
+            while not self.stopping:
+                events = self.selector.select(self._timeout())
+                for key, _ in events:
+                    if self.stopping:
+                        break
+                    self._guard(key.data)
+                if not self.stopping:
+                    self._run_due()
+            return 0
+        finally:
+            self.close()
+
+    def start(self) -> None:
         """Listen on UDP and open the control socket; leftovers of an earlier run go first.
 
         A restarted container keeps /tmp, and a stale health file would make
         the new process look healthy before it has joined.
         """
         self.health.remove()
+        address = (self.config.interface, self.config.port)
         try:
-            await self.server.listen(self.config.port, self.config.interface)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock = sock
+            sock.bind(address)
         except OSError as exc:
             raise CqkdError(
-                f"cannot listen on UDP {self.config.interface}:{self.config.port}: {exc}"
+                f"cannot listen on UDP {address[0]}:{address[1]}: {exc}; "
+                "the node never picks another port"
             ) from None
+        sock.setblocking(False)
         path = self.config.control_socket
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
         try:
-            self._control = await asyncio.start_unix_server(
-                self._serve_client, path=str(path), limit=MAX_REQUEST_BYTES
-            )
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
         except OSError as exc:
             raise CqkdError(f"cannot open control socket {path}: {exc}") from None
+        try:
+            control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.control = control
+            control.bind(path)
+            control.listen(16)
+        except OSError as exc:
+            raise CqkdError(f"cannot open control socket {path}: {exc}") from None
+        control.setblocking(False)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
+        self.selector.register(sock, selectors.EVENT_READ, self._on_datagrams)
+        self.selector.register(control, selectors.EVENT_READ, self._on_accept)
+        if self.config.role == "bootstrap":
+            # Listening is enough: the first node of a network has nobody to join.
+            self.announce()
+            if self.config.bootstrap_nodes:
+                self.join_attempt()
+        else:
+            self.join_attempt()
+        self.later(self.config.health_interval, self.health_round)
 
     def close(self) -> None:
         """Health file first, so the health check fails before anything else goes away."""
         self.health.remove()
-        if self._control is not None:
-            self._control.close()
-            with contextlib.suppress(FileNotFoundError):
-                self.config.control_socket.unlink()
-        self.server.stop()
+        if self.control is not None:
+            self.control.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.config.control_socket)
+        if self.sock is not None:
+            self.sock.close()
+        for name in list(self._resolving):
+            self._end_lookup(name, kill=True)
+        signal.set_wakeup_fd(-1)
+        self.selector.close()
+        self.wake_r.close()
+        self.wake_w.close()
+
+    def _on_wake(self) -> None:
+        """Drain the wake-up socket; the signal handler has already set ``stopping``."""
+        try:
+            while self.wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    # -- RPCs
+
+    def call(self, address: tuple[str, int], name: str, args: list[Any], callback: Reply) -> None:
+        """Send one RPC; ``callback(True, answer)`` or, after the RPC timeout, ``(False, None)``."""
+        msgid = os.urandom(ID_BYTES)
+        deadline = time.monotonic() + self.config.rpc_timeout
+        try:
+            body = umsgpack.packb([name, args])
+            if len(body) > MAX_RPC_BYTES:
+                raise ValueError(f"{name} RPC of {len(body)} bytes exceeds 8 KiB")
+            assert self.sock is not None
+            self.sock.sendto(b"\x00" + msgid + body, address)
+        except Exception as exc:  # fails on the next loop turn, never re-entrantly
+            self.say("DEBUG", f"cannot send {name} to {address[0]}:{address[1]}: {exc}")
+            deadline = 0.0
+        self.pending[msgid] = (deadline, callback)
+
+    def rpc(
+        self, contact: Contact, name: str, args: list[Any], callback: Reply | None = None
+    ) -> None:
+        """An RPC to a known contact: seen again if it answers, out of the table if not."""
+
+        def settle(ok: bool, data: Any) -> None:
+            if not ok:
+                if self.table.remove(contact[0]):
+                    self.say("DEBUG", f"no answer from {contact[1]}:{contact[2]}; contact dropped")
+            elif name == "ping" and data != contact[0]:
+                # Another node answers at that address now (a restart).
+                self.table.remove(contact[0])
+                if _is_id(data):
+                    self.welcome(data, contact[1], contact[2])
+            else:
+                self.welcome(*contact)
+            if callback is not None:
+                callback(ok, data)
+
+        self.call((contact[1], contact[2]), name, args, settle)
+
+    def welcome(self, node_id: bytes, ip: str, port: int) -> None:
+        """kademlia's ``welcome_if_new``, minus two ways a node can fool itself.
+
+        * A node never enters its own routing table. Stock kademlia adds any
+          pinger, so a node listed in its own BOOTSTRAP_NODES (or a bootstrap
+          replica reached through a service name that also resolves to
+          itself) would count itself as a neighbour and report healthy alone.
+        * Nor does the probe (:data:`cqkd_stack.wire.PROBE_NODE_ID`): it exits
+          right after pinging, and as a contact it would make a node that has
+          not joined look joined, then cost the next lookup an RPC timeout.
+
+        A new contact gets the stored values it should hold (it is closer to
+        the key than our farthest neighbour for it, and we are the closest
+        holder), as the paper's section 2.5 and the library do.
+        """
+        if node_id == self.id or node_id == PROBE_NODE_ID:
+            return
+        contact = (node_id, ip, port)
+        status, oldest = self.table.touch(contact)
+        if status == "added":
+            self._hand_over(contact)
+        elif status == "full" and oldest is not None and oldest[0] not in self._pinging:
+            # Keep the old contact unless a ping shows it dead; then a spare moves in.
+            self._pinging.add(oldest[0])
+            self.rpc(oldest, "ping", [self.id], lambda ok, data: self._pinging.discard(oldest[0]))
+
+    def _hand_over(self, contact: Contact) -> None:
+        if not self.storage:
+            return
+        new = _as_int(contact[0])
+        for key, value in list(self.storage.items()):
+            goal = _as_int(key)
+            near = [c for c in self.table.nearest(key, K + 1) if c[0] != contact[0]][:K]
+            if not near or (
+                new ^ goal < _as_int(near[-1][0]) ^ goal
+                and self.table._own ^ goal < _as_int(near[0][0]) ^ goal
+            ):
+                self.rpc(contact, "store", [self.id, key, value])
+
+    def _store(self, key: bytes, value: Any) -> None:
+        self.storage.pop(key, None)
+        self.storage[key] = value
+        while len(self.storage) > MAX_STORED:
+            del self.storage[next(iter(self.storage))]
+
+    def _on_datagrams(self) -> None:
+        assert self.sock is not None
+        for _ in range(64):  # then give timers and the control socket a turn
+            try:
+                data, address = self.sock.recvfrom(MAX_DATAGRAM)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.say("DEBUG", f"receive failed: {exc}")
+                return
+            if len(data) < 22:
+                continue
+            msgid = data[1:21]
+            try:
+                payload = umsgpack.unpackb(data[21:])
+            except Exception as exc:
+                self.say("DEBUG", f"undecodable datagram from {address[0]}:{address[1]}: {exc}")
+                continue
+            if data[0] == 0:
+                self._guard(self._serve, msgid, payload, address)
+            elif data[0] == 1:
+                entry = self.pending.pop(msgid, None)
+                if entry is not None:
+                    self._guard(entry[1], True, payload)
+
+    def _serve(self, msgid: bytes, payload: Any, address: tuple[str, int]) -> None:
+        """Answer one request as kademlia's ``KademliaProtocol`` does; malformed ones get none."""
+        if not (isinstance(payload, list) and len(payload) == 2 and isinstance(payload[1], list)):
+            return
+        name, args = payload
+        ip, port = address[0], address[1]
+        if name == "stun" and not args:
+            answer: Any = [ip, port]
+        elif name == "ping" and len(args) == 1 and _is_id(args[0]):
+            self.welcome(args[0], ip, port)
+            answer = self.id
+        elif name == "store" and len(args) == 3 and _is_id(args[0]) and _is_id(args[1]):
+            self.welcome(args[0], ip, port)
+            self._store(args[1], args[2])
+            answer = True
+        elif name in ("find_node", "find_value") and len(args) == 2 and all(map(_is_id, args)):
+            self.welcome(args[0], ip, port)
+            value = self.storage.get(args[1]) if name == "find_value" else None
+            if value is not None:
+                answer = {"value": value}
+            else:
+                answer = self.table.nearest(args[1], K, exclude=(ip, port))
+        else:
+            self.say("DEBUG", f"ignored request {name!r} from {ip}:{port}")
+            return
+        assert self.sock is not None
+        try:
+            self.sock.sendto(b"\x01" + msgid + umsgpack.packb(answer), address)
+        except OSError as exc:
+            self.say("DEBUG", f"cannot answer {ip}:{port}: {exc}")
 
     # -- joining
 
-    async def join_once(self) -> int:
-        """One join attempt; the number of neighbours afterwards (0 = failed)."""
-        addresses, errors = await resolve_all(self.config.bootstrap_nodes)
-        if not addresses:
-            self.last_join_error = "; ".join(errors) or "no bootstrap address"
-            return 0
-        await self.bootstrap(addresses)
-        count = self.server.neighbour_count()
-        if count == 0:
-            tried = ", ".join(f"{h}:{p}" for h, p in addresses)
-            self.last_join_error = f"no bootstrap node answered ({tried})"
-            if errors:
-                self.last_join_error += "; " + "; ".join(errors)
-        return count
+    def join_attempt(self) -> None:
+        """Ping every bootstrap address and every known peer at once; the first answer joins.
 
-    async def bootstrap(self, addresses: list[tuple[str, int]]) -> None:
-        """Like ``Server.bootstrap``, but crawl as soon as the first contact answers.
-
-        The library waits for every ping, so one silent address costs the full
-        RPC timeout on every join. Silent addresses are normal here: a Swarm
-        service name resolves to every task of the service, and BOOTSTRAP_NODES
-        lists every bootstrap port, so most (address, port) pairs are not a node.
-        Pings still in flight are left to finish on their own; cancelling them
-        would make rpcudp's timeout callback fail on a cancelled future.
+        Known peers count because other nodes may reach us before we reach
+        the bootstrap node. Names are resolved in child processes; literal addresses
+        and peers are pinged at once, so a slow name holds nothing up.
         """
-        pending = {asyncio.ensure_future(self.server.bootstrap_node(a)) for a in addresses}
-        self._stragglers |= pending
-        for task in pending:
-            task.add_done_callback(self._stragglers.discard)
-        contacts: list[Node] = []
-        while pending and not contacts:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            # Our own address may be in the list; answering ourselves is no contact.
-            contacts += [
-                t.result()
-                for t in done
-                if t.result() is not None and t.result().id != self.server.node.id
-            ]
-        if contacts:
-            protocol = self.server.protocol
-            for contact in contacts:
-                protocol.welcome_if_new(contact)
-            crawl = _NetworkNodeCrawl(
-                protocol, self.server.node, contacts, self.server.ksize, self.server.alpha
-            )
-            # A contact answered and is in the routing table: the node is in the
-            # DHT. Filling the rest of the table is a lookup that, after churn,
-            # waits out every dead contact the others still list (5 s each,
-            # round after round); measured 15-30 s per new worker. So it goes on
-            # in the background instead of holding up the join and the health check.
-            filling = asyncio.ensure_future(crawl.find())
-            self._stragglers.add(filling)
-            filling.add_done_callback(self._stragglers.discard)
+        if self.attempt is not None or self.stopping:
+            return
+        attempt = self.attempt = _JoinAttempt()
+        for contact in self.table.contacts():
+            self._join_ping(attempt, (contact[1], contact[2]))
+        for host, port in self.config.bootstrap_nodes:
+            if _is_ipv4(host):
+                self._join_ping(attempt, (host, port))
+            else:
+                attempt.names.append((host, port))
+                attempt.waiting += 1
+                self._resolve(host, port)
+        if attempt.names:
+            attempt.timer = self.later(DNS_TIMEOUT, lambda: self._names_timed_out(attempt))
+        self._join_check(attempt)
 
-    async def join(self) -> bool:
-        """Join with bounded retries; exponential backoff with jitter.
+    def _join_ping(self, attempt: _JoinAttempt, address: tuple[str, int]) -> None:
+        if address in attempt.pinged:
+            return
+        attempt.pinged.append(address)
+        attempt.waiting += 1
+        self.call(
+            address,
+            "ping",
+            [self.id],
+            lambda ok, data: self._join_pong(attempt, address, ok, data),
+        )
 
-        The jitter spreads 1000 workers that start together, so a bootstrap
-        node that comes up late is not hit by all of them in the same instant.
+    def _join_pong(
+        self, attempt: _JoinAttempt, address: tuple[str, int], ok: bool, data: Any
+    ) -> None:
+        attempt.waiting -= 1
+        # Our own address may be in the list; answering ourselves is no contact.
+        if ok and _is_id(data) and data not in (self.id, PROBE_NODE_ID):
+            self.welcome(data, address[0], address[1])
+            if not attempt.over:
+                self._join_succeeded(attempt)
+            return
+        self._join_check(attempt)
+
+    def _resolve(self, host: str, port: int) -> None:
+        """Look ``host`` up in a forked child (one per name at a time); its pipe brings the answer.
+
+        Not in this process: the C library's resolver (NSS, DNS state) costs
+        about 0.5 MiB that would stay for the node's whole life, in each of
+        1000 containers, for a lookup done a few times. Not in a thread
+        either, for the same memory, and because a child stuck on a slow DNS
+        server can simply be killed when the attempt gives up on it.
         """
-        delay = self.config.join_backoff
-        for attempt in range(1, self.config.join_retries + 1):
-            if await self.join_once() > 0:
-                return True
-            log.info("join attempt %d failed: %s", attempt, self.last_join_error)
-            if attempt < self.config.join_retries:
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, self.config.join_backoff_max)
-        return False
+        name = (host, port)
+        if name in self._resolving:
+            return
+        try:
+            read_end, write_end = os.pipe()
+            try:
+                pid = os.fork()
+            except OSError:
+                os.close(read_end)
+                os.close(write_end)
+                raise
+        except OSError as exc:
+            error = f"cannot start a lookup: {exc}"
+            # Later, not now: the join attempt is still adding its entries.
+            self.later(0, lambda: self._name_resolved(name, None, error))
+            return
+        if pid == 0:
+            self._lookup_child(write_end, host, port)  # never returns
+        os.close(write_end)
+        os.set_blocking(read_end, False)
+        self._resolving[name] = (pid, read_end)
+        chunks: list[bytes] = []
+        self.selector.register(
+            read_end, selectors.EVENT_READ, lambda: self._on_lookup_pipe(name, chunks)
+        )
 
-    async def join_in_background(self) -> None:
-        """A bootstrap node's join: failing it is worth a warning, not an exit.
+    @staticmethod
+    def _lookup_child(write_end: int, host: str, port: int) -> None:
+        """In the child: resolve, write ``ok ADDR...`` or ``error TEXT`` to the pipe, exit."""
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            # Let go of the node's sockets: a lingering child must not hold its port.
+            os.closerange(3, write_end)
+            os.closerange(write_end + 1, 65536)
+            try:
+                infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)
+                found: list[str] = []
+                for *_, sockaddr in infos:
+                    if str(sockaddr[0]) not in found:
+                        found.append(str(sockaddr[0]))
+                text = "ok " + " ".join(found)
+            except Exception as exc:
+                text = "error " + (str(exc) or type(exc).__name__)
+            os.write(write_end, text.encode("utf-8", "replace"))
+        finally:
+            os._exit(0)
 
-        The bootstrap node is the network's anchor; it is useful even alone,
-        and the others will find it.
+    def _on_lookup_pipe(self, name: tuple[str, int], chunks: list[bytes]) -> None:
+        entry = self._resolving.get(name)
+        if entry is None:
+            return
+        try:
+            chunk = os.read(entry[1], 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            chunks.append(chunk)
+            return
+        self._end_lookup(name)
+        kind, _, rest = b"".join(chunks).decode("utf-8", "replace").partition(" ")
+        if kind == "ok":
+            self._name_resolved(name, [(ip, name[1]) for ip in rest.split()], "")
+        else:
+            self._name_resolved(name, None, rest or "the lookup died")
+
+    def _end_lookup(self, name: tuple[str, int], kill: bool = False) -> None:
+        """Close a lookup child's pipe and reap it (after killing it, if asked)."""
+        entry = self._resolving.pop(name, None)
+        if entry is None:
+            return
+        pid, read_end = entry
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(read_end)
+        os.close(read_end)
+        with contextlib.suppress(OSError):
+            if kill:
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)  # at EOF it is exiting; killed, it goes at once
+
+    def _name_resolved(
+        self, name: tuple[str, int], found: list[tuple[str, int]] | None, error: str
+    ) -> None:
+        attempt = self.attempt
+        if attempt is None or name not in attempt.names:
+            return  # that attempt is over (it timed out, or someone answered)
+        attempt.names.remove(name)
+        attempt.waiting -= 1
+        if found is None:
+            attempt.errors.append(f"cannot resolve {name[0]}: {error}")
+        for address in found or ():
+            self._join_ping(attempt, address)
+        self._join_check(attempt)
+
+    def _names_timed_out(self, attempt: _JoinAttempt) -> None:
+        for host, port in attempt.names:
+            self._end_lookup((host, port), kill=True)
+            attempt.errors.append(f"cannot resolve {host}: timed out")
+            attempt.waiting -= 1
+        attempt.names.clear()
+        self._join_check(attempt)
+
+    def _join_check(self, attempt: _JoinAttempt) -> None:
+        if attempt.over or attempt.waiting > 0:
+            return
+        attempt.over = True
+        self.cancel(attempt.timer)
+        if self.attempt is attempt:
+            self.attempt = None
+        if attempt.pinged:
+            tried = ", ".join(f"{h}:{p}" for h, p in attempt.pinged)
+            reason = "; ".join([f"no bootstrap node answered ({tried})", *attempt.errors])
+        else:
+            reason = "; ".join(attempt.errors) or "no bootstrap address"
+        self._join_failed(reason)
+
+    def _join_failed(self, reason: str) -> None:
+        self.last_join_error = reason
+        self.join_failures += 1
+        if self.in_dht:
+            # Lost every neighbour after joining: the health round tries again.
+            self.say("INFO", f"rejoin attempt failed: {reason}")
+            return
+        now = time.monotonic()
+        what = "BOOTSTRAP_NODES" if self.config.role == "bootstrap" else "the DHT"
+        text = f"cannot join {what} yet (attempt {self.join_failures}, still trying): {reason}"
+        if self._last_warning is None or now - self._last_warning >= JOIN_WARNING_INTERVAL:
+            self._last_warning = now
+            self.say("WARNING", text)
+        else:
+            self.say("INFO", text)
+        # Capped exponential backoff with jitter: the jitter spreads 1000
+        # workers that start together, so a bootstrap node that comes up late
+        # is not hit by all of them in the same instant.
+        delay = self.join_delay * (0.5 + _random_fraction() / 2)
+        self.join_delay = min(self.join_delay * 2, self.config.join_backoff_max)
+        self.later(delay, self.join_attempt)
+
+    def _join_succeeded(self, attempt: _JoinAttempt) -> None:
+        """A contact answered and is in the routing table: the node is in the DHT.
+
+        Filling the rest of the table is a lookup for our own id that, after
+        churn, waits out every dead contact the others still list; so it runs
+        alongside everything else instead of holding up the health file.
         """
-        if not await self.join():
-            log.warning("could not join BOOTSTRAP_NODES: %s", self.last_join_error)
+        attempt.over = True
+        self.cancel(attempt.timer)
+        if self.attempt is attempt:
+            self.attempt = None
+        if self.last_join_error is not None:
+            self.say("INFO", f"joined after {self.join_failures} failed attempt(s)")
+        self.in_dht = True
+        self.join_delay = self.config.join_backoff
+        self.announce()
 
-    def become_healthy(self) -> None:
+        def filled(value: Any, nodes: list[Contact]) -> None:
+            self.say("INFO", f"routing table filled: {len(self.table)} contacts")
+
+        Lookup(self, self.id, False, filled).start()
+
+    def announce(self) -> None:
+        """Healthy: write the health file, and print the one stdout line the first time."""
         self.health.write()
-        if not self.healthy:
-            self.healthy = True
+        if not self.announced:
+            self.announced = True
             name = f" name={self.config.name}" if self.config.name else ""
             print(
                 f"{PROG}: joined role={self.config.role}{name} port={self.config.port} "
-                f"neighbours={self.server.neighbour_count()} "
+                f"neighbours={len(self.table)} "
                 f"after={time.monotonic() - self.started:.2f}s",
                 flush=True,
             )
 
-    async def watch(self) -> None:
-        """Keep the health file honest: gone while the node has no neighbours.
+    # -- health
 
-        Each round also pings a sample of the contacts, so dead ones leave the
-        routing table before a lookup meets them. A worker that lost every
-        neighbour tries one fresh join per round; an empty table is worth
-        acting on, not just reporting.
+    def health_round(self) -> None:
+        """Ping a sample of the table, then keep the health file honest.
+
+        Kademlia only learns a contact is dead when an RPC to it fails. After
+        churn (a scale-down, a restart) every lookup would otherwise wait out
+        each dead contact's RPC timeout, and the bootstrap node hands its dead
+        contacts to every node that joins.
         """
-        while True:
-            await asyncio.sleep(self.config.health_interval)
-            with contextlib.suppress(Exception):
-                await self.server.check_some_neighbours()
+        contacts = self.table.contacts()
+        count = min(
+            len(contacts), NEIGHBOUR_CHECK_MAX, max(NEIGHBOUR_CHECK_MIN, len(contacts) // 10)
+        )
+        contacts.sort(key=lambda _: _random_fraction())
+        sample = contacts[:count]
+        if not sample:
+            self._after_health_pings()
+            return
+        left = [len(sample)]
+
+        def pinged(ok: bool, data: Any) -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                self._after_health_pings()
+
+        for contact in sample:
+            self.rpc(contact, "ping", [self.id], pinged)
+
+    def _after_health_pings(self) -> None:
+        """Health file gone while the table is empty, with a fresh join attempt per round."""
+        try:
             if self.config.role == "bootstrap":
                 if not self.health.exists():
                     self.health.write()
-                continue
-            if self.server.neighbour_count() == 0:
-                self.health.remove()
-                with contextlib.suppress(Exception):
-                    await self.join_once()
-            if self.server.neighbour_count() > 0 and not self.health.exists():
-                self.health.write()
+            elif self.in_dht:
+                if len(self.table) == 0:
+                    self.health.remove()
+                    self.join_attempt()
+                elif not self.health.exists():
+                    self.health.write()
+        finally:
+            self.later(self.config.health_interval, self.health_round)
 
     # -- control socket
 
-    async def _serve_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def _on_accept(self) -> None:
+        assert self.control is not None
         try:
-            try:
-                raw = await reader.readline()
-            except (ValueError, asyncio.LimitOverrunError):
-                reply: dict[str, Any] = {
-                    "ok": False,
-                    "error": f"request longer than {MAX_REQUEST_BYTES} bytes",
-                }
-            else:
-                reply = await self.handle(raw)
-            writer.write(json.dumps(reply).encode() + b"\n")
-            await writer.drain()
-        except (ConnectionError, OSError):
-            pass  # the client went away; nobody is left to tell
-        finally:
-            writer.close()
+            conn, _ = self.control.accept()
+        except OSError:
+            return
+        conn.setblocking(False)
+        client = _Client(conn)
+        client.timer = self.later(OP_TIMEOUT, lambda: self._client_timed_out(client))
+        self.selector.register(conn, selectors.EVENT_READ, lambda: self._on_client(client))
 
-    async def handle(self, raw: bytes) -> dict[str, Any]:
-        """Turn one request into one reply; never raises, so the client always hears back."""
+    def _on_client(self, client: _Client) -> None:
         try:
-            request = parse_request(raw)
-            return await asyncio.wait_for(self._execute(request), OP_TIMEOUT)
+            chunk = client.conn.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop(client)
+            return
+        client.buffer += chunk
+        end = client.buffer.find(b"\n")
+        if end == -1 and chunk and len(client.buffer) <= MAX_REQUEST_BYTES:
+            return  # more to come
+        self.selector.unregister(client.conn)
+        if end > MAX_REQUEST_BYTES or (end == -1 and len(client.buffer) > MAX_REQUEST_BYTES):
+            self._reply(
+                client, {"ok": False, "error": f"request longer than {MAX_REQUEST_BYTES} bytes"}
+            )
+            return
+        line = client.buffer if end == -1 else client.buffer[: end + 1]
+        client.buffer = b""
+        try:
+            self._execute(client, parse_request(line))
         except CqkdError as exc:
-            return {"ok": False, "error": exc.message}
-        except asyncio.TimeoutError:
-            return {"ok": False, "error": f"no answer from the network within {OP_TIMEOUT:g}s"}
-        except Exception as exc:  # a library bug must not kill the node
-            log.exception("control request failed")
-            return {"ok": False, "error": f"internal error: {exc!r}"}
+            self._reply(client, {"ok": False, "error": exc.message})
+        except Exception as exc:  # a bug must not kill the node, and the client hears back
+            self._reply(client, {"ok": False, "error": f"internal error: {exc!r}"})
 
-    async def _execute(self, request: Request) -> dict[str, Any]:
-        if request.op == "status":
-            return {
-                "ok": True,
-                "role": self.config.role,
-                "name": self.config.name,
-                "port": self.config.port,
-                "node_id": self.server.node.id.hex(),
-                "neighbours": self.server.neighbour_count(),
-                "healthy": self.health.exists(),
-            }
-        assert request.key is not None
-        if request.op == "get":
-            value = await network_get(self.server, request.key)
-            return {"ok": True, "key": request.key, "value": value}
-        replicas, local = await network_set(self.server, request.key, request.value)
+    def _client_timed_out(self, client: _Client) -> None:
+        if client.lookup is not None:
+            client.lookup.cancel()
+            self._reply(
+                client, {"ok": False, "error": f"no answer from the network within {OP_TIMEOUT:g}s"}
+            )
+        else:
+            self._drop(client)
+
+    def _drop(self, client: _Client) -> None:
+        if client.replied:
+            return
+        client.replied = True
+        self.cancel(client.timer)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(client.conn)
+        client.conn.close()
+
+    def _reply(self, client: _Client, reply: dict[str, Any]) -> None:
+        if client.replied:
+            return
+        import json
+
+        try:
+            line = json.dumps(reply)
+        except (TypeError, ValueError):  # another node stored bytes, say, under the key
+            line = json.dumps({"ok": False, "error": "the value found is not JSON data"})
+        try:
+            client.conn.setblocking(True)
+            client.conn.settimeout(2.0)
+            client.conn.sendall(line.encode() + b"\n")
+        except OSError:
+            pass  # the client went away; nobody is left to tell
+        self._drop(client)
+
+    def status(self) -> dict[str, Any]:
         return {
             "ok": True,
-            "key": request.key,
-            "stored": replicas > 0,
-            "replicas": replicas,
-            "local": local,
+            "role": self.config.role,
+            "name": self.config.name,
+            "port": self.config.port,
+            "node_id": self.id.hex(),
+            "neighbours": len(self.table),
+            "healthy": self.health.exists(),
         }
 
+    def _execute(self, client: _Client, request: Request) -> None:
+        if request.op == "status":
+            self._reply(client, self.status())
+            return
+        key = request.key
+        assert key is not None
+        target = digest(key)
+        if request.op == "get":
+            if not len(self.table):
+                raise RequestError("this node has no neighbours to ask")
 
-async def run(config: NodeConfig) -> int:
-    """Run the node until SIGTERM/SIGINT (exit 0) or a failed join (``CqkdError``)."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    node = DhtNode(config)
-    tasks: list[asyncio.Task[Any]] = []
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await node.start()
-        if config.role == "bootstrap":
-            # Listening is enough: the first node of a network has nobody to join.
-            node.become_healthy()
-            if config.bootstrap_nodes:
-                tasks.append(asyncio.ensure_future(node.join_in_background()))
-        else:
-            joining = asyncio.ensure_future(node.join())
-            tasks.append(joining)
-            await asyncio.wait({joining, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if stop.is_set():
-                return 0
-            if not joining.result():
-                raise CqkdError(
-                    f"could not join the DHT after {config.join_retries} attempts: "
-                    f"{node.last_join_error}"
+            def found(value: Any, nodes: list[Contact]) -> None:
+                self._reply(client, {"ok": True, "key": key, "value": value})
+
+            client.lookup = Lookup(self, target, True, found).start()
+            return
+        if not len(self.table):
+            raise RequestError("this node has no neighbours to store on")
+        value = request.value
+        if len(umsgpack.packb(["store", [self.id, target, value]])) > MAX_RPC_BYTES:
+            raise RequestError(f"value is too large for one Kademlia RPC ({MAX_RPC_BYTES} bytes)")
+
+        def located(_: Any, nodes: list[Contact]) -> None:
+            self._store_on(client, key, target, value, nodes)
+
+        client.lookup = Lookup(self, target, False, located).start()
+
+    def _store_on(
+        self, client: _Client, key: str, target: bytes, value: Any, nodes: list[Contact]
+    ) -> None:
+        """Store on the k closest other nodes, and here too if we are closer than the farthest."""
+        if not nodes:
+            self._reply(
+                client, {"ok": True, "key": key, "stored": False, "replicas": 0, "local": False}
+            )
+            return
+        goal = _as_int(target)
+        farthest = max(_as_int(c[0]) ^ goal for c in nodes)
+        local = self.table._own ^ goal < farthest
+        if local:
+            self._store(target, value)
+        acked = [0]
+        left = [len(nodes)]
+
+        def stored(ok: bool, data: Any) -> None:
+            acked[0] += 1 if ok else 0
+            left[0] -= 1
+            if left[0] == 0:
+                self._reply(
+                    client,
+                    {
+                        "ok": True,
+                        "key": key,
+                        "stored": acked[0] > 0,
+                        "replicas": acked[0],
+                        "local": local,
+                    },
                 )
-            node.become_healthy()
-        tasks.append(asyncio.ensure_future(node.watch()))
-        await stopping
-        return 0
-    finally:
-        for task in (*tasks, stopping):
-            task.cancel()
-        node.close()
 
-
-def _configure_logging(env: Mapping[str, str]) -> None:
-    """Quiet by default: WARNING for kademlia, and rpcudp's per-timeout ERROR only when debugging.
-
-    rpcudp logs every unanswered RPC at ERROR; during a join before the
-    bootstrap node is up, or during a 1000-task teardown, that is expected
-    noise multiplied by every container.
-    """
-    name = (env.get("CQKD_LOG_LEVEL") or "WARNING").strip().upper()
-    level = logging.getLevelName(name)
-    if not isinstance(level, int):
-        level = logging.WARNING
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format=f"{PROG}: %(levelname)s %(name)s: %(message)s"
-    )
-    # kademlia logs every RPC at INFO; only a DEBUG run wants that.
-    debug = level <= logging.DEBUG
-    logging.getLogger("kademlia").setLevel(level if debug else max(level, logging.WARNING))
-    logging.getLogger("rpcudp").setLevel(level if debug else logging.CRITICAL)
+        for contact in nodes:
+            self.rpc(contact, "store", [self.id, target, value], stored)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -789,10 +1398,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    _configure_logging(os.environ)
     try:
         config = NodeConfig.from_env(os.environ)
-        return asyncio.run(run(config))
+        return DhtNode(config).run()
     except CqkdError as exc:
         print(f"{PROG}: error: {exc.message}", file=sys.stderr, flush=True)
         return 1
