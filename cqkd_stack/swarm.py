@@ -181,10 +181,11 @@ def _address(task: dict[str, Any], network_name: str, node_addr: str | None) -> 
     )
     for attachment in ranked:
         spec = attachment.get("Network", {}).get("Spec", {})
-        if spec.get("Ingress") or spec.get("Name") == "ingress":
-            continue
         addresses = attachment.get("Addresses") or []
-        return addresses[0].split("/")[0] if addresses else None
+        # Host networking shows up as an attachment without addresses.
+        if spec.get("Ingress") or spec.get("Name") == "ingress" or not addresses:
+            continue
+        return addresses[0].split("/")[0]
     return node_addr
 
 

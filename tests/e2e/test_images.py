@@ -9,6 +9,7 @@ entrypoint must really turn a slot into a port.
 from __future__ import annotations
 
 import ipaddress
+import json
 import shutil
 import uuid
 from contextlib import suppress
@@ -70,14 +71,39 @@ def test_second_ensure_images_does_not_rebuild(
     assert result.node_id == before == docker_client.images.get(node_image).id
 
 
-def test_entrypoint_exports_the_port_of_the_slot(
+def test_the_node_is_the_entrypoint_and_listens_on_its_slot_port(
     docker_client: docker.DockerClient, node_image: str
 ) -> None:
+    """No resolver process in front: the node computes 7000 + 3 - 1 itself."""
+    name = f"cqkdtest_{uuid.uuid4().hex[:8]}"
+    try:
+        container = docker_client.containers.run(
+            node_image,
+            environment={"CQKD_ROLE": "bootstrap", "TASK_SLOT": "3", "BASE_PORT": "7000"},
+            name=name,
+            detach=True,
+        )
+        code, output = container.exec_run(
+            ["python3", "-m", "cqkd_stack.probe", "--rpc-timeout", "2", "127.0.0.1:7002"]
+        )
+        assert code == 0, output
+        assert json.loads(output)["127.0.0.1:7002"]
+        code, output = container.exec_run(["python3", "-m", "cqkd_stack.probe", "127.0.0.1:7003"])
+        assert code == 1, "a port next to the slot's must be silent"
+    finally:
+        remove_container(docker_client, name)
+
+
+def test_the_resolver_entrypoint_still_exports_the_port_for_other_commands(
+    docker_client: docker.DockerClient, node_image: str
+) -> None:
+    """What bring-your-own images use: `resolver exec -- CMD` with DHT_PORT set."""
     name = f"cqkdtest_{uuid.uuid4().hex[:8]}"
     try:
         output = docker_client.containers.run(
             node_image,
             ["python3", "-c", "import os;print(os.environ['DHT_PORT'])"],
+            entrypoint=["python3", "-m", "cqkd_stack.resolver", "exec", "--"],
             environment={"TASK_SLOT": "3", "BASE_PORT": "7000", "PORT_RANGE_END": "7999"},
             name=name,
             remove=True,
@@ -155,6 +181,6 @@ def remove_container(client: docker.DockerClient, name: str) -> None:
 
 @pytest.fixture(autouse=True)
 def _resolver_present() -> None:
-    # The image's entrypoint is the resolver; a checkout without it cannot
-    # make a working image, and every failure below would say less than this.
+    # The image's node computes its port with the resolver; a checkout without
+    # it cannot make a working image, and every failure below would say less.
     assert (images.project_root() / "cqkd_stack" / "resolver.py").is_file()

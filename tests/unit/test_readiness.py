@@ -71,7 +71,10 @@ def task(tid: str, sid: str, slot: int, networks: list[tuple[str, str]], **statu
         "DesiredState": status.pop("desired", "running"),
         "Status": {"State": status.pop("state", "running")},
         "NetworksAttachments": [
-            {"Network": {"Spec": {"Name": net, "Ingress": net == "ingress"}}, "Addresses": [addr]}
+            {
+                "Network": {"Spec": {"Name": net, "Ingress": net == "ingress"}},
+                "Addresses": [addr] if addr else [],
+            }
             for net, addr in networks
         ],
     }
@@ -88,9 +91,15 @@ def test_rows_use_the_stack_network_then_any_other_but_ingress() -> None:
         # A batch on another stack's network: its address is there, not on the node.
         task("t2", "w", 2, [("ingress", "10.255.0.5/16"), ("cqkd_dht", "10.8.0.7/20")]),
         task("t3", "w", 3, []),  # host networking: the node's address
+        task("t4", "w", 4, [("host", "")]),  # the same, as Swarm lists it
     ]
     rows = {r.slot: (r.address, r.port) for r in task_rows("b", services, tasks, NODES)}
-    assert rows == {1: ("10.9.0.3", 7000), 2: ("10.8.0.7", 7001), 3: ("192.0.2.2", 7002)}
+    assert rows == {
+        1: ("10.9.0.3", 7000),
+        2: ("10.8.0.7", 7001),
+        3: ("192.0.2.2", 7002),
+        4: ("192.0.2.2", 7003),
+    }
 
 
 def test_rows_skip_tasks_swarm_is_shutting_down_and_non_dht_services() -> None:
