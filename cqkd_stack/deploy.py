@@ -75,8 +75,12 @@ class NotReady(CqkdError):
 
 def _expected_replicas(client: docker.DockerClient, stack: str) -> dict[str, tuple[str, int]]:
     """Service ID → (name, replicas) as the swarm now wants them."""
+    return _replicas_of(client.api.services(filters=stack_filter(stack)))
+
+
+def _replicas_of(services: list[dict[str, Any]]) -> dict[str, tuple[str, int]]:
     wanted = {}
-    for service in client.api.services(filters=stack_filter(stack)):
+    for service in services:
         replicated = service["Spec"].get("Mode", {}).get("Replicated")
         if replicated is not None:
             wanted[service["ID"]] = (service["Spec"]["Name"], int(replicated.get("Replicas", 0)))
@@ -120,29 +124,23 @@ def wait_until_running(
         if wanted and ready == total:
             return WaitResult(time.monotonic() - start, ready, total)
         if time.monotonic() >= deadline:
-            current = [t for t in tasks if t.get("DesiredState") == "running"]
-            troubles = _troubles(current, wanted)
-            # The latest failed attempt explains a task that keeps restarting.
-            failed = [t for t in tasks if t.get("Status", {}).get("Err")]
-            failed.sort(key=lambda t: t.get("Status", {}).get("Timestamp", ""), reverse=True)
-            lines = [
-                f"  {t.service}.{t.slot}: {t.state}" + (f" ({t.error})" if t.error else "")
-                for t in troubles[:20]
-            ]
-            more = f"\n  ... and {len(troubles) - 20} more" if len(troubles) > 20 else ""
-            last = failed[0]["Status"]["Err"] if failed else ""
-            hint = f"\n  latest task error: {last}" if last else ""
-            raise NotReady(
-                f"stack '{stack}': {ready}/{total} tasks running after {timeout:.0f} s; "
-                f"not running:\n" + "\n".join(lines) + more + hint,
-                troubles,
-            )
+            raise _not_ready(stack, timeout, tasks, wanted, ready, total)
         time.sleep(POLL_SECONDS)
 
 
-def poll_interval(total: int) -> float:
-    """Seconds between rounds: a task listing of 1000 tasks costs the engine real CPU."""
-    return POLL_SECONDS if total <= 300 else 2 * POLL_SECONDS
+# While Swarm is still starting tasks, a round (a listing of every task and
+# one probe exec) competes for the CPU the engine needs to start them: on 2
+# cores, polling 1003 tasks every 2 s visibly slowed the start. So rounds are
+# spaced by the stack's size until every task runs, then come every second.
+TASKS_PER_POLL_SECOND = 200
+MAX_POLL_SECONDS = 5.0
+
+
+def poll_interval(total: int, running: int) -> float:
+    """Seconds between readiness rounds (see TASKS_PER_POLL_SECOND)."""
+    if running >= total:
+        return POLL_SECONDS
+    return min(MAX_POLL_SECONDS, max(POLL_SECONDS, total / TASKS_PER_POLL_SECOND))
 
 
 def wait_until_ready(
@@ -171,8 +169,8 @@ def wait_until_ready(
     with Prober(client, stack, image) as prober:
         while True:
             round_start = time.monotonic()
-            wanted = _expected_replicas(client, stack)
             services = client.api.services(filters=stack_filter(stack))
+            wanted = _replicas_of(services)
             tasks = client.api.tasks(filters=stack_filter(stack))
             nodes = {n["ID"]: n for n in client.api.nodes()}
             total = sum(n for _, n in wanted.values())
@@ -204,10 +202,13 @@ def wait_until_ready(
                 now = time.monotonic() - start
                 return WaitResult(now, joined, dht_total, running_at, now)
             if time.monotonic() >= deadline:
-                raise _not_ready(stack, timeout, tasks, wanted, rows, joined_ids, running, total)
+                raise _not_ready(
+                    stack, timeout, tasks, wanted, running, total, rows, joined_ids
+                )
             if not confirm and running == total and len(joined_ids) >= dht_total:
                 continue  # everything answered: confirm at once, no reason to wait
-            time.sleep(max(0.0, poll_interval(total) - (time.monotonic() - round_start)))
+            pause = poll_interval(total, running) - (time.monotonic() - round_start)
+            time.sleep(max(0.0, pause))
 
 
 def _is_dht_service(services: list[dict[str, Any]], service_id: str) -> bool:
@@ -221,20 +222,26 @@ def _not_ready(
     timeout: float,
     tasks: list[dict[str, Any]],
     wanted: dict[str, tuple[str, int]],
-    rows: dict[str, Any],
-    joined_ids: set[str],
     running: int,
     total: int,
+    rows: dict[str, Any] | None = None,
+    joined_ids: set[str] | None = None,
 ) -> NotReady:
-    """Name each task that is not running (with the engine's reason) or not in the DHT."""
+    """Name each task that is not running (with the engine's reason) or not in the DHT.
+
+    ``rows`` and ``joined_ids`` come from a readiness wait; without them only
+    Swarm's own state is judged.
+    """
     current = [t for t in tasks if t.get("DesiredState") == "running"]
     troubles = _troubles(current, wanted)
-    for task_id, row in rows.items():
-        if row.state == "running" and task_id not in joined_ids:
+    joined = "" if joined_ids is None else f", {len(joined_ids)} in the DHT"
+    for task_id, row in (rows or {}).items():
+        if row.state == "running" and task_id not in (joined_ids or set()):
             where = f"{row.address}:{row.port}"
             troubles.append(
                 TaskTrouble(row.service, row.slot, "running", f"not in the DHT at {where}")
             )
+    # The latest failed attempt explains a task that keeps restarting.
     failed = [t for t in tasks if t.get("Status", {}).get("Err")]
     failed.sort(key=lambda t: t.get("Status", {}).get("Timestamp", ""), reverse=True)
     lines = [
@@ -245,8 +252,8 @@ def _not_ready(
     last = failed[0]["Status"]["Err"] if failed else ""
     hint = f"\n  latest task error: {last}" if last else ""
     return NotReady(
-        f"stack '{stack}': {running}/{total} tasks running, {len(joined_ids)} in the DHT "
-        f"after {timeout:.0f} s; not ready:\n" + "\n".join(lines) + more + hint,
+        f"stack '{stack}': {running}/{total} tasks running{joined} after {timeout:.0f} s; "
+        f"not ready:\n" + "\n".join(lines) + more + hint,
         troubles,
     )
 
@@ -299,10 +306,11 @@ def _drain(
     """Step a large stack's services down before removal, ``step`` tasks at a time, pipelined.
 
     Stopping a thousand containers at once overwhelmed containerd on a small
-    machine (it and dockerd vanished); a hundred at a time does not. Waiting
+    machine (it and dockerd vanished); two hundred at once did not. Waiting
     for each step to finish before the next left the engine idle between
-    steps, so the next step is issued as soon as half of the previous one
-    has stopped: at most ``1.5 * step`` containers are stopping at any time.
+    steps (each step takes seconds to start moving), so a new step is issued
+    whenever no more than one step is still stopping: between ``step`` and
+    ``2 * step`` containers are stopping at any time.
     Stacks of up to ``step`` tasks per service go straight to ``docker stack rm``.
     """
     wanted = _expected_replicas(client, stack)
@@ -315,7 +323,7 @@ def _drain(
                 progress(original - running, original, f"stepping {name} down to {target}")
             if target <= step and running <= target:
                 break
-            if target > step and running - target <= step // 2:
+            if target > step and running - target <= step:
                 target = max(target - step, step)
                 scale_to(name, target)
                 continue

@@ -43,10 +43,16 @@ from .wire import PROBE_NODE_ID, split_host_port
 PROG = "cqkd-probe"
 # Kademlia node ids are SHA-1 sized; anything else answering is not our node.
 NODE_ID_BYTES = 20
-# 1000 replies arriving together overflow the default ~200 KiB receive buffer
-# (each datagram is accounted at ~1 KiB); the kernel caps this at rmem_max.
-# With it, 1000 pings in flight at once were all answered in a local test.
+# Replies that arrive together are queued on the socket; ask for room for
+# all of them (the kernel caps this at net.core.rmem_max).
 RECEIVE_BUFFER = 4 * 1024 * 1024
+# RPCs in flight at once. Every datagram between containers crosses a veth,
+# whose receive path queues it on the CPU's backlog (net.core.netdev_max_backlog,
+# 1000 by default); a burst of 1000 requests, then 1000 replies, overflowed it:
+# 19-34 of ~1000 tasks went unanswered in a round. Kept well below it, the
+# round trips on one overlay are short enough that 1000 targets still take
+# well under a second.
+DEFAULT_CONCURRENCY = 128
 
 
 class UsageError(Exception):
@@ -177,7 +183,7 @@ async def probe(
     timeout: float = 120.0,
     rpc_timeout: float = 5.0,
     attempts: int = 2,
-    concurrency: int = 1024,
+    concurrency: int = DEFAULT_CONCURRENCY,
     bind: str = "0.0.0.0",
     joined: bool = False,
 ) -> dict[str, Any]:
@@ -242,7 +248,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--concurrency",
         type=int,
-        default=1024,
+        default=DEFAULT_CONCURRENCY,
         help="pings in flight at once (default: %(default)s)",
     )
     parser.add_argument("--bind", default="0.0.0.0", help="local address (default: %(default)s)")

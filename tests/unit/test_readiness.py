@@ -129,3 +129,13 @@ def test_a_role_without_base_port_gets_the_resolvers_default_range() -> None:
     tasks = [task("t5", "w", 5, [("s_dht", "10.9.0.3/20")])]
     (row,) = task_rows("s", services, tasks, NODES)
     assert row.port == 7004
+
+
+def test_rounds_are_spaced_by_stack_size_until_every_task_runs() -> None:
+    """Polling 1003 tasks every 2 s slowed Swarm's own task starts on 2 cores."""
+    from cqkd_stack.deploy import MAX_POLL_SECONDS, POLL_SECONDS, poll_interval
+
+    assert poll_interval(53, 10) == POLL_SECONDS
+    assert poll_interval(303, 100) == 303 / 200
+    assert poll_interval(1003, 500) == MAX_POLL_SECONDS
+    assert poll_interval(1003, 1003) == POLL_SECONDS  # all running: joins come fast
