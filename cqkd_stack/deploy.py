@@ -159,7 +159,7 @@ def wait_until_ready(
     is not reported as ready. Swarm's "running" and the DHT's "joined" are
     reported separately: the first is the engine's work, the second ours.
     """
-    from .readiness import Prober, targets_of
+    from .readiness import Prober, ProbeUnavailable, targets_of
     from .swarm import task_rows
 
     start = time.monotonic()
@@ -184,7 +184,21 @@ def wait_until_ready(
             pending = [r for tid, r in rows.items() if tid not in joined_ids]
             confirm = running == total and len(joined_ids) >= dht_total
             asked = list(rows.values()) if confirm else pending
-            answers = prober.round(targets_of(asked)).answers
+            answers: dict[str, Any] = {}
+            probe_error = ""
+            if _allocating(tasks):
+                # Attaching the probe to the overlay needs the same allocator:
+                # while it still owes tasks an address, the attach can time
+                # out, and Docker then leaks an attachment that keeps the
+                # network from being removed until the engine restarts.
+                probe_error = "waiting for Swarm to allocate every task's address"
+            else:
+                try:
+                    answers = prober.round(targets_of(asked)).answers
+                except ProbeUnavailable as exc:
+                    probe_error = exc.message  # the next round tries again
+            if probe_error:
+                confirm = False
             for task_id, row in rows.items():
                 (target,) = targets_of([row])
                 if target.askable and target.ready(answers.get(target.text)):
@@ -202,13 +216,23 @@ def wait_until_ready(
                 now = time.monotonic() - start
                 return WaitResult(now, joined, dht_total, running_at, now)
             if time.monotonic() >= deadline:
-                raise _not_ready(
-                    stack, timeout, tasks, wanted, running, total, rows, joined_ids
-                )
-            if not confirm and running == total and len(joined_ids) >= dht_total:
+                error = _not_ready(stack, timeout, tasks, wanted, running, total, rows, joined_ids)
+                if probe_error:
+                    error.message += f"\n  the probe: {probe_error}"
+                    error.args = (error.message,)
+                raise error
+            if not probe_error and running == total and len(joined_ids) >= dht_total:
                 continue  # everything answered: confirm at once, no reason to wait
             pause = poll_interval(total, running) - (time.monotonic() - round_start)
             time.sleep(max(0.0, pause))
+
+
+def _allocating(tasks: list[dict[str, Any]]) -> bool:
+    """Some task Swarm wants running has no network allocation yet (state ``new``)."""
+    return any(
+        t.get("DesiredState") == "running" and t.get("Status", {}).get("State") == "new"
+        for t in tasks
+    )
 
 
 def _is_dht_service(services: list[dict[str, Any]], service_id: str) -> bool:

@@ -38,6 +38,8 @@ WAIT_RPC_TIMEOUT = 1.0
 # A one-off probe (the `probe` task) gets a second chance per target.
 CHECK_RPC_TIMEOUT = 1.0
 CHECK_ATTEMPTS = 2
+# Starting the probe container can time out while the manager is busy.
+START_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -97,11 +99,19 @@ class Round:
     seconds: float = 0.0
 
 
+class ProbeUnavailable(CqkdError):
+    """The probe container could not be started (yet); the reason is the engine's."""
+
+
 class Prober:
     """A probe container on a stack's network that answers one round per call.
 
     Use as a context manager: the container is removed on exit, also after
-    an error or Ctrl-C.
+    an error or Ctrl-C. It is started at the first round that has something
+    to ask: attaching a container to a swarm overlay needs the manager to
+    allocate an address, and right after ``docker stack deploy`` of 1000
+    tasks that allocation can time out ("attaching to network failed:
+    context deadline exceeded"); the next round simply tries again.
     """
 
     def __init__(
@@ -118,13 +128,25 @@ class Prober:
         self.container: Any = None
 
     def __enter__(self) -> Prober:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.container is not None:
+            remove_container(self.container)
+            self.container = None
+
+    def start(self) -> None:
+        """Start the probe container if it is not running; ProbeUnavailable if it cannot."""
         from docker.errors import APIError, ImageNotFound
 
+        if self.container is not None:
+            return
         net = {"network_mode": "host"} if self.network == "host" else {"network": self.network}
+        container = None
         try:
             # Created, then started: a container whose start fails (a full
-            # network, say) still exists and must be removed here.
-            self.container = self.client.containers.create(
+            # network, an allocation timeout) still exists and is removed here.
+            container = self.client.containers.create(
                 self.image,
                 ["sleep", "infinity"],
                 entrypoint=[],
@@ -133,22 +155,18 @@ class Prober:
                 labels={PROBE_LABEL: self.stack},
                 **net,
             )
-            self.container.start()
+            container.start()
         except ImageNotFound:
             raise CqkdError(
                 f"the probe needs the image {self.image}; build it with: cqkd-stack setup"
             ) from None
         except APIError as exc:
-            if self.container is not None:
-                remove_container(self.container)
-            raise CqkdError(
+            if container is not None:
+                remove_container(container)
+            raise ProbeUnavailable(
                 f"cannot start a probe container on network {self.network}: {exc.explanation}"
             ) from None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.container is not None:
-            remove_container(self.container)
+        self.container = container
 
     def round(
         self,
@@ -160,6 +178,7 @@ class Prober:
         texts = sorted({t.text for t in targets if t.askable})
         if not texts:
             return Round()
+        self.start()
         command = [
             "python3",
             "-m",
@@ -243,6 +262,14 @@ def probe_stack(
     start = time.monotonic()
     targets = targets_of(rows)
     with Prober(client, stack, image) as prober:
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                prober.start()
+                break
+            except ProbeUnavailable:
+                if attempt == START_ATTEMPTS:
+                    raise
+                time.sleep(attempt)
         result = prober.round(targets, CHECK_RPC_TIMEOUT, CHECK_ATTEMPTS)
     answered = [t for t in targets if t.askable and result.answers.get(t.text)]
     joined = [t for t in answered if t.ready(result.answers.get(t.text))]
