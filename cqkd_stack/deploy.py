@@ -153,11 +153,12 @@ def wait_until_ready(
 ) -> WaitResult:
     """Wait until every replica runs and every DHT task answers the probe, joined.
 
-    Each round lists services, tasks and nodes (one API call each), then
-    probes, in one process, only the running tasks not yet seen joined. Once
-    all are, one more round asks every task, so a task that died meanwhile
-    is not reported as ready. Swarm's "running" and the DHT's "joined" are
-    reported separately: the first is the engine's work, the second ours.
+    Each round lists services, tasks and nodes (one API call each). Once
+    every task runs, each round also probes, in one process, the tasks not
+    yet seen joined; when all are, one more round asks every task, so a task
+    that died meanwhile is not reported as ready. Swarm's "running" and the
+    DHT's "joined" are reported separately: the first is the engine's work,
+    the second ours.
     """
     from .readiness import Prober, ProbeUnavailable, targets_of
     from .swarm import task_rows
@@ -186,12 +187,15 @@ def wait_until_ready(
             asked = list(rows.values()) if confirm else pending
             answers: dict[str, Any] = {}
             probe_error = ""
-            if _allocating(tasks):
-                # Attaching the probe to the overlay needs the same allocator:
-                # while it still owes tasks an address, the attach can time
-                # out, and Docker then leaks an attachment that keeps the
-                # network from being removed until the engine restarts.
-                probe_error = "waiting for Swarm to allocate every task's address"
+            if running < total:
+                # Attaching the probe to the overlay goes through the same
+                # manager and agent that are starting the tasks: at 1003 tasks
+                # the attach timed out ("context deadline exceeded") even after
+                # every address was allocated, and each failure leaked an
+                # attachment that kept the network until the engine restarted.
+                # A lean node joins within a second of starting, so probing
+                # from the moment every task runs costs one or two rounds.
+                probe_error = "waiting for Swarm to run every task"
             else:
                 try:
                     answers = prober.round(targets_of(asked)).answers
@@ -225,14 +229,6 @@ def wait_until_ready(
                 continue  # everything answered: confirm at once, no reason to wait
             pause = poll_interval(total, running) - (time.monotonic() - round_start)
             time.sleep(max(0.0, pause))
-
-
-def _allocating(tasks: list[dict[str, Any]]) -> bool:
-    """Some task Swarm wants running has no network allocation yet (state ``new``)."""
-    return any(
-        t.get("DesiredState") == "running" and t.get("Status", {}).get("State") == "new"
-        for t in tasks
-    )
 
 
 def _is_dht_service(services: list[dict[str, Any]], service_id: str) -> bool:

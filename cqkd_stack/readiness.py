@@ -108,10 +108,12 @@ class Prober:
 
     Use as a context manager: the container is removed on exit, also after
     an error or Ctrl-C. It is started at the first round that has something
-    to ask: attaching a container to a swarm overlay needs the manager to
-    allocate an address, and right after ``docker stack deploy`` of 1000
-    tasks that allocation can time out ("attaching to network failed:
-    context deadline exceeded"); the next round simply tries again.
+    to ask. Attaching a container to a swarm overlay goes through the
+    manager and the node's agent; while they start 1000 tasks the attach
+    timed out here ("attaching to network failed: context deadline
+    exceeded"), so callers start rounds once every task runs, and a round
+    whose container cannot start raises ProbeUnavailable for the next round
+    to try again.
     """
 
     def __init__(
