@@ -50,8 +50,8 @@ RECEIVE_BUFFER = 4 * 1024 * 1024
 # whose receive path queues it on the CPU's backlog (net.core.netdev_max_backlog,
 # 1000 by default); a burst of 1000 requests, then 1000 replies, overflowed it:
 # 19-34 of ~1000 tasks went unanswered in a round. Kept well below it, the
-# round trips on one overlay are short enough that 1000 targets still take
-# well under a second.
+# burst cannot fill the backlog by itself (the ARP broadcasts a fresh
+# container sends to 1000 new addresses still can; see docs/benchmarks.md).
 DEFAULT_CONCURRENCY = 128
 
 
