@@ -183,8 +183,8 @@ def ensure_running(
             # A daemon that is still starting up (or restarting after a
             # crash) must not get a twin fighting over /var/lib/docker.
             say(progress, f"waiting for the running dockerd (pid {pids[0]}) to answer…")
-            _wait_for_daemon(timeout, proc=None, log_path=None, log_offset=0)
-        else:
+            answered = wait_for_existing(pids, timeout)
+        if not pids or not answered:
             _start_dockerd(progress, timeout, log_path)
             status.log_path = log_path
             status.done.append(f"started dockerd (log: {log_path})")
@@ -246,6 +246,33 @@ def _start_dockerd(progress: Progress | None, timeout: float, log_path: Path) ->
 # collected while this process lives (that would warn "still running"); the
 # daemon outlives us on purpose.
 _STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def wait_for_existing(pids: list[int], timeout: float) -> bool:
+    """True once the engine answers; False as soon as every one of ``pids`` is gone.
+
+    A dockerd seen while it shuts down (seen: a second after `kill`) will
+    never answer; waiting out the whole timeout for it, as setup once did
+    for 300 s, helps nobody. Gone means exited, or a zombie nobody reaped.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if daemon_answers(timeout=2):
+            return True
+        if not any(_alive(pid) for pid in pids):
+            return False
+        if time.monotonic() >= deadline:
+            raise CqkdError(f"the Docker engine did not answer within {timeout:g} s")
+        time.sleep(_POLL_INTERVAL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # The state follows the command name, which is in parentheses.
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _wait_for_daemon(
