@@ -383,13 +383,27 @@ def ensure_swarm(progress: Progress | None = None) -> EngineStatus:
     return status
 
 
+def ensure_host_settings(progress: Progress | None = None) -> EngineStatus:
+    """Raise the kernel settings large stacks need (see :mod:`.sysctls`); never fatal."""
+    from . import sysctls
+
+    status = EngineStatus()
+    report = sysctls.ensure_minimums()
+    for change in report.changed:
+        say(progress, change)
+    status.done.extend(report.changed)
+    status.warnings.extend(report.warnings)
+    return status
+
+
 def ensure_engine(
     progress: Progress | None = None,
     timeout: float = 60,
     log_path: Path = DOCKERD_LOG,
 ) -> EngineStatus:
-    """Installed, running, swarm active: everything ``setup`` needs from the engine."""
+    """Installed, running, swarm active, host tuned: everything ``setup`` needs of the engine."""
     status = ensure_installed(progress)
     status.update(ensure_running(progress, timeout=timeout, log_path=log_path))
     status.update(ensure_swarm(progress))
+    status.update(ensure_host_settings(progress))
     return status

@@ -223,6 +223,7 @@ def setup(c: Context, skip_images: bool = False) -> None:
         # answers: ~1000 took over a minute here. Waiting is on a real condition.
         state = state.update(engine.ensure_running(progress=say, timeout=300))
         state = state.update(engine.ensure_swarm(progress=say))
+        state = state.update(engine.ensure_host_settings(progress=say))
         built = images.ensure_images(progress=say) if not skip_images else None
     for warning in state.warnings:
         console.print(f"[yellow]warning: {warning}[/yellow]")
