@@ -24,16 +24,22 @@ def test_a_low_value_is_raised_and_persisted(tmp_path: Path) -> None:
     proc, conf = _proc(tmp_path, "1000\n"), tmp_path / "sysctl.d" / "90-cqkd.conf"
     report = sysctls.ensure_minimums({KEY: 16384}, proc, conf)
     assert sysctls.current(KEY, proc) == 16384
-    assert report.changed == [f"raised {KEY} from 1000 to 16384"]
+    assert report.changed == [
+        f"raised {KEY} from 1000 to 16384",
+        f"wrote {conf} (kept across reboots)",
+    ]
     assert f"{KEY} = 16384" in conf.read_text().splitlines()
     assert not report.warnings
+    again = sysctls.ensure_minimums({KEY: 16384}, proc, conf)
+    assert again.changed == [] and again.warnings == []
 
 
-def test_a_larger_operator_value_is_kept_and_nothing_written(tmp_path: Path) -> None:
+def test_a_larger_operator_value_is_kept_also_after_a_reboot(tmp_path: Path) -> None:
     proc, conf = _proc(tmp_path, "50000\n"), tmp_path / "90-cqkd.conf"
     report = sysctls.ensure_minimums({KEY: 16384}, proc, conf)
     assert sysctls.current(KEY, proc) == 50000
-    assert report.changed == [] and not conf.exists()
+    assert f"{KEY} = 50000" in conf.read_text().splitlines()
+    assert report.changed == [f"wrote {conf} (kept across reboots)"]
 
 
 def test_an_unreadable_setting_is_a_warning(tmp_path: Path) -> None:
