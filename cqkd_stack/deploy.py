@@ -153,10 +153,10 @@ def wait_until_ready(
 ) -> WaitResult:
     """Wait until every replica runs and every DHT task answers the probe, joined.
 
-    Each round lists services, tasks and nodes (one API call each). Once
-    every task runs, each round also probes, in one process, the tasks not
-    yet seen joined; when all are, one more round asks every task, so a task
-    that died meanwhile is not reported as ready. Swarm's "running" and the
+    Each round lists services, tasks and nodes (one API call each) and
+    probes, in one process, the running tasks not yet seen joined; when all
+    are, one more round asks every task, so a task that died meanwhile is
+    not reported as ready. Swarm's "running" and the
     DHT's "joined" are reported separately: the first is the engine's work,
     the second ours.
     """
@@ -187,20 +187,16 @@ def wait_until_ready(
             asked = list(rows.values()) if confirm else pending
             answers: dict[str, Any] = {}
             probe_error = ""
-            if running < total:
-                # Attaching the probe to the overlay goes through the same
-                # manager and agent that are starting the tasks: at 1003 tasks
-                # the attach timed out ("context deadline exceeded") even after
-                # every address was allocated, and each failure leaked an
-                # attachment that kept the network until the engine restarted.
-                # A lean node joins within a second of starting, so probing
-                # from the moment every task runs costs one or two rounds.
-                probe_error = "waiting for Swarm to run every task"
-            else:
-                try:
-                    answers = prober.round(targets_of(asked)).answers
-                except ProbeUnavailable as exc:
-                    probe_error = exc.message  # the next round tries again
+            try:
+                # Attaching a probe to the overlay goes through the same
+                # manager and agent that start the tasks: at 1003 tasks that
+                # attach timed out ("context deadline exceeded") and each
+                # failure leaked an attachment. Sharing a local task's
+                # network namespace needs neither, so until every task runs
+                # only that is tried; rounds then overlap the start.
+                answers = prober.round(targets_of(asked), attach=running == total).answers
+            except ProbeUnavailable as exc:
+                probe_error = exc.message  # the next round tries again
             if probe_error:
                 confirm = False
             for task_id, row in rows.items():

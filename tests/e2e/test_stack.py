@@ -179,6 +179,52 @@ def test_a_node_that_exits_zero_is_started_again(
     )
 
 
+def test_the_probe_shares_a_task_namespace_and_moves_when_that_task_stops(
+    stack: str, docker_client: docker.DockerClient
+) -> None:
+    """No ARP flood, no attach through the manager: the probe sits in the bootstrap's netns."""
+    from cqkd_stack.readiness import PROBE_LABEL, Prober, targets_of
+    from cqkd_stack.swarm import task_rows
+
+    def rows() -> list[Any]:
+        flt = {"label": f"{STACK_LABEL}={stack}"}
+        services = docker_client.api.services(filters=flt)
+        tasks = docker_client.api.tasks(filters=flt)
+        nodes = {n["ID"]: n for n in docker_client.api.nodes()}
+        return task_rows(stack, services, tasks, nodes)
+
+    def bootstrap_container() -> str:
+        (task,) = docker_client.api.tasks(
+            filters={"service": f"{stack}_bootstrap", "desired-state": "running"}
+        )
+        return task["Status"]["ContainerStatus"]["ContainerID"]
+
+    workers = [t for t in targets_of(rows()) if t.role == "worker"]
+    with Prober(docker_client, stack) as prober:
+        first = prober.round(workers, attach=False)
+        assert sum(1 for t in workers if first.answers.get(t.text)) == WORKERS
+        assert prober.via == bootstrap_container()
+        probe_id = prober.container.id
+        mode = docker_client.api.inspect_container(probe_id)["HostConfig"]["NetworkMode"]
+        assert mode == f"container:{prober.via}"
+        old_via = prober.via
+        docker_client.containers.get(old_via).kill(signal="SIGTERM")
+        docker_client.containers.get(old_via).wait(timeout=60)
+        again = prober.round(workers, attach=False)
+        assert prober.via not in (None, old_via)
+        assert sum(1 for t in workers if again.answers.get(t.text)) == WORKERS
+    wait_for(
+        lambda: not docker_client.api.containers(
+            all=True, filters={"label": f"{PROBE_LABEL}={stack}"}
+        ),
+        30,
+        "the probe containers to be removed",
+    )
+    wait_for(
+        lambda: cqkd("probe", "--stack", stack).returncode == 0, 120, "the bootstrap back"
+    )
+
+
 def wait_for(predicate: Any, timeout: float, what: str) -> Any:
     """Poll a real condition until it holds; fail naming what never happened."""
     deadline = time.monotonic() + timeout
