@@ -48,6 +48,7 @@ from typing import Any
 
 import docker
 
+from cqkd_stack import sysctls
 from cqkd_stack.deploy import stack_rm
 from cqkd_stack.images import BASE_IMAGE
 from cqkd_stack.swarm import STACK_LABEL, stack_filter, stack_leftovers
@@ -67,6 +68,17 @@ REPEAT = 5
 MIB = 1024 * 1024
 GWBRIDGE_PORTS = Path("/sys/class/net/docker_gwbridge/brif")
 BRIDGE_MAX_PORTS = 1024  # BR_MAX_PORTS in the Linux bridge driver
+
+# The kernel settings this machine kind boots with (read on 2026-11-27 before
+# `setup` ran), which is what a user without cqkd-stack deploys on. `setup`
+# raises them (cqkd_stack/sysctls.py); the bare stage puts them back for its
+# run unless --bare-sysctls tuned, and restores the tuned ones afterwards.
+UNTUNED = {
+    "net.core.netdev_max_backlog": 1000,
+    "net.ipv4.neigh.default.gc_thresh1": 8192,
+    "net.ipv4.neigh.default.gc_thresh2": 49152,
+    "net.ipv4.neigh.default.gc_thresh3": 65536,
+}
 
 FLOOR_STACK = Template(
     """\
@@ -415,10 +427,34 @@ def ports_seconds(stack: str) -> float:
 # --- stages ---------------------------------------------------------------------------
 
 
+def tuned(out: dict) -> None:
+    """The host as `cqkd-stack setup` leaves it; recorded with the stage."""
+    report = sysctls.ensure_minimums()
+    for warning in report.warnings:
+        log(f"warning: {warning}")
+    out["sysctls"] = {key: sysctls.current(key) for key in sysctls.MINIMUMS}
+
+
+@contextlib.contextmanager
+def untuned(out: dict) -> Any:
+    """The host as it was before `setup` for the bare stage; the tuned values come back after."""
+    before = {key: sysctls.current(key) for key in UNTUNED}
+    try:
+        for key, value in UNTUNED.items():
+            sysctls.write(key, value)
+        out["sysctls"] = {key: sysctls.current(key) for key in UNTUNED}
+        yield
+    finally:
+        for key, value in before.items():
+            if value is not None:
+                sysctls.write(key, value)
+
+
 def stage_floor(
     client: docker.DockerClient, stacks: Stacks, workers: int, timeout: float, out: dict
 ) -> None:
     out["other_stacks"] = check_room(client, workers)
+    tuned(out)
     stack = stacks.new("floor")
     subnet = free_subnet(client, workers)
     out.update(stack=stack, subnet=subnet, image=BASE_IMAGE, tasks=workers)
@@ -444,6 +480,23 @@ def stage_floor(
 
 
 def stage_bare(
+    client: docker.DockerClient,
+    stacks: Stacks,
+    workers: int,
+    timeout: float,
+    init: bool,
+    as_setup_leaves_it: bool,
+    out: dict,
+) -> None:
+    if as_setup_leaves_it:
+        tuned(out)
+        _bare(client, stacks, workers, timeout, init, out)
+    else:
+        with untuned(out):
+            _bare(client, stacks, workers, timeout, init, out)
+
+
+def _bare(
     client: docker.DockerClient,
     stacks: Stacks,
     workers: int,
@@ -492,6 +545,7 @@ def stage_bare(
 
 def stage_project(stacks: Stacks, workers: int, timeout: float, out: dict) -> None:
     out["other_stacks"] = check_room(stacks.client, workers + 3)
+    tuned(out)
     stack = stacks.new("project")
     out["stack"] = stack
     before = memory()
@@ -653,6 +707,11 @@ def table(results: dict) -> str:
     out.append("memory: free -b 'used' growth (median of 3) / tasks; the project's divisor")
     out.append("includes bootstrap, alice and bob, the bare one its bootstrap; the engine's own")
     out.append("growth is included. times from the command's start (bare: docker stack deploy).")
+    for name in ("floor", "bare", "project"):
+        settings = results["stages"].get(name, {}).get("sysctls")
+        if settings:
+            shown = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in settings.items())
+            out.append(f"kernel settings, {name}: {shown}")
     out.append("")
     out.append("targets:")
     for verdict in results["targets"]:
@@ -702,6 +761,13 @@ def main() -> int:
         help="deploy the naive node without `init: true` (Python as PID 1 then ignores "
         "SIGTERM: every task waits out the stop timeout on docker stack rm)",
     )
+    parser.add_argument(
+        "--bare-sysctls",
+        choices=("untuned", "tuned"),
+        default="untuned",
+        help="kernel settings for the bare stage: as the machine boots (default, what a "
+        "user without cqkd-stack has) or as `cqkd-stack setup` leaves them",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures here")
     args = parser.parse_args()
     if args.workers < 1:
@@ -750,7 +816,13 @@ def main() -> int:
                 "bare",
                 results,
                 lambda out: stage_bare(
-                    client, stacks, args.workers, args.timeout, not args.bare_without_init, out
+                    client,
+                    stacks,
+                    args.workers,
+                    args.timeout,
+                    not args.bare_without_init,
+                    args.bare_sysctls == "tuned",
+                    out,
                 ),
             )
     except KeyboardInterrupt:
