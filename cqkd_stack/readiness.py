@@ -144,6 +144,7 @@ class Prober:
         self.container: Any = None
         # The task container whose network namespace the probe shares, if any.
         self.via: str | None = None
+        self.via_role: str | None = None
 
     def __enter__(self) -> Prober:
         return self
@@ -159,11 +160,17 @@ class Prober:
         """
         from docker.errors import APIError, ImageNotFound
 
-        if self.container is not None and self.via is not None and not self._running(self.via):
-            self.close()  # its namespace went with the task; start beside another one
         if self.container is not None:
-            return
-        via = None if self.network == "host" else self._local_task()
+            if self.via is not None and not self._running(self.via):
+                self.close()  # its namespace went with the task; start beside another one
+            elif self.via is None or self.via_role == "bootstrap":
+                return
+        found = None if self.network == "host" else self._local_task()
+        if self.container is not None:  # beside a task that is not the bootstrap
+            if not found or found[1] != "bootstrap":
+                return
+            self.close()  # the bootstrap runs now: every task already knows it
+        via, role = found if found else (None, None)
         if self.network == "host":
             net: dict[str, Any] = {"network_mode": "host"}
         elif via is not None:
@@ -186,6 +193,8 @@ class Prober:
                 # Closing kills it and the engine removes it: the caller
                 # does not wait for the removal (0.2 s at 1000 tasks).
                 auto_remove=True,
+                # The node image's health check would exec into it every 5 s.
+                healthcheck={"test": ["NONE"]},
                 **net,
             )
             container.start()
@@ -200,7 +209,7 @@ class Prober:
             raise ProbeUnavailable(
                 f"cannot start a probe container {where}: {exc.explanation}"
             ) from None
-        self.container, self.via = container, via
+        self.container, self.via, self.via_role = container, via, role
 
     def close(self) -> None:
         from docker.errors import APIError, NotFound
@@ -210,7 +219,7 @@ class Prober:
                 self.container.kill()
             except (NotFound, APIError):
                 remove_container(self.container)  # not running: auto-removal will not happen
-        self.container, self.via = None, None
+        self.container, self.via, self.via_role = None, None, None
 
     def _running(self, container_id: str) -> bool:
         from docker.errors import APIError, NotFound
@@ -221,19 +230,24 @@ class Prober:
             return False
         return bool(state.get("Running")) and not state.get("Restarting")
 
-    def _local_task(self) -> str | None:
-        """A running container of the stack's DHT tasks on this engine, bootstrap first."""
+    def _local_task(self) -> tuple[str, str | None] | None:
+        """A running DHT task container of the stack on this engine and its role, bootstrap first.
+
+        The bootstrap's namespace is the best place: every task has spoken to
+        it, so its neighbour table knows every address and every task knows
+        its own. Another task's works too, with an ARP broadcast per address
+        it has not met yet.
+        """
         services = self.client.api.services(filters=stack_filter(self.stack))
-        rules = [(port_rule(s), s) for s in services]
-        dht = [(r, s) for r, s in rules if is_dht(r)]
+        dht = [(r, s) for r, s in ((port_rule(s), s) for s in services) if is_dht(r)]
         dht.sort(key=lambda pair: pair[0].role != "bootstrap")
-        for _, service in dht:
+        for rule, service in dht:
             label = f"com.docker.swarm.service.id={service['ID']}"
             found = self.client.api.containers(filters={"label": label, "status": "running"})
             for container in found:
                 networks = (container.get("NetworkSettings") or {}).get("Networks") or {}
                 if self.network in networks:
-                    return str(container["Id"])
+                    return str(container["Id"]), rule.role
         return None
 
     def round(
@@ -273,6 +287,32 @@ class Prober:
             detail = (err or b"").decode(errors="replace").strip() or text or f"exit {code}"
             raise CqkdError(f"the probe in {self.container.name} failed: {detail[-500:]}")
         return Round(answers, seconds)
+
+
+def ignores_probe(client: docker.DockerClient, stack: str) -> bool:
+    """Do all the stack's DHT tasks run this project's node, which never keeps the probe?
+
+    A stock Kademlia node adds whoever pings it to its routing table, the
+    probe included, so probing it while it is still joining changes what is
+    being measured; such stacks are probed only once every task runs. This
+    project's node image carries its build-inputs label and ignores the
+    probe's id.
+    """
+    from docker.errors import APIError, NotFound
+
+    from .images import HASH_LABEL
+
+    for service in client.api.services(filters=stack_filter(stack)):
+        if not is_dht(port_rule(service)):
+            continue
+        image = service["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0]
+        try:
+            labels = client.api.inspect_image(image).get("Config", {}).get("Labels") or {}
+        except (NotFound, APIError):
+            return False
+        if HASH_LABEL not in labels:
+            return False
+    return True
 
 
 def remove_container(container: Any) -> None:

@@ -8,6 +8,7 @@ Kademlia ping.
 
 from __future__ import annotations
 
+import datetime
 import json
 import subprocess
 import sys
@@ -81,8 +82,15 @@ def stack(docker_client: docker.DockerClient, node_image: str) -> Iterator[str]:
     name = f"cqkdtest_{uuid.uuid4().hex[:8]}"
     try:
         done = cqkd(
-            "deploy", "--replicas", str(WORKERS), "--stack", name, "--timeout", "420",
-            "--format", "json",
+            "deploy",
+            "--replicas",
+            str(WORKERS),
+            "--stack",
+            name,
+            "--timeout",
+            "420",
+            "--format",
+            "json",
         )
         assert done.returncode == 0, done.stdout + done.stderr
         DEPLOYED.update(json.loads(done.stdout))
@@ -109,6 +117,35 @@ def test_deploy_reports_running_and_joined_separately(stack: str) -> None:
     """deploy returns only once every task is in the DHT, which comes after running."""
     assert DEPLOYED["tasks"] == WORKERS + 3
     assert 0 < DEPLOYED["running_seconds"] <= DEPLOYED["joined_seconds"] <= DEPLOYED["seconds"]
+
+
+def test_the_bootstrap_ran_before_any_other_task_was_created(
+    stack: str, docker_client: docker.DockerClient
+) -> None:
+    """Swarm starts tasks in any order; deploy puts the bootstrap first so nobody waits on it."""
+    flt = {"label": f"{STACK_LABEL}={stack}"}
+    tasks = docker_client.api.tasks(filters=flt)
+    (first,) = [
+        t for t in tasks if t["ServiceID"] in _service_ids(docker_client, stack, "bootstrap")
+    ]
+    container = docker_client.api.inspect_container(
+        first["Status"]["ContainerStatus"]["ContainerID"]
+    )
+    started = _when(container["State"]["StartedAt"])
+    others = [t for t in tasks if t["ID"] != first["ID"]]
+    assert len(others) == WORKERS + 2
+    assert all(_when(t["CreatedAt"]) > started for t in others), started
+
+
+def _when(stamp: str) -> datetime.datetime:
+    """Docker's RFC 3339 time with nanoseconds (Go drops trailing zeros) as a datetime."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    micro = (fraction + "000000")[:6]
+    return datetime.datetime.fromisoformat(f"{whole}.{micro}")
+
+
+def _service_ids(client: docker.DockerClient, stack: str, name: str) -> set[str]:
+    return {s["ID"] for s in client.api.services(filters={"name": f"{stack}_{name}"})}
 
 
 def test_no_task_runs_a_docker_health_check(stack: str, docker_client: docker.DockerClient) -> None:
@@ -179,7 +216,7 @@ def test_a_node_that_exits_zero_is_started_again(
     )
 
 
-def test_the_probe_shares_a_task_namespace_and_moves_when_that_task_stops(
+def test_the_probe_sits_beside_the_bootstrap_and_moves_as_tasks_come_and_go(
     stack: str, docker_client: docker.DockerClient
 ) -> None:
     """No ARP flood, no attach through the manager: the probe sits in the bootstrap's netns."""
@@ -199,30 +236,55 @@ def test_the_probe_shares_a_task_namespace_and_moves_when_that_task_stops(
         )
         return task["Status"]["ContainerStatus"]["ContainerID"]
 
+    def bootstrap_running() -> bool:
+        tasks = docker_client.api.tasks(
+            filters={"service": f"{stack}_bootstrap", "desired-state": "running"}
+        )
+        return any(t["Status"]["State"] == "running" for t in tasks)
+
     workers = [t for t in targets_of(rows()) if t.role == "worker"]
-    with Prober(docker_client, stack) as prober:
-        first = prober.round(workers, attach=False)
-        assert sum(1 for t in workers if first.answers.get(t.text)) == WORKERS
-        assert prober.via == bootstrap_container()
-        probe_id = prober.container.id
-        mode = docker_client.api.inspect_container(probe_id)["HostConfig"]["NetworkMode"]
-        assert mode == f"container:{prober.via}"
-        old_via = prober.via
-        docker_client.containers.get(old_via).kill(signal="SIGTERM")
-        docker_client.containers.get(old_via).wait(timeout=60)
-        again = prober.round(workers, attach=False)
-        assert prober.via not in (None, old_via)
-        assert sum(1 for t in workers if again.answers.get(t.text)) == WORKERS
+    subprocess.run(["docker", "service", "scale", "--detach", f"{stack}_bootstrap=0"], check=True)
+    try:
+        label = f"com.docker.swarm.service.name={stack}_bootstrap"
+        wait_for(
+            lambda: not docker_client.api.containers(filters={"label": label}),
+            60,
+            "the bootstrap's container to stop",
+        )
+        with Prober(docker_client, stack) as prober:
+            # No bootstrap here: the probe sits beside another node, and still reaches all.
+            first = prober.round(workers, attach=False)
+            assert prober.via_role in ("worker", "special")
+            assert sum(1 for t in workers if first.answers.get(t.text)) == WORKERS
+            beside_worker = prober.container.id
+            subprocess.run(
+                ["docker", "service", "scale", "--detach", f"{stack}_bootstrap=1"], check=True
+            )
+            wait_for(bootstrap_running, 120, "the bootstrap to run again")
+            # Once the bootstrap runs, the probe moves beside it.
+            second = prober.round(workers, attach=False)
+            assert prober.via == bootstrap_container() and prober.via_role == "bootstrap"
+            assert prober.container.id != beside_worker
+            mode = docker_client.api.inspect_container(prober.container.id)["HostConfig"]
+            assert mode["NetworkMode"] == f"container:{prober.via}"
+            assert sum(1 for t in workers if second.answers.get(t.text)) == WORKERS
+            # The task it sits beside stops: the next round starts it beside another.
+            old_via = prober.via
+            docker_client.containers.get(old_via).kill(signal="SIGTERM")
+            docker_client.containers.get(old_via).wait(timeout=60)
+            again = prober.round(workers, attach=False)
+            assert prober.via not in (None, old_via)
+            assert sum(1 for t in workers if again.answers.get(t.text)) == WORKERS
+    finally:
+        subprocess.run(["docker", "service", "scale", "--detach", f"{stack}_bootstrap=1"])
     wait_for(
-        lambda: not docker_client.api.containers(
-            all=True, filters={"label": f"{PROBE_LABEL}={stack}"}
+        lambda: (
+            not docker_client.api.containers(all=True, filters={"label": f"{PROBE_LABEL}={stack}"})
         ),
         30,
         "the probe containers to be removed",
     )
-    wait_for(
-        lambda: cqkd("probe", "--stack", stack).returncode == 0, 120, "the bootstrap back"
-    )
+    wait_for(lambda: cqkd("probe", "--stack", stack).returncode == 0, 120, "the bootstrap back")
 
 
 def wait_for(predicate: Any, timeout: float, what: str) -> Any:
