@@ -9,6 +9,7 @@ Waits poll real state with a deadline; none sleeps for a guessed duration.
 from __future__ import annotations
 
 import contextlib
+import copy
 import shutil
 import time
 from collections.abc import Callable
@@ -45,6 +46,87 @@ def stack_deploy(stack_file: Path, stack: str) -> None:
         [docker_cli(), "stack", "deploy", "--resolve-image", "never", "-c", str(stack_file), stack],
         "docker stack deploy",
     )
+
+
+# How long a fresh stack's bootstrap node may take to run before the rest is
+# deployed anyway (every node retries its bootstrap for ever, so this only
+# costs speed, never correctness).
+BOOTSTRAP_FIRST_SECONDS = 120.0
+
+
+def _role_of(service: dict[str, Any]) -> str | None:
+    env = service.get("environment")
+    role = env.get("CQKD_ROLE") if isinstance(env, dict) else None
+    labels = (service.get("deploy") or {}).get("labels")
+    return role or (labels.get("cqkd.role") if isinstance(labels, dict) else None)
+
+
+def bootstrap_only(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The stack with every service but its bootstrap nodes at 0 replicas; None if not apt.
+
+    Swarm starts a stack's tasks in no particular order: in a 1003-task deploy
+    the bootstrap task ran five minutes after the first workers, which all
+    waited for it. Deploying the bootstrap first, alone (a few seconds),
+    means every other node finds it at its first try. Stacks without a
+    bootstrap service (a batch joining another stack's DHT) are deployed as
+    they are.
+    """
+    services = doc.get("services")
+    if not isinstance(services, dict):
+        return None
+    roles = {name: _role_of(s) for name, s in services.items() if isinstance(s, dict)}
+    if "bootstrap" not in roles.values() or set(roles.values()) == {"bootstrap"}:
+        return None
+    first = copy.deepcopy(doc)
+    for name, role in roles.items():
+        if role != "bootstrap":
+            first["services"][name].setdefault("deploy", {})["replicas"] = 0
+    return first
+
+
+def deploy_bootstrap_first(
+    client: docker.DockerClient,
+    doc: dict[str, Any],
+    stack_file: Path,
+    stack: str,
+    say: Callable[[str], None] | None = None,
+    wait: float = BOOTSTRAP_FIRST_SECONDS,
+) -> None:
+    """``docker stack deploy``, bootstrap nodes first when the stack is new (see bootstrap_only).
+
+    A stack that already exists is deployed in one step: its bootstrap runs.
+    """
+    first = bootstrap_only(doc) if not client.api.services(filters=stack_filter(stack)) else None
+    if first is None:
+        stack_deploy(stack_file, stack)
+        return
+    import yaml
+
+    phase = stack_file.with_name(f"{stack_file.stem}.bootstrap-first{stack_file.suffix}")
+    phase.write_text(yaml.safe_dump(first, sort_keys=False))
+    start = time.monotonic()
+    stack_deploy(phase, stack)
+    names = [
+        f"{stack}_{name}" for name, s in first["services"].items() if _role_of(s) == "bootstrap"
+    ]
+    while not _all_running(client, names):
+        if time.monotonic() - start >= wait:
+            if say is not None:
+                say(f"the bootstrap node is not running after {wait:.0f} s; deploying the rest")
+            break
+        time.sleep(POLL_SECONDS / 2)
+    else:
+        if say is not None:
+            say(f"bootstrap running after {time.monotonic() - start:.1f} s; deploying the rest")
+    stack_deploy(stack_file, stack)
+
+
+def _all_running(client: docker.DockerClient, services: list[str]) -> bool:
+    for name in services:
+        tasks = client.api.tasks(filters={"service": name, "desired-state": "running"})
+        if not any(t.get("Status", {}).get("State") == "running" for t in tasks):
+            return False
+    return True
 
 
 @dataclass
@@ -160,13 +242,14 @@ def wait_until_ready(
     DHT's "joined" are reported separately: the first is the engine's work,
     the second ours.
     """
-    from .readiness import Prober, ProbeUnavailable, targets_of
+    from .readiness import Prober, ProbeUnavailable, ignores_probe, targets_of
     from .swarm import task_rows
 
     start = time.monotonic()
     deadline = start + timeout
     joined_ids: set[str] = set()
     running_at: float | None = None
+    early = ignores_probe(client, stack)
     with Prober(client, stack, image) as prober:
         while True:
             round_start = time.monotonic()
@@ -187,16 +270,19 @@ def wait_until_ready(
             asked = list(rows.values()) if confirm else pending
             answers: dict[str, Any] = {}
             probe_error = ""
-            try:
-                # Attaching a probe to the overlay goes through the same
-                # manager and agent that start the tasks: at 1003 tasks that
-                # attach timed out ("context deadline exceeded") and each
-                # failure leaked an attachment. Sharing a local task's
-                # network namespace needs neither, so until every task runs
-                # only that is tried; rounds then overlap the start.
-                answers = prober.round(targets_of(asked), attach=running == total).answers
-            except ProbeUnavailable as exc:
-                probe_error = exc.message  # the next round tries again
+            if running < total and not early:
+                probe_error = "waiting for Swarm to run every task (a stock node keeps the probe)"
+            else:
+                try:
+                    # Attaching a probe to the overlay goes through the same
+                    # manager and agent that start the tasks: at 1003 tasks
+                    # that attach timed out ("context deadline exceeded") and
+                    # each failure leaked an attachment. Sharing a local
+                    # task's network namespace needs neither, so until every
+                    # task runs only that is tried; rounds then overlap the start.
+                    answers = prober.round(targets_of(asked), attach=running == total).answers
+                except ProbeUnavailable as exc:
+                    probe_error = exc.message  # the next round tries again
             if probe_error:
                 confirm = False
             for task_id, row in rows.items():

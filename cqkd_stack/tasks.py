@@ -309,7 +309,7 @@ def deploy(
         path = Path(tmp) / f"{name}.stack.yml"
         path.write_text(text)
         console.log(f"deploying stack '{name}' ({source})")
-        live.stack_deploy(path, name)
+        live.deploy_bootstrap_first(client, doc, path, name, console.log)
     if no_wait:
         console.log(f"stack '{name}' accepted; not waiting (--no-wait)")
         return
