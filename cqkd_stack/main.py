@@ -22,14 +22,32 @@ class CqkdProgram(Program):
 
     def run(self, argv: list[str] | str | None = None, exit: bool = True) -> None:
         args = list(sys.argv if argv is None else argv.split() if isinstance(argv, str) else argv)
-        super().run(_files_as_flags(args, set(ns.task_names)), exit=exit)
+        super().run(_help_first(_files_as_flags(args, set(ns.task_names))), exit=exit)
 
     def parse_tasks(self) -> None:
-        """A malformed command line is a usage error: exit 2, as linters do, not 1."""
+        """A malformed command line is a usage error: exit 2, as linters do, not 1.
+
+        A value of the wrong type (``--replicas abc``) is one too: Invoke lets
+        the conversion's ValueError escape as a traceback.
+        """
         try:
             super().parse_tasks()
         except ParseError as exc:
             raise Exit(f"cqkd-stack: error: {exc}", code=2) from None
+        except ValueError as exc:
+            raise Exit(f"cqkd-stack: error: a flag's value is not valid: {exc}", code=2) from None
+
+
+def _help_first(argv: list[str]) -> list[str]:
+    """``TASK --help`` as ``--help TASK`` for tasks that take files.
+
+    ``validate`` takes its files positionally, and Invoke hands a positional
+    argument the next word even when it is ``--help``: "--help: no such file".
+    """
+    for index, word in enumerate(argv[1:-1], start=1):
+        if word in TASKS_WITH_FILES and argv[index + 1] in ("--help", "-h"):
+            return [*argv[:index], "--help", word, *argv[index + 2 :]]
+    return argv
 
 
 def _files_as_flags(argv: list[str], task_names: set[str]) -> list[str]:

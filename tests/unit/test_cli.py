@@ -60,3 +60,19 @@ def test_slot_lists_are_compacted_into_ranges() -> None:
     assert _compact([1, 2, 3, 7, 9, 10]) == "1-3, 7, 9-10"
     assert _compact([5]) == "5"
     assert _compact([]) == ""
+
+
+def test_help_after_validate_is_help_not_a_file(cli) -> None:
+    """Seen: `cqkd-stack validate --help` exited 2 with "--help: no such file"."""
+    for flag in ("--help", "-h"):
+        result = cli("validate", flag)
+        assert result.code == 0, result.err
+        assert "validate [--options]" in result.out and "--format" in result.out
+        assert "no such file" not in result.err
+
+
+def test_a_flag_value_of_the_wrong_type_is_a_usage_error(cli) -> None:
+    """Seen: `render --replicas abc` printed a Python traceback."""
+    result = cli("render", "--replicas", "abc")
+    assert result.code == 2
+    assert "not valid" in result.err and "abc" in result.err
