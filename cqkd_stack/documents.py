@@ -42,10 +42,31 @@ def load_schema(name: str) -> dict[str, Any]:
     return json.loads(data_file("schemas", name).read_text())
 
 
+# Hostile input must be refused quickly and cheaply. A rendered stack of 1000
+# workers is ~30 kB and ~300 YAML nodes once expanded (one service, replicas);
+# even one service per worker stays far below both limits.
+MAX_BYTES = 4 * 1024 * 1024
+# Nodes the document would have with every alias expanded. A "billion laughs"
+# file is a few hundred bytes whose aliases expand to ~10^9 nodes: PyYAML
+# builds it as shared objects, but every walk over it (schema checks,
+# rendering) visits each copy, which ran to 2.7 GB before being killed.
+MAX_EXPANDED_NODES = 250_000
+
+
 def read_text(path: Path) -> str:
-    """Read a file or raise a usage error: a missing file says nothing about stacks."""
+    """Read a file or raise a usage error: a missing file says nothing about stacks.
+
+    At most MAX_BYTES are read: ``/dev/zero`` given as a file is refused,
+    not read until memory runs out.
+    """
     try:
-        return path.read_text()
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise UsageError(
+                f"{path}: larger than {MAX_BYTES // (1024 * 1024)} MiB; not a stack or policy file"
+            )
+        return raw.decode()
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -61,7 +82,9 @@ def parse_yaml(text: str, file: str, expected: str) -> tuple[Any, list[Problem]]
     an empty file's message tells the operator what was wanted.
     """
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_BoundedLoader)
+    except _TooLarge as exc:
+        return None, [Problem(file, "$", str(exc))]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
@@ -75,6 +98,57 @@ def parse_yaml(text: str, file: str, expected: str) -> tuple[Any, list[Problem]]
         found = type(data).__name__
         return None, [Problem(file, "$", f"expected a mapping ({expected}), found a {found}")]
     return data, []
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a document whose aliases expand too far.
+
+    The expanded size is counted on the composed node graph, where each alias
+    is a shared node, before any object is built: linear in the file's size.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node)
+        return super().construct_document(node)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            on_path.discard(key)
+            total = 1 + sum(sizes[id(child)] for child in _children(node))
+            if total > MAX_EXPANDED_NODES:
+                line = node.start_mark.line + 1
+                raise _TooLarge(
+                    f"aliases expand to more than {MAX_EXPANDED_NODES:,} YAML nodes "
+                    f"(from line {line}); refused as a YAML bomb"
+                )
+            sizes[key] = total
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise _TooLarge(f"an alias refers to itself (line {node.start_mark.line + 1})")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def schema_problems(data: Any, schema_name: str, file: str) -> list[Problem]:
