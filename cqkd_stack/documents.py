@@ -101,7 +101,7 @@ def parse_yaml(text: str, file: str, expected: str) -> tuple[Any, list[Problem]]
 
 
 class _TooLarge(Exception):
-    pass
+    """A document refused before it is built (too large once expanded, or ambiguous)."""
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -138,9 +138,31 @@ def _check_expansion(root: yaml.Node) -> None:
             continue
         if key in on_path:
             raise _TooLarge(f"an alias refers to itself (line {node.start_mark.line + 1})")
+        if isinstance(node, yaml.MappingNode):
+            _check_duplicate_keys(node)
         on_path.add(key)
         stack.append((node, True))
         stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+
+
+def _check_duplicate_keys(node: yaml.MappingNode) -> None:
+    """YAML keeps the last of two equal keys without a word; Docker's loader refuses them.
+
+    Keys brought in by a merge (``<<: *base``) may be overridden; that is not
+    a duplicate.
+    """
+    seen: dict[tuple[str, str], int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        line = key.start_mark.line + 1
+        first = seen.get((key.tag, key.value))
+        if first is not None:
+            raise _TooLarge(
+                f"duplicate key '{key.value}' at line {line} (first at line {first}); "
+                "YAML would keep only the last one"
+            )
+        seen[(key.tag, key.value)] = line
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
