@@ -75,6 +75,33 @@ def read_text(path: Path) -> str:
         raise UsageError(f"{path}: cannot read: {exc}") from None
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all; a usage error naming the path if not.
+
+    A stack half written (a full disk, a vanished directory) would be deployed
+    by the next command as if it were whole: the text goes to a temporary file
+    beside the target and is renamed over it once complete.
+    """
+    import os
+    import tempfile
+
+    directory = path.parent if str(path.parent) else Path(".")
+    tmp_name = None
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w", dir=directory, prefix=f".{path.name}.", suffix=".tmp", delete=False
+        ) as handle:
+            tmp_name = handle.name
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except OSError as exc:
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
+        raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
 def parse_yaml(text: str, file: str, expected: str) -> tuple[Any, list[Problem]]:
     """Parse one YAML document; problems instead of exceptions.
 

@@ -151,6 +151,8 @@ def render_document(policy: Policy, options: RenderOptions) -> dict[str, Any]:
         raise UsageError(f"--port-offset must be 0 or more, got {options.port_offset}")
     if options.network not in ("overlay", "host"):
         raise UsageError(f"--network must be overlay or host, got '{options.network}'")
+    if not options.image.strip() or any(c.isspace() for c in options.image):
+        raise UsageError(f"--image must name an image (NAME[:TAG]), got {options.image!r}")
     doc, template = load_template(options.template)
     doc = {k: v for k, v in doc.items() if not k.startswith("x-")}
     services: dict[str, dict[str, Any]] = doc["services"]

@@ -21,7 +21,7 @@ import yaml
 from invoke import Collection, Context, Exit, task
 
 from . import DEFAULT_NODE_IMAGE, report
-from .documents import read_text
+from .documents import read_text, write_atomically
 from .errors import CqkdError
 from .policy import Policy, load_policy
 from .render import RenderOptions, dht_tasks, render
@@ -121,7 +121,7 @@ def render_stack(
         # Never hand out a stack that would be refused: say why instead.
         raise Exit(report.text(results), code=1)
     if output:
-        Path(output).write_text(text)
+        write_atomically(Path(output), text)
         print(f"wrote {output}: {replicas} workers", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -76,3 +76,32 @@ def test_a_flag_value_of_the_wrong_type_is_a_usage_error(cli) -> None:
     result = cli("render", "--replicas", "abc")
     assert result.code == 2
     assert "not valid" in result.err and "abc" in result.err
+
+
+def test_render_output_is_written_whole_or_not_at_all(cli, tmp_path: Path) -> None:
+    target = tmp_path / "stack.yml"
+    assert cli("render", "--replicas", "5", "--output", str(target)).code == 0
+    assert "replicas: 5" in target.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["stack.yml"], "no temporary file left"
+    missing = tmp_path / "no-such-dir" / "stack.yml"
+    result = cli("render", "--output", str(missing))
+    assert result.code == 2
+    assert f"{missing}: cannot write: No such file or directory" in result.err
+    assert "bug" not in result.err
+
+
+def test_an_output_that_cannot_be_written_keeps_the_old_file(cli, tmp_path: Path) -> None:
+    """A directory where the file should go: the rename fails, nothing half-written stays."""
+    target = tmp_path / "stack.yml"
+    target.mkdir()
+    (target / "keep").write_text("x")
+    result = cli("render", "--output", str(target))
+    assert result.code == 2 and "cannot write" in result.err
+    assert (target / "keep").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stack.yml"]
+
+
+def test_an_empty_image_is_refused(cli) -> None:
+    result = cli("render", "--image", "")
+    assert result.code == 2
+    assert "--image must name an image" in result.err
