@@ -34,6 +34,19 @@ def on_ci() -> bool:
 
 
 @pytest.fixture(scope="session")
+def docker_cli() -> str:
+    """The docker CLI's path, or skip (fail on CI) when it is not installed."""
+    import shutil
+
+    path = shutil.which("docker")
+    if path is None:
+        if on_ci():
+            pytest.fail("the docker CLI is not installed on CI")
+        pytest.skip("docker CLI not installed")
+    return path
+
+
+@pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
     """A client of the local engine, or skip (fail on CI) when none answers."""
     try:

@@ -1,0 +1,28 @@
+"""Docker's own stack loader accepts every positive case of the corpus.
+
+``docker stack config`` needs the docker CLI but no daemon. It lives here,
+not with the unit tests, because it runs Docker: on CI a missing CLI fails.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+CASES = Path(__file__).resolve().parent.parent / "cases"
+POSITIVE = sorted(p for p in (CASES / "positive").iterdir() if p.is_dir())
+
+
+@pytest.mark.parametrize("case", POSITIVE, ids=lambda p: p.name)
+def test_positive_case_loads_with_dockers_own_loader(case: Path, docker_cli: str) -> None:
+    stacks = sorted(
+        p.name for p in case.glob("*.yml") if p.name not in ("policy.yml", "expected.yml")
+    )
+    assert stacks, f"{case} has no stack file"
+    for name in stacks:
+        done = subprocess.run(
+            [docker_cli, "stack", "config", "-c", name], cwd=case, capture_output=True, text=True
+        )
+        assert done.returncode == 0, f"{name}: {done.stderr}"
