@@ -1,4 +1,4 @@
-"""Docker's own stack loader accepts every positive case of the corpus.
+"""Docker's own stack loader accepts every positive case of the corpus and rendered stacks.
 
 ``docker stack config`` needs the docker CLI but no daemon. It lives here,
 not with the unit tests, because it runs Docker: on CI a missing CLI fails.
@@ -10,6 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from cqkd_stack.policy import load_policy
+from cqkd_stack.render import RenderOptions, render
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
 POSITIVE = sorted(p for p in (CASES / "positive").iterdir() if p.is_dir())
@@ -26,3 +29,20 @@ def test_positive_case_loads_with_dockers_own_loader(case: Path, docker_cli: str
             [docker_cli, "stack", "config", "-c", name], cwd=case, capture_output=True, text=True
         )
         assert done.returncode == 0, f"{name}: {done.stderr}"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"replicas": 1000}, {"replicas": 5, "network": "host"}, {"replicas": 10, "port_offset": 100}],
+    ids=["thousand", "host", "batch"],
+)
+def test_rendered_stacks_load_with_dockers_own_loader(
+    options: dict, tmp_path: Path, docker_cli: str
+) -> None:
+    path = tmp_path / "stack.yml"
+    path.write_text(render(load_policy(), RenderOptions(**options)))
+    done = subprocess.run(
+        [docker_cli, "stack", "config", "-c", str(path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "{{.Task.Slot}}" in done.stdout

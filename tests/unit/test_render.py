@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import ipaddress
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -107,23 +105,6 @@ def test_a_port_offset_renders_a_worker_batch_joining_the_first_stack() -> None:
 def test_rendered_stacks_pass_our_validation(options: dict) -> None:
     results = validate_texts([("r.yml", render(POLICY, RenderOptions(**options)))], POLICY)
     assert results.ok, results.problems
-
-
-@pytest.mark.parametrize(
-    "options",
-    [{"replicas": 1000}, {"replicas": 5, "network": "host"}, {"replicas": 10, "port_offset": 100}],
-)
-def test_rendered_stacks_load_with_dockers_own_loader(options: dict, tmp_path: Path) -> None:
-    docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("docker CLI not installed")
-    path = tmp_path / "stack.yml"
-    path.write_text(render(POLICY, RenderOptions(**options)))
-    done = subprocess.run(
-        [docker, "stack", "config", "-c", str(path)], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    assert "{{.Task.Slot}}" in done.stdout
 
 
 @pytest.mark.parametrize(
