@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import DEFAULT_NODE_IMAGE
 from .errors import CqkdError
 from .process import run
+from .render import ROLE_LABEL
 from .swarm import running_counts, stack_filter, stack_leftovers
 
 if TYPE_CHECKING:
@@ -55,10 +56,11 @@ BOOTSTRAP_FIRST_SECONDS = 120.0
 
 
 def _role_of(service: dict[str, Any]) -> str | None:
+    """A stack file service's role, read as ``swarm.port_rule`` reads a live one."""
     env = service.get("environment")
     role = env.get("CQKD_ROLE") if isinstance(env, dict) else None
     labels = (service.get("deploy") or {}).get("labels")
-    return role or (labels.get("cqkd.role") if isinstance(labels, dict) else None)
+    return role or (labels.get(ROLE_LABEL) if isinstance(labels, dict) else None)
 
 
 def bootstrap_only(doc: dict[str, Any]) -> dict[str, Any] | None:
@@ -122,11 +124,10 @@ def deploy_bootstrap_first(
 
 
 def _all_running(client: docker.DockerClient, services: list[str]) -> bool:
-    for name in services:
-        tasks = client.api.tasks(filters={"service": name, "desired-state": "running"})
-        if not any(t.get("Status", {}).get("State") == "running" for t in tasks):
-            return False
-    return True
+    """Each named service has a running task (one task list call for all of them)."""
+    tasks = client.api.tasks(filters={"service": services, "desired-state": "running"})
+    running = {t["ServiceID"] for t in tasks if t.get("Status", {}).get("State") == "running"}
+    return len(running) >= len(services)
 
 
 @dataclass

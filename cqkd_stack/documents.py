@@ -85,11 +85,10 @@ def write_atomically(path: Path, text: str) -> None:
     import os
     import tempfile
 
-    directory = path.parent if str(path.parent) else Path(".")
     tmp_name = None
     try:
         with tempfile.NamedTemporaryFile(
-            "w", dir=directory, prefix=f".{path.name}.", suffix=".tmp", delete=False
+            "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
         ) as handle:
             tmp_name = handle.name
             handle.write(text)

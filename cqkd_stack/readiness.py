@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import DEFAULT_NODE_IMAGE
 from .errors import CqkdError
-from .swarm import NetworkNames, TaskPort, is_dht, port_rule, stack_filter
+from .swarm import NetworkNames, ServicePortRule, TaskPort, is_dht, port_rule, stack_filter
 
 if TYPE_CHECKING:
     import docker
@@ -86,16 +86,26 @@ def targets_of(rows: list[TaskPort]) -> list[Target]:
     return [Target(r.service, r.role, r.slot, r.address, r.port, r.state) for r in rows]
 
 
-def stack_network(client: docker.DockerClient, stack: str) -> str:
-    """The network the stack's DHT services share: its overlay, an external one, or host."""
+def dht_services(
+    client: docker.DockerClient, stack: str
+) -> list[tuple[ServicePortRule, dict[str, Any]]]:
+    """The stack's DHT services with their port rules, bootstrap first; one API call.
+
+    An error if the stack has no service at all: nothing to wait on or probe.
+    """
     services = client.api.services(filters=stack_filter(stack))
     if not services:
         raise CqkdError(f"no stack named '{stack}' is deployed (no service has that namespace)")
+    dht = [(rule, s) for rule, s in ((port_rule(s), s) for s in services) if is_dht(rule)]
+    return sorted(dht, key=lambda pair: pair[0].role != "bootstrap")
+
+
+def stack_network(client: docker.DockerClient, stack: str) -> str:
+    """The network the stack's DHT services share: its overlay, an external one, or host."""
     names = NetworkNames(client)
     joined: set[str] = set()
-    for service in services:
-        if is_dht(port_rule(service)):
-            joined |= names.of_service(service)
+    for _, service in dht_services(client, stack):
+        joined |= names.of_service(service)
     joined.discard("ingress")
     if not joined or "host" in joined:
         return "host"
@@ -238,10 +248,7 @@ class Prober:
         its own. Another task's works too, with an ARP broadcast per address
         it has not met yet.
         """
-        services = self.client.api.services(filters=stack_filter(self.stack))
-        dht = [(r, s) for r, s in ((port_rule(s), s) for s in services) if is_dht(r)]
-        dht.sort(key=lambda pair: pair[0].role != "bootstrap")
-        for rule, service in dht:
+        for rule, service in dht_services(self.client, self.stack):
             label = f"com.docker.swarm.service.id={service['ID']}"
             found = self.client.api.containers(filters={"label": label, "status": "running"})
             for container in found:
@@ -302,9 +309,7 @@ def ignores_probe(client: docker.DockerClient, stack: str) -> bool:
 
     from .images import HASH_LABEL
 
-    for service in client.api.services(filters=stack_filter(stack)):
-        if not is_dht(port_rule(service)):
-            continue
+    for _, service in dht_services(client, stack):
         image = service["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0]
         try:
             labels = client.api.inspect_image(image).get("Config", {}).get("Labels") or {}
