@@ -13,7 +13,7 @@ from .results import Results
 
 
 def text(results: Results) -> str:
-    """One line per problem (file::path: message), then a one-line verdict."""
+    """One line per problem (``file:LINE::path: message``), then a one-line verdict."""
     lines = [str(p) for p in results.problems]
     bad = sum(1 for found in results.files.values() if found)
     total = len(results.files)
@@ -35,7 +35,11 @@ def as_json(results: Results) -> str:
             {
                 "file": file,
                 "valid": not problems,
-                "problems": [{"path": p.path, "message": p.message} for p in problems],
+                # "line" is always present (null when unknown): a program reading
+                # the report should not have to test for the key.
+                "problems": [
+                    {"path": p.path, "line": p.line, "message": p.message} for p in problems
+                ],
             }
             for file, problems in results.files.items()
         ],
@@ -44,9 +48,27 @@ def as_json(results: Results) -> str:
 
 
 def github(results: Results) -> str:
-    """Workflow commands, so CI shows each problem on the file it concerns."""
-    lines = [f"::error file={p.file}::{p.path}: {p.message}" for p in results.problems]
+    """Workflow commands, so CI shows each problem on the line it concerns.
+
+    Without ``line=`` GitHub pins the annotation to the top of the file.
+    """
+    lines = []
+    for p in results.problems:
+        where = f"file={_property(p.file)}"
+        if p.line is not None:
+            where += f",line={p.line}"
+        lines.append(f"::error {where}::{_data(f'{p.path}: {p.message}')}")
     return "\n".join([*lines, text(results).splitlines()[-1]])
+
+
+def _data(value: str) -> str:
+    """Escape a workflow command's message: a newline would end the command early."""
+    return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _property(value: str) -> str:
+    """Escape a property value: ',' and ':' would end it (a file named 'a,b.yml')."""
+    return _data(value).replace(":", "%3A").replace(",", "%2C")
 
 
 FORMATS: dict[str, Callable[[Results], str]] = {"text": text, "json": as_json, "github": github}

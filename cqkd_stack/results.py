@@ -33,14 +33,28 @@ def json_path(parts: Iterable[str | int]) -> str:
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong, at one place in one file."""
+    """One thing wrong, at one place in one file.
+
+    ``line`` (1-based) is where the path's key or item is written, when the
+    document was parsed with node positions kept; None when unknown. The path
+    stays the identity of the problem: a line alone is ambiguous once anchors
+    and merges share nodes.
+    """
 
     file: str
     path: str
     message: str
+    line: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.file}::{self.path}: {self.message}"
+        """``file:LINE::path: message``, or ``file::path: message`` without a line.
+
+        ``file:LINE:`` is the prefix editors and CI log viewers already turn
+        into a link to the line (the compiler convention); the ``::path`` after
+        it keeps check-jsonschema's shape, so a line never hides the path.
+        """
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}::{self.path}: {self.message}"
 
 
 @dataclass
