@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import DEFAULT_NODE_IMAGE
+from .contract import key_values, role_of
 from .errors import CqkdError
 from .process import run
-from .render import ROLE_LABEL
 from .swarm import running_counts, stack_filter, stack_leftovers
 
 if TYPE_CHECKING:
@@ -57,10 +57,8 @@ BOOTSTRAP_FIRST_SECONDS = 120.0
 
 def _role_of(service: dict[str, Any]) -> str | None:
     """A stack file service's role, read as ``swarm.port_rule`` reads a live one."""
-    env = service.get("environment")
-    role = env.get("CQKD_ROLE") if isinstance(env, dict) else None
-    labels = (service.get("deploy") or {}).get("labels")
-    return role or (labels.get(ROLE_LABEL) if isinstance(labels, dict) else None)
+    labels = key_values((service.get("deploy") or {}).get("labels"))
+    return role_of(key_values(service.get("environment")), labels)
 
 
 def bootstrap_only(doc: dict[str, Any]) -> dict[str, Any] | None:

@@ -57,6 +57,7 @@ class Policy:
     protocol: str = "udp"
     one_port_per_worker: bool = True
     legacy_mode: bool = False
+    allow_privileged_ports: bool = False
     blocked_ports: frozenset[int] = field(default_factory=frozenset)
     source: str = "<built-in>"
 
@@ -129,6 +130,7 @@ def load_policy(path: Path | str | None = None) -> Policy:
         protocol=data.get("protocol", "udp"),
         one_port_per_worker=data.get("one_port_per_worker", True),
         legacy_mode=data.get("legacy_mode", False),
+        allow_privileged_ports=data.get("allow_privileged_ports", False),
         blocked_ports=frozenset(data.get("blocked_ports", [])),
         source=file,
     )

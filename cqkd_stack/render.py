@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,19 +19,20 @@ from typing import Any
 import yaml
 
 from . import DEFAULT_NODE_IMAGE, __version__
+from .contract import (
+    DHT_NETWORK,
+    HOST_NETWORK,
+    ROLE_LABEL,
+    key_values,
+    resolve_slot,
+    subnet_for,
+)
 from .documents import data_file, parse_yaml, read_text
 from .errors import CqkdError, UsageError
 from .policy import Policy
 
 DEFAULT_TEMPLATE = "cqkd.stack.tmpl.yml"
-DHT_NETWORK = "dht"
-HOST_NETWORK = "hostnet"
-DEFAULT_SUBNET_BASE = "10.213.0.0"
-ROLE_LABEL = "cqkd.role"
 EXTENSION = "x-cqkd"
-# Addresses an overlay subnet loses before tasks get any: network, broadcast,
-# gateway. Docker also gives each swarm node one load-balancer address.
-RESERVED_ADDRESSES = 3
 # Every health check is a process exec through dockerd, containerd and runc
 # (~35 ms of CPU). Measured with 200 workers on 2 cores: a 5 s interval (40
 # checks/s) kept the machine ~78% busy, 20 s (10/s) ~25%. So the interval
@@ -67,25 +69,6 @@ def _set_healthcheck(doc: dict[str, Any], tasks: int, enabled: bool) -> None:
             service.setdefault("healthcheck", {})["interval"] = f"{health_interval(tasks)}s"
         else:
             service["healthcheck"] = {"disable": True}
-
-
-def subnet_capacity(network: ipaddress.IPv4Network) -> int:
-    """Task addresses a subnet holds; dnsrr spends one per task per network."""
-    return max(network.num_addresses - RESERVED_ADDRESSES, 0)
-
-
-def subnet_for(tasks: int, base: str = DEFAULT_SUBNET_BASE) -> ipaddress.IPv4Network:
-    """The smallest subnet, /24 or larger, that holds ``tasks`` with headroom.
-
-    Headroom covers the load-balancer address each node takes and tasks being
-    replaced; a /24 (Docker's default, ~250 addresses) is the floor.
-    """
-    need = tasks + max(16, tasks // 10)
-    for prefix in range(24, 15, -1):
-        network = ipaddress.IPv4Network(f"{base}/{prefix}", strict=False)
-        if subnet_capacity(network) >= need:
-            return network
-    raise UsageError(f"{tasks} tasks do not fit in one overlay subnet of /16 or smaller")
 
 
 @dataclass(frozen=True)
@@ -143,8 +126,18 @@ def load_template(path: Path | None) -> tuple[dict[str, Any], str]:
     return data, str(path)
 
 
-def render_document(policy: Policy, options: RenderOptions) -> dict[str, Any]:
-    """The stack as data; ``render`` serialises it."""
+SubnetChooser = Callable[[int], ipaddress.IPv4Network]
+
+
+def render_document(
+    policy: Policy, options: RenderOptions, choose_subnet: SubnetChooser | None = None
+) -> dict[str, Any]:
+    """The stack as data; ``render`` serialises it.
+
+    ``choose_subnet`` picks the overlay's subnet from the number of tasks on
+    it when ``options.subnet`` is not given (deploy asks the live engine for
+    a free one); without it the subnet is sized at the default base.
+    """
     if options.replicas < 1:
         raise UsageError(f"--replicas must be at least 1, got {options.replicas}")
     if options.port_offset < 0:
@@ -177,10 +170,11 @@ def render_document(policy: Policy, options: RenderOptions) -> dict[str, Any]:
         service["image"] = options.image
         if role == "bootstrap":
             host = name if options.network == "overlay" else options.bootstrap_host
+            # The bootstrap's own tasks will resolve these ports the same way.
+            env = {k: swarm_placeholders(v) for k, v in key_values(service["environment"]).items()}
             replicas = int(deploy.get("replicas", 1))
-            ports = policy.ports_for(role, replicas, offset)
-            if ports is not None:
-                bootstrap_nodes += [f"{host}:{p}" for p in range(ports.start, ports.end + 1)]
+            slots = range(1, replicas + 1)
+            bootstrap_nodes += [f"{host}:{resolve_slot(env, n).port}" for n in slots]
     if not bootstrap_nodes:
         raise CqkdError(f"{template}: no service has {ROLE_LABEL}: bootstrap; nodes cannot join")
     for service in services.values():
@@ -193,7 +187,7 @@ def render_document(policy: Policy, options: RenderOptions) -> dict[str, Any]:
     if options.network == "host":
         _use_host_network(doc)
     else:
-        _size_overlay(doc, options)
+        _size_overlay(doc, options, choose_subnet or subnet_for)
     return _replace_placeholders(doc)
 
 
@@ -256,7 +250,9 @@ def _tasks_on(doc: dict[str, Any], network: str) -> int:
     return total
 
 
-def _size_overlay(doc: dict[str, Any], options: RenderOptions) -> None:
+def _size_overlay(
+    doc: dict[str, Any], options: RenderOptions, choose_subnet: SubnetChooser
+) -> None:
     tasks = _tasks_on(doc, DHT_NETWORK)
     if options.subnet:
         try:
@@ -264,7 +260,7 @@ def _size_overlay(doc: dict[str, Any], options: RenderOptions) -> None:
         except ValueError as exc:
             raise UsageError(f"--subnet: {exc}") from None
     else:
-        subnet = subnet_for(tasks)
+        subnet = choose_subnet(tasks)
     network = doc.setdefault("networks", {}).setdefault(DHT_NETWORK, {"driver": "overlay"})
     network["ipam"] = {"config": [{"subnet": str(subnet)}]}
 
@@ -276,8 +272,10 @@ def _use_host_network(doc: dict[str, Any]) -> None:
     doc["networks"] = {HOST_NETWORK: {"external": True, "name": "host"}}
 
 
-def render(policy: Policy, options: RenderOptions) -> str:
-    doc = render_document(policy, options)
+def render(
+    policy: Policy, options: RenderOptions, choose_subnet: SubnetChooser | None = None
+) -> str:
+    doc = render_document(policy, options, choose_subnet)
     batch = f" (a batch at port offset {options.port_offset})" if options.is_batch else ""
     header = (
         f"# Rendered by cqkd-stack {__version__}: {options.replicas} workers{batch}, "

@@ -71,8 +71,14 @@ class ResolverError(ValueError):
 
     A ``ValueError`` so callers that only validate input need not know about
     this module; the message is written for the operator reading ``docker
-    service ps --no-trunc`` and is always a single line.
+    service ps --no-trunc`` and is always a single line. ``variable`` names
+    the environment variable at fault (None when it is the absence of one),
+    so a linter can point at the line in the stack file.
     """
+
+    def __init__(self, message: str, variable: str | None = None) -> None:
+        super().__init__(message)
+        self.variable = variable
 
 
 class Resolution:
@@ -155,7 +161,7 @@ def _reject_template(name: str, raw: str) -> None:
             )
         else:
             hint += "; outside Swarm set TASK_SLOT or WORKER_ID to a number"
-        raise ResolverError(f"{name}={raw!r} is an unrendered template: {hint}")
+        raise ResolverError(f"{name}={raw!r} is an unrendered template: {hint}", name)
 
 
 def _parse_int(name: str, raw: str) -> int:
@@ -168,7 +174,7 @@ def _parse_int(name: str, raw: str) -> int:
     text = raw.strip()
     digits = text[1:] if text[:1] in ("+", "-") else text
     if not (digits.isascii() and digits.isdigit()):
-        raise ResolverError(f"{name}={raw!r} is not an integer")
+        raise ResolverError(f"{name}={raw!r} is not an integer", name)
     return int(text)
 
 
@@ -185,7 +191,7 @@ def _parse_flag(env: Mapping[str, str], name: str) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise ResolverError(f"{name}={raw!r} is not a boolean: use true/1/yes or false/0/no")
+    raise ResolverError(f"{name}={raw!r} is not a boolean: use true/1/yes or false/0/no", name)
 
 
 def _describe_range(role: str | None, low: int, high: int) -> str:
@@ -197,10 +203,12 @@ def _check_role_range(base: int | None, end: int | None, role: str | None) -> No
     """A broken range would make every later message about it wrong."""
     for name, value in (("BASE_PORT", base), ("PORT_RANGE_END", end)):
         if value is not None and not MIN_PORT <= value <= MAX_PORT:
-            raise ResolverError(f"{name}={value} is outside {MIN_PORT}..{MAX_PORT}")
+            raise ResolverError(f"{name}={value} is outside {MIN_PORT}..{MAX_PORT}", name)
     if base is not None and end is not None and end < base:
         who = f"the {role} range" if role else "the range"
-        raise ResolverError(f"PORT_RANGE_END={end} is below BASE_PORT={base}: {who} is empty")
+        raise ResolverError(
+            f"PORT_RANGE_END={end} is below BASE_PORT={base}: {who} is empty", "PORT_RANGE_END"
+        )
 
 
 def _slot_source(env: Mapping[str, str]) -> tuple[str, str] | None:
@@ -238,14 +246,16 @@ def _explicit_port(
         raise ResolverError(
             f"DHT_PORT={port} looks like a raw {{{{.Task.Slot}}}} (tasks get 1, 2, 3...), "
             "not a port: set TASK_SLOT={{.Task.Slot}} (with BASE_PORT) instead of DHT_PORT "
-            "and the resolver computes BASE_PORT + (slot - 1) + PORT_OFFSET"
+            "and the resolver computes BASE_PORT + (slot - 1) + PORT_OFFSET",
+            "DHT_PORT",
         )
     if not MIN_PORT <= port <= MAX_PORT:
-        raise ResolverError(f"DHT_PORT={port} is outside {MIN_PORT}..{MAX_PORT}")
+        raise ResolverError(f"DHT_PORT={port} is outside {MIN_PORT}..{MAX_PORT}", "DHT_PORT")
     if not low <= port <= high:
         raise ResolverError(
             f"DHT_PORT={port} is outside the {_describe_range(role, low, high)} "
-            "(BASE_PORT..PORT_RANGE_END)"
+            "(BASE_PORT..PORT_RANGE_END)",
+            "DHT_PORT",
         )
     return port
 
@@ -264,7 +274,7 @@ def resolve(env: Mapping[str, str]) -> Resolution:
     protocol_raw = env.get("PORT_PROTOCOL", "")
     protocol = protocol_raw.strip().lower() or "udp"
     if protocol not in ("udp", "tcp"):
-        raise ResolverError(f"PORT_PROTOCOL={protocol_raw!r} must be udp or tcp")
+        raise ResolverError(f"PORT_PROTOCOL={protocol_raw!r} must be udp or tcp", "PORT_PROTOCOL")
     bind_host = (_get(env, "BIND_HOST") or "0.0.0.0").strip()
 
     base = _optional_int(env, "BASE_PORT")
@@ -286,7 +296,8 @@ def resolve(env: Mapping[str, str]) -> Resolution:
         raise ResolverError(
             f"PORT_RANGE_END={end} is set but BASE_PORT is not: set BASE_PORT to the first "
             f"port of the {role + ' ' if role else ''}role's range, or neither of them "
-            f"for the default worker range {DEFAULT_BASE_PORT}-{DEFAULT_RANGE_END}"
+            f"for the default worker range {DEFAULT_BASE_PORT}-{DEFAULT_RANGE_END}",
+            "PORT_RANGE_END",
         )
 
     if _parse_flag(env, "LEGACY_PORT_MODE"):
@@ -301,11 +312,11 @@ def resolve(env: Mapping[str, str]) -> Resolution:
     slot_name, slot_raw = found
     slot = _parse_int(slot_name, slot_raw)
     if slot < 1:
-        raise ResolverError(f"{slot_name}={slot} must be >= 1 (Swarm slots start at 1)")
+        raise ResolverError(f"{slot_name}={slot} must be >= 1 (Swarm slots start at 1)", slot_name)
 
     offset = _optional_int(env, "PORT_OFFSET") or 0
     if offset < 0:
-        raise ResolverError(f"PORT_OFFSET={offset} must be >= 0")
+        raise ResolverError(f"PORT_OFFSET={offset} must be >= 0", "PORT_OFFSET")
 
     port = base + (slot - 1) + offset
     high = end if end is not None else MAX_PORT
@@ -313,7 +324,8 @@ def resolve(env: Mapping[str, str]) -> Resolution:
         raise ResolverError(
             f"slot {slot} ({slot_name}) with PORT_OFFSET={offset} gives port {port}, outside "
             f"the {_describe_range(role, base, high)} (BASE_PORT + (slot - 1) + PORT_OFFSET): "
-            "scale the service down or widen the range in the port policy"
+            "scale the service down or widen the range in the port policy",
+            slot_name,
         )
     return done(port, slot, slot_name)
 

@@ -66,9 +66,21 @@ class Results:
     """
 
     files: dict[str, list[Problem]] = field(default_factory=dict)
+    # Files recognised as something other than a stack, and what they were taken for.
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
 
     def checked(self, file: str) -> None:
         self.files.setdefault(file, [])
+
+    def skip(self, file: str, reason: str) -> None:
+        """Not judged at all (a template): reported so nobody mistakes it for valid."""
+        self.files.pop(file, None)
+        self.skipped[file] = reason
+
+    def note(self, file: str, what: str) -> None:
+        """Judged, but as something other than a stack (a port policy)."""
+        self.notes[file] = what
 
     def add(self, problem: Problem) -> None:
         self.files.setdefault(problem.file, []).append(problem)

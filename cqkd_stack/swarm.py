@@ -14,19 +14,27 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .contract import (
+    DEFAULT_SUBNET_BASE,
+    DHT_NETWORK,
+    STACK_LABEL,
+    SUBNET_POOL_PREFIX,
+    key_values,
+    resolve_slot,
+    role_of,
+    subnet_for,
+)
+from .contract import (
+    is_dht as declares_dht,
+)
 from .errors import CqkdError
 from .policy import Policy, PortRange
-from .render import DEFAULT_SUBNET_BASE, DHT_NETWORK, ROLE_LABEL, subnet_for
-from .resolver import DEFAULT_BASE_PORT
-from .validate import ServicePorts, key_values
+from .resolver import ResolverError
+from .results import Problem, Results, json_path
+from .validate import ServicePorts, capacity_problems, check_service, collision_problems
 
 if TYPE_CHECKING:
     import docker
-
-STACK_LABEL = "com.docker.stack.namespace"
-# Stacks take their overlay subnets from DEFAULT_SUBNET_BASE/16.
-SUBNET_POOL_PREFIX = 16
-_TRUE = {"1", "true", "yes", "on"}
 
 
 def connect() -> docker.DockerClient:
@@ -65,36 +73,25 @@ def env_of(spec: dict[str, Any]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ServicePortRule:
-    """How one live service turns a slot into a port (from its own environment)."""
+    """How one live service turns a slot into a port: its tasks' own resolver, asked here."""
 
     service: str
     role: str | None
-    base: int | None
-    offset: int
-    fixed: int | None  # DHT_PORT, or BASE_PORT in legacy mode
+    env: dict[str, str]
     replicas: int | None
     protocol: str
+    dht: bool
 
     def port(self, slot: int | None) -> int | None:
-        if self.fixed is not None:
-            return self.fixed
-        if self.base is None or slot is None:
+        """The port task ``slot`` resolves to; None if it cannot (its task fails too)."""
+        try:
+            return resolve_slot(self.env, slot or 1).port
+        except ResolverError:
             return None
-        return Policy.port_for(self.base, slot, self.offset)
 
     def ports(self) -> PortRange | None:
-        if self.fixed is not None:
-            return PortRange(self.fixed, self.fixed)
-        if self.base is None or not self.replicas:
-            return None
-        return PortRange(self.port(1), self.port(self.replicas))  # type: ignore[arg-type]
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value not in (None, "") else None
-    except ValueError:
-        return None
+        first, last = self.port(1), self.port(self.replicas or 1)
+        return PortRange(first, last) if first is not None and last is not None else None
 
 
 def port_rule(service: dict[str, Any]) -> ServicePortRule:
@@ -102,26 +99,48 @@ def port_rule(service: dict[str, Any]) -> ServicePortRule:
     env = env_of(spec)
     labels = spec.get("Labels") or {}
     replicated = spec.get("Mode", {}).get("Replicated")
-    base = _int(env.get("BASE_PORT"))
-    fixed = _int(env.get("DHT_PORT"))
-    role = env.get("CQKD_ROLE") or labels.get(ROLE_LABEL)
-    if base is None and fixed is None and role and not env.get("PORT_RANGE_END"):
-        base = DEFAULT_BASE_PORT  # what the resolver in each task falls back to
-    if fixed is None and env.get("LEGACY_PORT_MODE", "").lower() in _TRUE:
-        fixed = base
     return ServicePortRule(
         service=spec["Name"],
-        role=role,
-        base=base,
-        offset=_int(env.get("PORT_OFFSET")) or 0,
-        fixed=fixed,
+        role=role_of(env, labels),
+        env=env,
         replicas=replicated.get("Replicas") if replicated else None,
-        protocol=env.get("PORT_PROTOCOL", "udp"),
+        protocol=(env.get("PORT_PROTOCOL") or "udp").strip().lower(),
+        dht=declares_dht(env, labels),
     )
 
 
 def is_dht(rule: ServicePortRule) -> bool:
-    return rule.role is not None or rule.base is not None or rule.fixed is not None
+    return rule.dht
+
+
+def service_document(service: dict[str, Any], replicas: int | None = None) -> dict[str, Any]:
+    """A live service as the stack file entry that would create it, for the validator.
+
+    Scaling and deploying next to live stacks are checked by the same rules
+    as a stack file; this is the bridge from a service spec to those rules.
+    """
+    spec = service["Spec"]
+    placement = spec.get("TaskTemplate", {}).get("Placement") or {}
+    replicated = spec.get("Mode", {}).get("Replicated")
+    deploy: dict[str, Any] = {
+        "mode": "replicated" if replicated is not None else "global",
+        "labels": spec.get("Labels") or {},
+        "endpoint_mode": (spec.get("EndpointSpec") or {}).get("Mode", "vip"),
+    }
+    if replicated is not None:
+        deploy["replicas"] = replicas if replicas is not None else replicated.get("Replicas", 1)
+    if placement.get("MaxReplicas"):
+        deploy["placement"] = {"max_replicas_per_node": placement["MaxReplicas"]}
+    ports = [
+        {
+            "target": p.get("TargetPort"),
+            "published": p.get("PublishedPort"),
+            "protocol": p.get("Protocol", "tcp"),
+            "mode": p.get("PublishMode", "ingress"),
+        }
+        for p in (spec.get("EndpointSpec") or {}).get("Ports") or []
+    ]
+    return {"environment": env_of(spec), "deploy": deploy, "ports": ports}
 
 
 @dataclass
@@ -316,76 +335,90 @@ def stack_network_names(doc: dict[str, Any], stack: str) -> set[str]:
     return names
 
 
+def _on_host(names: NetworkNames, service: dict[str, Any]) -> bool:
+    return "host" in names.of_service(service)
+
+
 def live_claims(
     client: docker.DockerClient,
+    policy: Policy,
     exclude_stack: str | None = None,
     networks: set[str] | None = None,
 ) -> list[ServicePorts]:
-    """Ports already held by DHT services of other stacks that share a network.
+    """Ports already held by services of other stacks, as the validator sees them.
 
     Two stacks on separate overlay networks may both use 7000-7999: their
     tasks never share a network namespace. Sharing one (a batch joining a
-    DHT's network, or host networking) makes equal ports a real collision.
-    ``networks=None`` counts every live service.
+    DHT's network, or host networking) makes equal DHT ports a real
+    collision; published ports collide whatever the networks (the routing
+    mesh is cluster-wide). ``networks=None`` counts every live service.
     """
-    services = client.api.services()
     names = NetworkNames(client)
     claims = []
-    for service in services:
+    for service in client.api.services():
         spec = service["Spec"]
         stack = (spec.get("Labels") or {}).get(STACK_LABEL)
         if stack is None or stack == exclude_stack:
             continue
-        if networks is not None and not names.of_service(service) & networks:
-            continue
-        rule = port_rule(service)
-        ports = rule.ports()
-        if is_dht(rule) and ports is not None and rule.role:
-            source = f"stack {stack}"
-            claims.append(ServicePorts(source, rule.service, rule.role, ports, rule.protocol))
+        shares = networks is None or bool(names.of_service(service) & networks)
+        _, found = check_service(
+            f"stack {stack}",
+            spec["Name"],
+            service_document(service),
+            policy,
+            _on_host(names, service),
+        )
+        claims += [c for c in found if c.published or shares]
     return claims
 
 
 def scale_problems(
     client: docker.DockerClient, stack: str, service: str, replicas: int, policy: Policy
-) -> list[str]:
+) -> Results:
     """Why scaling a service to ``replicas`` would break the port contract, if it would.
 
-    The same rules as validation: the new slots must stay inside the role's
-    range, avoid blocked ports and other services' ports, and the DHT
-    network's subnet must hold the extra addresses.
+    The validator's own rules, on the live service as it would be after
+    scaling: the new slots resolve inside the role's range and avoid blocked
+    ports and other services' ports, and the network's subnet holds them.
     """
-    from .render import subnet_capacity
-    from .validate import collision_problems
-
     full = f"{stack}_{service}"
+    source = f"stack {stack}"
+    results = Results()
+    results.checked(source)
     services = client.api.services(filters=stack_filter(stack))
     target = next((s for s in services if s["Spec"]["Name"] == full), None)
     if target is None:
-        return [f"stack '{stack}' has no service '{service}'"]
-    rule = port_rule(target)
-    if rule.replicas is None:
-        return [f"{full} is not mode: replicated; only replicated services have slots to scale"]
-    if rule.fixed is not None and replicas > 1 and not policy.legacy_mode:
-        return [f"{full} has one fixed port ({rule.fixed}); {replicas} tasks would share it"]
-    if rule.base is None or rule.role not in policy.roles:
-        return [f"{full} has no BASE_PORT and known role; cannot derive its ports"]
-    problems = []
-    rng = policy.roles[rule.role]
-    wanted = PortRange(rule.port(1), rule.port(replicas))  # type: ignore[arg-type]
-    if wanted.end > rng.end:
-        problems.append(
-            f"{full}: {replicas} tasks need ports {wanted}, but the {rule.role} range is "
-            f"{rng} ({len(rng)} ports)"
-        )
-    problems += [
-        f"{full}: slot {p - wanted.start + 1} would get port {p}, which the policy blocks"
-        for p in policy.blocked_in(wanted)
-    ]
-    joined = NetworkNames(client).of_service(target)
-    others = [c for c in live_claims(client, networks=joined) if c.service != full]
-    mine = ServicePorts(f"stack {stack}", full, rule.role, wanted, rule.protocol)
-    problems += [p.message for p in collision_problems([mine], others)]
+        results.extend([_problem(source, service, f"stack '{stack}' has no service '{service}'")])
+        return results
+    if port_rule(target).replicas is None:
+        message = f"{full} is not mode: replicated; only replicated services have slots to scale"
+        results.extend([_problem(source, service, message)])
+        return results
+    names = NetworkNames(client)
+    problems, claims = check_service(
+        source, service, service_document(target, replicas), policy, _on_host(names, target)
+    )
+    joined = names.of_service(target)
+    others = [c for c in live_claims(client, policy, networks=joined) if c.service != full]
+    problems += collision_problems(claims, others)
+    problems += _subnet_problems(client, source, stack, services, target, replicas)
+    results.extend(problems)
+    return results
+
+
+def _problem(source: str, service: str, message: str) -> Problem:
+    return Problem(source, json_path(["services", service]), message)
+
+
+def _subnet_problems(
+    client: docker.DockerClient,
+    source: str,
+    stack: str,
+    services: list[dict[str, Any]],
+    target: dict[str, Any],
+    replicas: int,
+) -> list[Problem]:
+    """The stack's DHT network must hold an address for every task after scaling."""
     network_name = f"{stack}_{DHT_NETWORK}"
     for network in client.api.networks(names=[network_name]):
         if network["Name"] != network_name:
@@ -394,14 +427,13 @@ def scale_problems(
         subnets = [c["Subnet"] for c in configs if c.get("Subnet")]
         if not subnets:
             continue
-        capacity = subnet_capacity(ipaddress.IPv4Network(subnets[0]))
-        others_on_net = sum(port_rule(s).replicas or 0 for s in services if s["ID"] != target["ID"])
-        if others_on_net + replicas > capacity:
-            problems.append(
-                f"network {network_name} ({subnets[0]}) holds {capacity} task addresses; "
-                f"{others_on_net + replicas} tasks would need one each"
-            )
-    return problems
+        subnet = ipaddress.IPv4Network(subnets[0])
+        others = sum(port_rule(s).replicas or 0 for s in services if s["ID"] != target["ID"])
+        where = json_path(["networks", DHT_NETWORK])
+        return capacity_problems(
+            source, where, network_name, f"subnet {subnet}", subnet, others + replicas
+        )
+    return []
 
 
 def taken_subnets(

@@ -1,60 +1,69 @@
-"""Stack files → problems: the JSON Schema, then the port rules a schema cannot say.
+"""Stack files → problems: Docker's schema, then the port rules a schema cannot say.
 
 A stack that fails here is never deployed. Each check names the file, the
 path in the document and what was expected, because the reader is an
 operator looking at a CI log, not at this code.
+
+The port a DHT task will use is never computed here: the checks ask
+``cqkd_stack.resolver`` (through ``contract.resolve_slot``) what slot 1 and
+slot N of each service resolve to, so whatever validates is exactly what
+every task will resolve.
 """
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .contract import (
+    DOCKER_DEFAULT_SUBNET,
+    SLOT_PLACEHOLDER,
+    SLOT_VARIABLES,
+    is_dht,
+    is_slot_template,
+    key_values,
+    resolve_slot,
+    role_of,
+    subnet_capacity,
+)
 from .documents import parse_yaml, read_text, schema_problems
-from .policy import Policy, PortRange
-from .render import ROLE_LABEL, subnet_capacity
+from .policy import Policy, PortRange, policy_problems
+from .published import PublishedPort, published_ports
+from .resolver import MIN_PORT, Resolution, ResolverError
 from .results import Problem, Results, json_path
 
 SCHEMA = "stack.schema.json"
-SLOT_PLACEHOLDER = "{{.Task.Slot}}"
-DEFAULT_SUBNET = ipaddress.IPv4Network("10.0.0.0/24")  # Docker's default size for overlays
-_TRUE = {"1", "true", "yes", "on"}
 TakenSubnet = tuple[str, ipaddress.IPv4Network]
+# Parts of a file name that mark a stack template (rendered by `render`, not deployed).
+TEMPLATE_SUFFIXES = (".tmpl.yml", ".tmpl.yaml")
 
 
 @dataclass(frozen=True)
 class ServicePorts:
-    """The ports one service's tasks will take, for cross-service collision checks."""
+    """Ports one service's tasks will take, for collision checks across services.
+
+    ``on_host`` ports are bound in the hosts' network namespace (published
+    ports, and DHT ports of services on the host network); the DHT ports of
+    overlay services live in each task's own namespace and only collide with
+    other DHT ports, which the policy keeps apart anyway.
+    """
 
     file: str
     service: str
     role: str
     ports: PortRange
     protocol: str
+    on_host: bool = False
+    path: str = ""
+    published: bool = False
 
-
-def key_values(value: Any) -> dict[str, str]:
-    """Compose accepts environment and labels as a mapping or a KEY=VALUE list."""
-    if isinstance(value, dict):
-        return {str(k): "" if v is None else str(v) for k, v in value.items()}
-    if isinstance(value, list):
-        pairs = (str(item).split("=", 1) for item in value)
-        return {p[0]: p[1] if len(p) > 1 else "" for p in pairs}
-    return {}
-
-
-def _int(value: str) -> int | None:
-    try:
-        return int(value)
-    except ValueError:
-        return None
-
-
-def _ports(ports: PortRange) -> str:
-    return f"port {ports}" if len(ports) == 1 else f"ports {ports}"
+    @property
+    def where(self) -> str:
+        return self.path or json_path(["services", self.service])
 
 
 def _plural(role: str, count: int) -> str:
@@ -63,11 +72,37 @@ def _plural(role: str, count: int) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
+def _ports(ports: PortRange) -> str:
+    return f"port {ports}" if len(ports) == 1 else f"ports {ports}"
+
+
+def _on_host_network(doc: dict[str, Any], service: dict[str, Any]) -> bool:
+    """A service on the external network named ``host`` binds its ports on the hosts."""
+    if service.get("network_mode") == "host":
+        return True
+    networks = doc.get("networks") or {}
+    joined = service.get("networks") or []
+    names = joined if isinstance(joined, list) else list(joined)
+    for name in names:
+        network = networks.get(name) or {}
+        if network.get("external") and network.get("name", name) == "host":
+            return True
+    return False
+
+
 class _ServiceCheck:
     """The port checks of one service; collects problems instead of stopping at one."""
 
-    def __init__(self, file: str, name: str, service: dict[str, Any], policy: Policy) -> None:
+    def __init__(
+        self,
+        file: str,
+        name: str,
+        service: dict[str, Any],
+        policy: Policy,
+        on_host: bool = False,
+    ) -> None:
         self.file, self.name, self.service, self.policy = file, name, service, policy
+        self.on_host = on_host
         self.deploy: dict[str, Any] = service.get("deploy") or {}
         self.env = key_values(service.get("environment"))
         self.labels = key_values(self.deploy.get("labels"))
@@ -79,48 +114,27 @@ class _ServiceCheck:
 
     @property
     def is_dht(self) -> bool:
-        keys = ("CQKD_ROLE", "DHT_PORT", "BASE_PORT", "TASK_SLOT")
-        return ROLE_LABEL in self.labels or any(k in self.env for k in keys)
+        return is_dht(self.env, self.labels)
 
-    def published_ports(self) -> None:
-        """Swarm cannot give each task its own published port; catch the attempts."""
-        dnsrr = self.deploy.get("endpoint_mode") == "dnsrr"
-        for i, entry in enumerate(self.service.get("ports") or []):
-            if isinstance(entry, dict):
-                values = [str(entry.get("published", "")), str(entry.get("target", ""))]
-                mode = entry.get("mode", "ingress")
-            else:
-                values, mode = [str(entry)], "ingress"
-            spec = ":".join(v for v in values if v)
-            if any("{{" in v for v in values):
-                self.problem(
-                    ["ports", i],
-                    f"published port '{spec}' is templated, but Swarm fills "
-                    f"{SLOT_PLACEHOLDER} only in environment, hostname and mounts; "
-                    "pass TASK_SLOT in the environment and let the resolver derive the port",
-                )
-            elif any("-" in v.split("/")[0] for v in values):
-                self.problem(
-                    ["ports", i],
-                    f"published port range '{spec}' gives every task every port of the range; "
-                    "each task listens on one port derived from its slot, so publish none "
-                    "(or one port with mode: host)",
-                )
-            if mode == "ingress" and dnsrr:
-                self.problem(
-                    ["ports", i],
-                    f"port '{spec}' is published in ingress mode, which Docker rejects with "
-                    "endpoint_mode: dnsrr; publish it with mode: host or drop it",
-                )
+    @property
+    def replicated(self) -> bool:
+        return self.deploy.get("mode", "replicated") == "replicated"
+
+    @property
+    def replicas(self) -> int:
+        value = self.deploy.get("replicas", 1)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 1
+
+    # --- the DHT port ---------------------------------------------------------
 
     def role(self) -> str | None:
-        env_role, label_role = self.env.get("CQKD_ROLE"), self.labels.get(ROLE_LABEL)
+        env_role, label_role = self.env.get("CQKD_ROLE"), self.labels.get("cqkd.role")
         if env_role and label_role and env_role != label_role:
             self.problem(
                 ["environment", "CQKD_ROLE"],
-                f"role '{env_role}' disagrees with deploy label {ROLE_LABEL}='{label_role}'",
+                f"role '{env_role}' disagrees with deploy label cqkd.role='{label_role}'",
             )
-        role = env_role or label_role
+        role = role_of(self.env, self.labels)
         if role and role not in self.policy.roles:
             where = ["environment", "CQKD_ROLE"] if env_role else ["deploy", "labels"]
             self.problem(
@@ -130,145 +144,265 @@ class _ServiceCheck:
             return None
         return role
 
-    def role_for_port(self, role: str | None, port: int, where: list[str | int]) -> str | None:
-        """The role whose range must hold ``port``: the declared one, or the one it falls in."""
-        name = role or self.policy.role_of_port(port)
-        if name is None:
-            self.problem(
-                where,
-                f"port {port} is outside every role's range ({self.policy.describe_roles()})",
-            )
-            return None
-        rng = self.policy.roles[name]
-        if port not in rng:
-            self.problem(where, f"port {port} is outside the {name} range {rng}")
-            return None
-        return name
-
-    def port_number(self, key: str) -> int | None:
-        value = self.env[key]
-        number = _int(value)
-        if number is None:
-            self.problem(["environment", key], f"{key}='{value}' is not a port number")
-        return number
-
-    def ports(self) -> ServicePorts | None:
+    def dht_ports(self) -> ServicePorts | None:
+        """The ports slots 1..N take, as the resolver in each task will compute them."""
         role = self.role()
         if self.problems:
             return None
-        mode = self.deploy.get("mode", "replicated")
-        if mode != "replicated":
+        if not self.replicated:
+            mode = self.deploy.get("mode")
             self.problem(
                 ["deploy", "mode"],
                 f"a {role or 'DHT'} service must be mode: replicated; in mode {mode} tasks "
                 "have no slot numbers, so no port can be derived from the slot",
             )
             return None
-        replicas = int(self.deploy.get("replicas", 1))
-        if "DHT_PORT" in self.env:
-            return self._explicit_port(role, replicas)
-        return self._slot_ports(role, replicas)
+        replicas = self.replicas
+        if replicas < 1:
+            self.problem(
+                ["deploy", "replicas"],
+                f"replicas: {replicas} starts no {role or 'DHT'} task"
+                + ("; without one no node can join the DHT" if role == "bootstrap" else "")
+                + ": give it 1 or more, or remove the service",
+            )
+            return None
+        if not self._slot_templates_ok():
+            return None
+        first = self._resolve(1, None)
+        if first is None:
+            return None
+        last = self._resolve(replicas, role) if replicas > 1 else first
+        if last is None:
+            return None
+        if replicas > 1 and last.port == first.port and not self._may_share(first, role, replicas):
+            return None
+        ports = PortRange(first.port, last.port)
+        source = first.source if first.source in ("DHT_PORT",) else "BASE_PORT"
+        return self._within_policy(role, ports, source, first, replicas)
 
-    def _explicit_port(self, role: str | None, replicas: int) -> ServicePorts | None:
-        value = self.env["DHT_PORT"]
-        if "{{" in value:
+    def _slot_templates_ok(self) -> bool:
+        """A slot template with text around it would shift or break every port."""
+        ok = True
+        for name in SLOT_VARIABLES:
+            value = self.env.get(name, "")
+            if "{{" in value and not is_slot_template(value):
+                self.problem(
+                    ["environment", name],
+                    f"{name}='{value}' is not exactly '{SLOT_PLACEHOLDER}': Swarm would "
+                    "render the text around it too, and the slot would be wrong or no number",
+                )
+                ok = False
+        dht_port = self.env.get("DHT_PORT", "")
+        if "{{" in dht_port:
             self.problem(
                 ["environment", "DHT_PORT"],
-                f"DHT_PORT is set from {value} directly, which gives ports 1, 2, 3...; "
+                f"DHT_PORT is set from {dht_port} directly, which gives ports 1, 2, 3...; "
                 f"set TASK_SLOT: '{SLOT_PLACEHOLDER}' and BASE_PORT and let the resolver "
                 "derive the port",
             )
+            ok = False
+        return ok
+
+    def _resolve(self, slot: int, role: str | None) -> Resolution | None:
+        """Ask the resolver what task ``slot`` will get; its refusal is the problem."""
+        try:
+            return resolve_slot(self.env, slot)
+        except ResolverError as exc:
+            if slot > 1 and exc.variable in SLOT_VARIABLES:
+                count = _plural(role or "DHT", slot)
+                self.problem(["deploy", "replicas"], f"{count}: {exc}")
+            else:
+                where = ["environment", exc.variable] if exc.variable else ["environment"]
+                self.problem(where, str(exc))
             return None
-        port = self.port_number("DHT_PORT")
-        if port is None:
-            return None
-        role = self.role_for_port(role, port, ["environment", "DHT_PORT"])
-        if role is None:
-            return None
-        if replicas > 1 and self.policy.one_port_per_worker and not self.policy.legacy_mode:
+
+    def _may_share(self, first: Resolution, role: str | None, replicas: int) -> bool:
+        """Every task resolves to one port: allowed only where the policy says so."""
+        who = _plural(role or "DHT", replicas)
+        if first.source == "legacy":
+            if self.policy.legacy_mode:
+                return True
+            self.problem(
+                ["environment", "LEGACY_PORT_MODE"],
+                f"LEGACY_PORT_MODE puts all {who} on port {first.port}; "
+                "the policy does not allow legacy mode (legacy_mode: false)",
+            )
+        elif first.source == "DHT_PORT":
+            if self.policy.legacy_mode or not self.policy.one_port_per_worker:
+                return True
             self.problem(
                 ["environment", "DHT_PORT"],
-                f"{_plural(role, replicas)} would all use DHT_PORT={port}, but the policy "
+                f"{who} would all use DHT_PORT={first.port}, but the policy "
                 "gives one port per task; set TASK_SLOT and BASE_PORT instead of DHT_PORT",
             )
-            return None
-        return self._claim(role, PortRange(port, port))
+        else:
+            value = self.env.get(first.source, "")
+            self.problem(
+                ["environment", first.source],
+                f"{first.source} is fixed at '{value}', so all {who} would get the same "
+                f"port; set TASK_SLOT to '{SLOT_PLACEHOLDER}'",
+            )
+        return False
 
-    def _slot_ports(self, role: str | None, replicas: int) -> ServicePorts | None:
-        if "BASE_PORT" not in self.env:
+    def _within_policy(
+        self,
+        role: str | None,
+        ports: PortRange,
+        source: str,
+        first: Resolution,
+        replicas: int,
+    ) -> ServicePorts | None:
+        """The resolver's ports must also be the policy's: the role's range, nothing blocked."""
+        where: list[str | int] = ["environment", source if source in self.env else "CQKD_ROLE"]
+        name = role or self.policy.role_of_port(ports.start)
+        if name is None:
             self.problem(
-                ["environment"],
-                "no port source: set BASE_PORT (with TASK_SLOT) or DHT_PORT",
+                where,
+                f"port {ports.start} is outside every role's range "
+                f"({self.policy.describe_roles()})",
             )
             return None
-        base = self.port_number("BASE_PORT")
-        offset = _int(self.env.get("PORT_OFFSET", "0"))
-        if offset is None or offset < 0:
-            value = self.env["PORT_OFFSET"]
-            self.problem(
-                ["environment", "PORT_OFFSET"], f"PORT_OFFSET='{value}': expected 0 or more"
-            )
+        rng = self.policy.roles[name]
+        if ports.start not in rng:
+            self.problem(where, f"port {ports.start} is outside the {name} range {rng}")
             return None
-        if base is None:
-            return None
-        role = self.role_for_port(role, base, ["environment", "BASE_PORT"])
-        if role is None:
-            return None
-        rng = self.policy.roles[role]
-        end = _int(self.env.get("PORT_RANGE_END", str(rng.end)))
-        if end is None or end > rng.end or end < base:
-            self.problem(
-                ["environment", "PORT_RANGE_END"],
-                f"PORT_RANGE_END='{self.env['PORT_RANGE_END']}': expected a port from "
-                f"{base} to the {role} range end {rng.end}",
-            )
-            return None
-        if self.env.get("LEGACY_PORT_MODE", "").lower() in _TRUE:
-            if replicas > 1 and not self.policy.legacy_mode:
-                self.problem(
-                    ["environment", "LEGACY_PORT_MODE"],
-                    f"LEGACY_PORT_MODE puts all {_plural(role, replicas)} on port {base}; "
-                    "the policy does not allow legacy mode (legacy_mode: false)",
-                )
-                return None
-            return self._claim(role, PortRange(base, base))
-        slot = self.env.get("TASK_SLOT")
-        if slot is None and "WORKER_ID" not in self.env:
-            self.problem(
-                ["environment"],
-                f"no slot source: set TASK_SLOT: '{SLOT_PLACEHOLDER}' so each task gets its port",
-            )
-            return None
-        if slot is not None and SLOT_PLACEHOLDER not in slot and replicas > 1:
-            self.problem(
-                ["environment", "TASK_SLOT"],
-                f"TASK_SLOT is fixed at '{slot}', so all {_plural(role, replicas)} would get "
-                f"the same port; set it to '{SLOT_PLACEHOLDER}'",
-            )
-            return None
-        ports = self.policy.ports_for(role, replicas, offset + base - rng.start)
-        if ports is None:
-            return None
-        limit = PortRange(rng.start, end)
-        if ports.end > limit.end:
+        if ports.end > rng.end:
+            offset = int(self.env.get("PORT_OFFSET") or 0) if first.slot else 0
             shifted = f" from PORT_OFFSET {offset}" if offset else ""
             self.problem(
                 ["deploy", "replicas"],
-                f"{_plural(role, replicas)} need ports {ports}{shifted}, but the {role} range "
-                f"is {limit} ({len(limit)} ports)",
+                f"{_plural(name, replicas)} need ports {ports}{shifted}, but the {name} range "
+                f"is {rng} ({len(rng)} ports)",
             )
             return None
-        for port in self.policy.blocked_in(ports):
-            slot_number = port - ports.start + 1
+        end = self.env.get("PORT_RANGE_END", "").strip()
+        if end.isdigit() and int(end) > rng.end:
             self.problem(
-                ["deploy", "replicas"],
-                f"slot {slot_number} would get port {port}, which the policy blocks",
+                ["environment", "PORT_RANGE_END"],
+                f"PORT_RANGE_END='{end}' reaches past the {name} range end {rng.end}: "
+                "scaling up would hand out ports of another role",
             )
-        return self._claim(role, ports)
+        for port in self.policy.blocked_in(ports):
+            self.problem(
+                ["deploy", "replicas"] if len(ports) > 1 else where,
+                f"slot {port - ports.start + 1} would get port {port}, which the policy blocks"
+                if len(ports) > 1
+                else f"port {port} is blocked by the policy",
+            )
+        return ServicePorts(self.file, self.name, name, ports, first.protocol, on_host=self.on_host)
 
-    def _claim(self, role: str, ports: PortRange) -> ServicePorts:
-        protocol = self.env.get("PORT_PROTOCOL", self.policy.protocol)
-        return ServicePorts(self.file, self.name, role, ports, protocol)
+    # --- published ports ------------------------------------------------------
+
+    def published(self, own: ServicePorts | None) -> list[ServicePorts]:
+        """Every port the service publishes on the hosts, checked one entry at a time."""
+        claims = []
+        entries = self.service.get("ports") or []
+        for i, entry in enumerate(entries if isinstance(entries, list) else []):
+            port, error = published_ports(entry)
+            if error:
+                self.problem(["ports", i], error)
+                continue
+            assert port is not None
+            if self._published_ok(i, port, own):
+                claims += self._published_claims(i, port)
+        return claims
+
+    def _published_ok(self, i: int, port: PublishedPort, own: ServicePorts | None) -> bool:
+        where: list[str | int] = ["ports", i]
+        before = len(self.problems)
+        if port.templated:
+            self.problem(
+                where,
+                f"published port '{port.spec}' is templated, but Swarm fills "
+                f"{SLOT_PLACEHOLDER} only in environment, hostname and mounts; "
+                "pass TASK_SLOT in the environment and let the resolver derive the port",
+            )
+            return False
+        dht = own is not None or self.is_dht
+        if dht and port.is_range:
+            self.problem(
+                where,
+                f"published port range '{port.spec}' gives every task every port of the range; "
+                "each task listens on one port derived from its slot, so publish none "
+                "(or one port with mode: host)",
+            )
+            return False
+        if port.mode == "ingress" and self.deploy.get("endpoint_mode") == "dnsrr":
+            self.problem(
+                where,
+                f"port '{port.spec}' is published in ingress mode, which Docker rejects with "
+                "endpoint_mode: dnsrr; publish it with mode: host or drop it",
+            )
+        if port.published is None:
+            return len(self.problems) == before
+        if port.published.start < MIN_PORT and not self.policy.allow_privileged_ports:
+            self.problem(
+                where,
+                f"published port {port.published} is privileged (below {MIN_PORT}); the "
+                "policy does not allow privileged ports (allow_privileged_ports: false)",
+            )
+        for blocked in self.policy.blocked_in(port.published):
+            self.problem(where, f"published port {blocked} is blocked by the policy")
+        self._published_in_role_range(where, port, own)
+        shared = self.replicated and self.replicas > 1
+        if shared and dht and port.mode == "ingress":
+            self.problem(
+                where,
+                f"port '{port.spec}' is published through the routing mesh on "
+                f"{self.replicas} tasks: each packet reaches any one of them, so no peer "
+                "can reach a given task there; publish none (the network reaches every "
+                "task at its own port) or one port with mode: host",
+            )
+        elif shared and port.mode == "host" and not self._one_per_node():
+            self.problem(
+                where,
+                f"{self.replicas} tasks publish host port {port.published} (mode: host); "
+                "two of them on one node cannot both bind it: set "
+                "deploy.placement.max_replicas_per_node: 1 or publish none",
+            )
+        return len(self.problems) == before
+
+    def _published_in_role_range(
+        self, where: list[str | int], port: PublishedPort, own: ServicePorts | None
+    ) -> None:
+        """Role ranges belong to DHT tasks; only a task's own port may be published there."""
+        assert port.published is not None
+        if own is not None and port.target is not None:
+            if not own.ports.overlaps(port.target) or port.target.start not in own.ports:
+                self.problem(
+                    where,
+                    f"target port {port.target} is not the port this service's tasks "
+                    f"listen on ({own.ports}); nothing would answer behind it",
+                )
+            if port.published == port.target and own.ports.start == port.published.start:
+                return
+        for name, rng in self.policy.roles.items():
+            if port.published.overlaps(rng):
+                self.problem(
+                    where,
+                    f"published port {port.published} is in the {name} range {rng}, which "
+                    "the policy reserves for DHT tasks; publish it outside every role range",
+                )
+
+    def _one_per_node(self) -> bool:
+        placement = self.deploy.get("placement") or {}
+        return placement.get("max_replicas_per_node") == 1
+
+    def _published_claims(self, i: int, port: PublishedPort) -> list[ServicePorts]:
+        if port.published is None:
+            return []
+        return [
+            ServicePorts(
+                self.file,
+                self.name,
+                "published",
+                port.published,
+                port.protocol,
+                on_host=True,
+                path=json_path(["services", self.name, "ports", i]),
+                published=True,
+            )
+        ]
 
 
 def _network_problems(
@@ -286,9 +420,10 @@ def _network_problems(
         deploy = service.get("deploy") or {}
         if deploy.get("mode", "replicated") != "replicated":
             continue
+        replicas = deploy.get("replicas", 1)
         joined = service.get("networks") or ["default"]
         for name in joined:
-            demand[name] = demand.get(name, 0) + int(deploy.get("replicas", 1))
+            demand[name] = demand.get(name, 0) + (replicas if isinstance(replicas, int) else 1)
     for name, tasks in demand.items():
         network = networks.get(name) or {}
         if network.get("external") or network.get("driver", "overlay") != "overlay":
@@ -297,7 +432,7 @@ def _network_problems(
         where = ["networks", name, "ipam", "config", 0, "subnet"]
         subnet_text = configs[0].get("subnet") if configs else None
         if subnet_text is None:
-            subnet, what = DEFAULT_SUBNET, "Docker's default /24"
+            subnet, what = DOCKER_DEFAULT_SUBNET, "Docker's default /24"
             where = ["networks", name] if name in networks else ["services"]
         else:
             try:
@@ -317,18 +452,41 @@ def _network_problems(
                             "tasks addresses",
                         )
                     )
-        capacity = subnet_capacity(subnet)
-        if tasks > capacity:
-            prefix = next(p for p in range(subnet.prefixlen, 0, -1) if 2 ** (32 - p) - 3 >= tasks)
-            problems.append(
-                Problem(
-                    file,
-                    json_path(where),
-                    f"{tasks} tasks join network '{name}' and each needs an address, but "
-                    f"{what} holds {capacity}; use a /{prefix} or larger",
-                )
-            )
+        problems += capacity_problems(file, json_path(where), name, what, subnet, tasks)
     return problems
+
+
+def capacity_problems(
+    file: str, where: str, name: str, what: str, subnet: ipaddress.IPv4Network, tasks: int
+) -> list[Problem]:
+    """Each task on a dnsrr network takes an address: refuse more tasks than the subnet has."""
+    capacity = subnet_capacity(subnet)
+    if tasks <= capacity:
+        return []
+    prefix = next(p for p in range(subnet.prefixlen, 0, -1) if 2 ** (32 - p) - 3 >= tasks)
+    return [
+        Problem(
+            file,
+            where,
+            f"{tasks} tasks join network '{name}' and each needs an address, but "
+            f"{what} holds {capacity}; use a /{prefix} or larger",
+        )
+    ]
+
+
+def check_service(
+    file: str,
+    name: str,
+    service: dict[str, Any],
+    policy: Policy,
+    on_host: bool = False,
+) -> tuple[list[Problem], list[ServicePorts]]:
+    """One service's problems and the ports it claims (DHT port range, published ports)."""
+    check = _ServiceCheck(file, name, service, policy, on_host)
+    own = check.dht_ports() if check.is_dht else None
+    claims = [own] if own is not None else []
+    claims += check.published(own)
+    return check.problems, claims
 
 
 def check_document(
@@ -338,42 +496,89 @@ def check_document(
     problems = schema_problems(doc, SCHEMA, file)
     if problems:
         return problems, []
-    claims = []
+    return check_services(doc, file, policy, taken)
+
+
+def check_services(
+    doc: dict[str, Any], file: str, policy: Policy, taken: Sequence[TakenSubnet] = ()
+) -> tuple[list[Problem], list[ServicePorts]]:
+    """The project's rules on a document Docker's schema accepts."""
+    problems: list[Problem] = []
+    claims: list[ServicePorts] = []
     for name, service in doc["services"].items():
-        check = _ServiceCheck(file, name, service, policy)
-        check.published_ports()
-        if check.is_dht:
-            claim = check.ports()
-            if claim is not None:
-                claims.append(claim)
-        problems += check.problems
+        found, claimed = check_service(file, name, service, policy, _on_host_network(doc, service))
+        problems += found
+        claims += claimed
     problems += _network_problems(file, doc, taken)
     return problems, claims
+
+
+def _conflict(a: ServicePorts, b: ServicePorts) -> bool:
+    """Whether two claims can bind the same port in the same network namespace."""
+    if a.protocol != b.protocol:
+        return False
+    if a.service == b.service and a.file == b.file:
+        # A service's own port published by one of its entries is fine; the
+        # same host port in two of its entries is not.
+        return a.published and b.published and a.path != b.path
+    both_dht = not a.published and not b.published
+    return both_dht or (a.on_host and b.on_host)
 
 
 def collision_problems(
     claims: Sequence[ServicePorts], existing: Sequence[ServicePorts] = ()
 ) -> list[Problem]:
-    """Two services, in one file, two files or a live stack, must never share a port.
+    """No two services, in one file, several files or a live stack, may share a port.
 
     ``existing`` are claims already made (services deployed on the swarm);
-    problems are reported only on the new claims.
+    problems are reported only on the new claims, at most one per claim, so
+    the report grows linearly with the stack. A sweep over the claims sorted
+    by first port keeps the work near n log n even for a hostile file with
+    thousands of services: each claim stops at its first conflict.
     """
-    problems = []
-    for i, later in enumerate(claims):
-        for earlier in [*existing, *claims[:i]]:
-            if later.protocol == earlier.protocol and later.ports.overlaps(earlier.ports):
-                verb = "overlap" if len(later.ports) > 1 else "overlaps"
-                where = "" if earlier.file == later.file else f" in {earlier.file}"
-                problems.append(
-                    Problem(
-                        later.file,
-                        json_path(["services", later.service]),
-                        f"{_ports(later.ports)} {verb} service '{earlier.service}'{where} "
-                        f"({earlier.ports}); give one of them a PORT_OFFSET past the other",
-                    )
-                )
-    return problems
+    new = {id(claim) for claim in claims}
+    reported: dict[int, ServicePorts] = {}
+    everything = [*existing, *claims]
+    active: list[tuple[int, int, ServicePorts]] = []  # (end, input order, claim)
+    ordered = sorted(enumerate(everything), key=lambda pair: pair[1].ports.start)
+    for i, claim in ordered:
+        while active and active[0][0] < claim.ports.start:
+            heapq.heappop(active)
+        for _, j, other in active:
+            if _conflict(claim, other):
+                # The one given later answers for the pair, as a reader expects.
+                later, earlier = (claim, other) if i > j else (other, claim)
+                if id(later) in new and id(later) not in reported:
+                    reported[id(later)] = earlier
+                break
+        heapq.heappush(active, (claim.ports.end, i, claim))
+    return [_collision(claim, reported[id(claim)]) for claim in claims if id(claim) in reported]
+
+
+def _collision(claim: ServicePorts, other: ServicePorts) -> Problem:
+    verb = "overlap" if len(claim.ports) > 1 else "overlaps"
+    where = "" if other.file == claim.file else f" in {other.file}"
+    what = "published " if claim.published else ""
+    fix = (
+        "publish one of them on another port"
+        if claim.published or other.published
+        else "give one of them a PORT_OFFSET past the other"
+    )
+    return Problem(
+        claim.file,
+        claim.where,
+        f"{what}{_ports(claim.ports)} {verb} service '{other.service}'{where} "
+        f"({other.ports}); {fix}",
+    )
+
+
+def _kind(file: str, doc: Any) -> str:
+    """What a file given to the linter is: a stack, a stack template or a port policy."""
+    if file.endswith(TEMPLATE_SUFFIXES):
+        return "template"
+    if isinstance(doc, dict) and "roles" in doc and "services" not in doc:
+        return "policy"
+    return "stack"
 
 
 def validate_texts(
@@ -381,26 +586,42 @@ def validate_texts(
     policy: Policy,
     existing: Sequence[ServicePorts] = (),
     taken: Sequence[TakenSubnet] = (),
+    together: bool = False,
 ) -> Results:
-    """Validate (file name, text) pairs together, so collisions across files are found.
+    """Validate (file name, text) pairs; each is its own stack unless ``together``.
 
-    ``existing`` and ``taken`` describe a live swarm (ports other stacks hold,
-    subnets other networks use); a linter run has neither.
+    ``together`` judges the files as one deployment, so collisions across
+    files are found. ``existing`` and ``taken`` describe a live swarm (ports
+    other stacks hold, subnets other networks use); a linter run has neither.
+    Port policies given among the files are checked as policies; stack
+    templates are skipped (render them, then lint the result).
     """
     results = Results()
     claims: list[ServicePorts] = []
     for file, text in sources:
         results.checked(file)
         doc, problems = parse_yaml(text, file, "a stack with services")
+        kind = _kind(file, doc)
+        if kind == "template":
+            results.skip(file, "a stack template: lint what `cqkd-stack render` makes of it")
+            continue
+        if doc is not None and kind == "policy":
+            results.note(file, "a port policy, checked as one")
+            results.extend(policy_problems(doc, file))
+            continue
         if doc is not None:
             problems, found = check_document(doc, file, policy, taken)
-            claims += found
+            if together:
+                claims += found
+            else:
+                problems = problems + collision_problems(found, existing)
         results.extend(problems)
-    results.extend(collision_problems(claims, existing))
+    if together:
+        results.extend(collision_problems(claims, existing))
     return results
 
 
-def validate_files(paths: Sequence[Path | str], policy: Policy) -> Results:
+def validate_files(paths: Sequence[Path | str], policy: Policy, together: bool = False) -> Results:
     """Read every file first: a missing one is a usage error before any judgement."""
     sources = [(str(path), read_text(Path(path))) for path in paths]
-    return validate_texts(sources, policy)
+    return validate_texts(sources, policy, together=together)

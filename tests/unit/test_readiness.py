@@ -139,4 +139,3 @@ def test_rounds_are_spaced_by_stack_size_until_every_task_runs() -> None:
     assert poll_interval(303, 100) == 303 / 200
     assert poll_interval(1003, 500) == MAX_POLL_SECONDS
     assert poll_interval(1003, 1003) == POLL_SECONDS  # all running: joins come fast
-

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cqkd_stack.contract import subnet_capacity, subnet_for
 from cqkd_stack.errors import UsageError
 from cqkd_stack.policy import load_policy
-from cqkd_stack.render import RenderOptions, render, subnet_capacity, subnet_for, swarm_placeholders
+from cqkd_stack.render import RenderOptions, render, swarm_placeholders
 from cqkd_stack.validate import validate_texts
 
 POLICY = load_policy()
@@ -124,7 +125,7 @@ def test_render_task_refuses_a_stack_that_would_not_validate(cli, tmp_path: Path
     out = tmp_path / "cqkd.stack.yml"
     result = cli("render", "--replicas", "1001", "--output", str(out))
     assert result.code == 1
-    assert "1001 workers need ports 7000-8000" in result.err
+    assert "1001 workers: slot 1001 (TASK_SLOT) with PORT_OFFSET=0 gives port 8000" in result.err
     assert not out.exists()
 
 

@@ -1,0 +1,91 @@
+"""The stack contract: what render writes and validate, swarm and deploy read back.
+
+Labels, network names, subnet sizing and the slot template are one agreement
+between the stack file and the code that inspects the live swarm; writing
+them here once keeps render, validate, swarm and deploy from drifting apart.
+The port a task gets is not here: only ``cqkd_stack.resolver`` computes it,
+and :func:`resolve_slot` asks it, the same way each task does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import UsageError
+from .resolver import Resolution, resolve
+
+ROLE_LABEL = "cqkd.role"
+STACK_LABEL = "com.docker.stack.namespace"
+DHT_NETWORK = "dht"
+HOST_NETWORK = "hostnet"
+# Stacks take their overlay subnets from DEFAULT_SUBNET_BASE/SUBNET_POOL_PREFIX.
+DEFAULT_SUBNET_BASE = "10.213.0.0"
+SUBNET_POOL_PREFIX = 16
+# What Docker gives an overlay that names no subnet.
+DOCKER_DEFAULT_SUBNET = ipaddress.IPv4Network("10.0.0.0/24")
+# Addresses an overlay subnet loses before tasks get any: network, broadcast,
+# gateway. Docker also gives each swarm node one load-balancer address.
+RESERVED_ADDRESSES = 3
+SLOT_PLACEHOLDER = "{{.Task.Slot}}"
+# Go templates allow spaces inside the braces; Swarm renders both alike.
+_SLOT_TEMPLATE = re.compile(r"\{\{-?\s*\.Task\.Slot\s*-?\}\}")
+# A service that sets any of these takes part in the DHT port contract.
+CONTRACT_VARIABLES = ("CQKD_ROLE", "DHT_PORT", "BASE_PORT", "TASK_SLOT", "WORKER_ID")
+SLOT_VARIABLES = ("TASK_SLOT", "WORKER_ID")
+
+
+def key_values(value: Any) -> dict[str, str]:
+    """Compose accepts environment and labels as a mapping or a KEY=VALUE list."""
+    if isinstance(value, dict):
+        return {str(k): "" if v is None else str(v) for k, v in value.items()}
+    if isinstance(value, list):
+        pairs = (str(item).split("=", 1) for item in value)
+        return {p[0]: p[1] if len(p) > 1 else "" for p in pairs}
+    return {}
+
+
+def role_of(env: Mapping[str, str], labels: Mapping[str, str]) -> str | None:
+    """The role a service declares: its CQKD_ROLE, else its deploy label."""
+    return env.get("CQKD_ROLE") or labels.get(ROLE_LABEL) or None
+
+
+def is_dht(env: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Whether a service takes part in the DHT (and so must follow the contract)."""
+    return ROLE_LABEL in labels or any(name in env for name in CONTRACT_VARIABLES)
+
+
+def is_slot_template(value: str) -> bool:
+    """``{{.Task.Slot}}`` and nothing else: extra text would shift every port."""
+    return _SLOT_TEMPLATE.fullmatch(value.strip()) is not None
+
+
+def env_for_slot(env: Mapping[str, str], slot: int) -> dict[str, str]:
+    """The environment task ``slot`` will see: Swarm fills in the slot template."""
+    return {k: _SLOT_TEMPLATE.sub(str(slot), v) for k, v in env.items()}
+
+
+def resolve_slot(env: Mapping[str, str], slot: int) -> Resolution:
+    """What the resolver in task ``slot`` will compute (raises ResolverError)."""
+    return resolve(env_for_slot(env, slot))
+
+
+def subnet_capacity(network: ipaddress.IPv4Network) -> int:
+    """Task addresses a subnet holds; dnsrr spends one per task per network."""
+    return max(network.num_addresses - RESERVED_ADDRESSES, 0)
+
+
+def subnet_for(tasks: int, base: str = DEFAULT_SUBNET_BASE) -> ipaddress.IPv4Network:
+    """The smallest subnet, /24 or larger, that holds ``tasks`` with headroom.
+
+    Headroom covers the load-balancer address each node takes and tasks being
+    replaced; a /24 (Docker's default, ~250 addresses) is the floor.
+    """
+    need = tasks + max(16, tasks // 10)
+    for prefix in range(24, 15, -1):
+        network = ipaddress.IPv4Network(f"{base}/{prefix}", strict=False)
+        if subnet_capacity(network) >= need:
+            return network
+    raise UsageError(f"{tasks} tasks do not fit in one overlay subnet of /16 or smaller")
