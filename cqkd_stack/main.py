@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from invoke import Exit, ParseError, Program
@@ -23,6 +24,17 @@ class CqkdProgram(Program):
     def run(self, argv: list[str] | str | None = None, exit: bool = True) -> None:
         args = list(sys.argv if argv is None else argv.split() if isinstance(argv, str) else argv)
         super().run(_help_first(_files_as_flags(args, set(ns.task_names))), exit=exit)
+
+    def parse_collection(self) -> None:
+        """Read ``invoke.yaml`` in the current directory, as ``invoke`` does in a checkout.
+
+        Invoke loads project configuration from the directory of a tasks file
+        it finds; the installed command brings its tasks along, so it looks
+        where the operator runs it.
+        """
+        super().parse_collection()
+        self.config.set_project_location(os.getcwd())
+        self.config.load_project()
 
     def parse_tasks(self) -> None:
         """A malformed command line is a usage error: exit 2, as linters do, not 1.
@@ -60,7 +72,8 @@ def _files_as_flags(argv: list[str], task_names: set[str]) -> list[str]:
             in_files_task, seen_positional = True, False
             out.append(word)
             continue
-        if in_files_task and not expects_value and not word.startswith("-"):
+        is_flag = word.startswith("-") and word != "-"  # a lone "-" is standard input
+        if in_files_task and not expects_value and not is_flag:
             if word in task_names:
                 in_files_task = False
             elif seen_positional:
@@ -68,7 +81,7 @@ def _files_as_flags(argv: list[str], task_names: set[str]) -> list[str]:
                 continue
             else:
                 seen_positional = True
-        expects_value = in_files_task and word in ("--policy", "--format", "--file")
+        expects_value = in_files_task and word in ("--policy", "-p", "--format", "-f", "--file")
         out.append(word)
     return out
 

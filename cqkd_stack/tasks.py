@@ -3,36 +3,69 @@
 Each task is thin: parse options, call the library, show the result. The same
 collection serves ``invoke`` in the repository and the installed
 ``cqkd-stack`` command.
+
+Flags mean the same in every task, and so do their short forms (see
+SHORT_FLAGS); every task that reports takes ``--format text|json``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-import yaml
-from invoke import Collection, Context, Exit, task
+from invoke import Collection, Context, Exit, Task, task
 
 from . import DEFAULT_NODE_IMAGE, report
-from .documents import read_text, write_atomically
-from .errors import CqkdError
+from .documents import MAX_BYTES, read_text, write_atomically
+from .errors import CqkdError, UsageError
 from .policy import Policy, load_policy
-from .render import RenderOptions, dht_tasks, render
-from .validate import validate_files, validate_texts
-
-if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.progress import Progress
+from .render import RenderOptions, render
+from .results import Results
+from .validate import validate_texts
 
 F = TypeVar("F", bound=Callable[..., Any])
 UNEXPECTED = 3
+STDIN = "-"
+TEXT_OR_JSON = ("text", "json")
+# One short flag, one meaning, in every task that has the option.
+SHORT_FLAGS = {
+    "stack": "s",
+    "replicas": "r",
+    "policy": "p",
+    "format": "f",
+    "timeout": "t",
+    "output": "o",
+    "image": "i",
+    "network": "n",
+}
+
+
+class CqkdTask(Task):
+    """A task whose short flags come from SHORT_FLAGS, not from the first free letter.
+
+    Invoke's automatic short flags depend on the other options of the same
+    task: ``-p`` was --policy in one task and --port-offset in another.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.auto_shortflags = False
+
+    def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
+        opts = super().arg_opts(name, default, taken_names)
+        short = SHORT_FLAGS.get(name)
+        if short is not None and short not in taken_names:
+            opts["names"] = [*opts["names"], short]
+        return opts
+
+
+def cqkd_task(*args: Any, **kwargs: Any) -> Any:
+    return task(*args, klass=CqkdTask, **kwargs)
 
 
 def operator_errors(func: F) -> F:
@@ -50,6 +83,10 @@ def operator_errors(func: F) -> F:
             raise Exit(f"cqkd-stack: error: {exc.message}", code=exc.exit_code) from None
         except (Exit, KeyboardInterrupt):
             raise
+        except OSError as exc:
+            # A file or device the operator named (or the engine's socket).
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise Exit(f"cqkd-stack: error: {exc.strerror or exc}{where}", code=1) from None
         except Exception as exc:  # the boundary: report, never swallow
             if type(exc).__module__.startswith(("docker.", "requests.")):
                 # The engine refused or went away: the environment, not a bug of ours.
@@ -72,12 +109,47 @@ def _policy(c: Context, given: str | None) -> Policy:
     return load_policy(_setting(c, "policy", given))
 
 
-def _files(files: str, file: list[str]) -> list[str]:
-    """Positional files may be one string with commas or spaces; ``--file`` repeats."""
-    return [f for f in files.replace(",", " ").split() if f] + list(file)
+def _format(value: str, allowed: tuple[str, ...] = TEXT_OR_JSON) -> str:
+    """Refuse an unknown --format before anything happens (a usage error)."""
+    if value not in allowed:
+        raise UsageError(f"--format must be one of {', '.join(allowed)}, got '{value}'")
+    return value
 
 
-@task(
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _files(files: str | None, file: list[str]) -> list[str]:
+    """The positional file and every ``--file``; a name is never split."""
+    return ([files] if files else []) + list(file)
+
+
+def _sources(names: list[str]) -> list[tuple[str, str]]:
+    """(name, text) of every file, ``-`` being standard input, all read before judging."""
+    sources = []
+    for name in names:
+        if name == STDIN:
+            text = sys.stdin.read(MAX_BYTES + 1)
+            if len(text) > MAX_BYTES:
+                raise UsageError(f"<stdin>: more than {MAX_BYTES} bytes; not a stack file")
+            sources.append(("<stdin>", text))
+        else:
+            sources.append((name, read_text(Path(name))))
+    return sources
+
+
+def _refused(results: Results, format: str, what: str) -> Exit:
+    """Print why (in the asked format) and what was not done; exit 1."""
+    if format == "json":
+        print(report.as_json(results))
+    else:
+        print(report.text(results))
+    print(what, file=sys.stderr)
+    return Exit(code=1)
+
+
+@cqkd_task(
     help={
         "replicas": "number of worker tasks (ports 7000 + slot - 1)",
         "output": "write the stack here instead of standard output",
@@ -127,33 +199,37 @@ def render_stack(
         sys.stdout.write(text)
 
 
-@task(
+@cqkd_task(
     positional=["files"],
     iterable=["file"],
-    auto_shortflags=False,
     help={
-        "files": "stack file(s) to check; several may be given separated by commas",
+        "files": "stack file to check ('-' reads standard input); more may follow",
         "file": "another stack file (repeatable)",
         "policy": "port policy file (default: the shipped stacks/port-policy.yml)",
         "format": "text (default), json or github",
+        "together": "judge the files as one deployment (ports must not collide across them)",
     },
 )
 @operator_errors
 def validate(
     c: Context,
-    files: str | None = None,
+    files: str | None = None,  # None, not "": Invoke fills only positionals still None
     file: list[str] | None = None,
     policy: str = "",
     format: str = "text",
+    together: bool = False,
 ) -> None:
-    """Check stack files against the schema and port policy (exit 0 ok, 1 invalid, 2 usage)."""
-    names = _files(files or "", file or [])
+    """Check stack files against Docker's schema and the port policy (exit 0/1/2).
+
+    Exit 0 when every file is valid, 1 when any is not, 2 for a usage error.
+    Each file is its own stack unless --together is given. Port policies
+    among the files are checked as policies; stack templates are skipped.
+    """
+    names = _files(files, file or [])
     if not names:
-        raise Exit("cqkd-stack: error: give at least one stack file to validate", code=2)
-    if format not in report.FORMATS:
-        choices = ", ".join(report.FORMATS)
-        raise Exit(f"cqkd-stack: error: --format must be one of {choices}", code=2)
-    results = validate_files(names, _policy(c, policy))
+        raise UsageError("give at least one stack file to validate ('-' for standard input)")
+    _format(format, tuple(report.FORMATS))
+    results = validate_texts(_sources(names), _policy(c, policy), together=together)
     print(report.FORMATS[format](results))
     if not results.ok:
         raise Exit(code=1)
@@ -164,54 +240,20 @@ def validate(
 # CI linters where a fast start matters and no engine exists.
 
 
-def _console() -> Console:
-    """Progress and summaries go to stderr, so --format json stays clean on stdout."""
-    from rich.console import Console
-
-    return Console(stderr=True, log_path=False)
-
-
-def _progress_bar(console: Console) -> Progress:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
-
-
-def _wait_with_bar(console: Console, label: str, wait: Callable[[Any], Any]) -> Any:
-    """Run a waiting function, drawing its (done, total, note) reports as a bar."""
-    with _progress_bar(console) as bar:
-        handle = bar.add_task(label, total=None)
-
-        def report_progress(done: int, total: int, note: str) -> None:
-            bar.update(handle, completed=done, total=total or None, description=f"{label}: {note}")
-
-        return wait(report_progress)
-
-
-@task(
+@cqkd_task(
     help={
         "skip-images": "only install/start the engine and the swarm",
+        "format": "text (default) or json (what the engine and images are, what changed)",
     }
 )
 @operator_errors
-def setup(c: Context, skip_images: bool = False) -> None:
+def setup(c: Context, skip_images: bool = False, format: str = "text") -> None:
     """Install and start the Docker engine, initialise the swarm, build the images (idempotent)."""
     from . import engine, images
+    from .console import stderr_console
 
-    console = _console()
+    _format(format)
+    console = stderr_console()
     with console.status("checking the Docker engine") as status:
 
         def say(step: str) -> None:
@@ -235,9 +277,13 @@ def setup(c: Context, skip_images: bool = False) -> None:
         console.log(f"images: {built.base_image}, {built.node_image}")
     changed = [*state.done, *(built.done if built else [])]
     console.log("setup complete: " + ("; ".join(changed) if changed else "nothing to do"))
+    if format == "json":
+        _print_json(
+            {"engine": asdict(state), "images": asdict(built) if built else None, "done": changed}
+        )
 
 
-@task(
+@cqkd_task(
     help={
         "replicas": "number of worker tasks",
         "network": "overlay (default) or host",
@@ -272,66 +318,42 @@ def deploy(
     healthcheck: bool = False,
 ) -> None:
     """Validate, deploy the DHT stack, and wait until every task answers in the DHT."""
-    from . import deploy as live
     from . import swarm
+    from .console import print_port_map, stderr_console, with_progress
+    from .stack import DeployRequest, NotDeployed, deploy_stack
 
-    console = _console()
+    _format(format)
     name = _setting(c, "stack", stack)
-    rules = _policy(c, policy)
+    options = RenderOptions(
+        replicas=replicas,
+        image=image,
+        network=network,
+        port_offset=port_offset,
+        subnet=subnet or None,
+        join_stack=_setting(c, "stack", join_stack),
+        healthcheck=healthcheck,
+    )
+    request = DeployRequest(name, _policy(c, policy), options, file, timeout, not no_wait)
+    console = stderr_console()
     client = swarm.connect()
-    manager_address = client.info()["Swarm"].get("NodeAddr") or "127.0.0.1"
-    taken = swarm.taken_subnets(client, exclude_stack=name)
-    if file:
-        source, text = file, read_text(Path(file))
-    else:
-        options = RenderOptions(
-            replicas=replicas,
-            image=image,
-            network=network,
-            port_offset=port_offset,
-            bootstrap_host=manager_address,
-            join_stack=_setting(c, "stack", join_stack) if port_offset else name,
-            healthcheck=healthcheck,
+    try:
+        outcome = with_progress(
+            console,
+            "starting",
+            lambda progress: deploy_stack(client, request, console.log, progress),
         )
-        if not subnet and network == "overlay" and not port_offset:
-            subnet = str(swarm.free_subnet(taken, dht_tasks(rules, options)))
-        options = dataclasses.replace(options, subnet=subnet or None)
-        source, text = f"<rendered for stack {name}>", render(rules, options)
-    # Ports that other stacks on the same networks hold count as claims too;
-    # this stack's own services are being replaced, so they do not.
-    doc = yaml.safe_load(text)
-    joined = swarm.stack_network_names(doc, name) if isinstance(doc, dict) else set()
-    existing = swarm.live_claims(client, exclude_stack=name, networks=joined)
-    results = validate_texts([(source, text)], rules, existing, taken)
-    if not results.ok:
-        raise Exit(report.text(results) + "\nnothing was deployed", code=1)
-    with tempfile.TemporaryDirectory(prefix="cqkd-") as tmp:
-        path = Path(tmp) / f"{name}.stack.yml"
-        path.write_text(text)
-        console.log(f"deploying stack '{name}' ({source})")
-        live.deploy_bootstrap_first(client, doc, path, name, console.log)
-    if no_wait:
+    except NotDeployed as refused:
+        raise _refused(refused.results, format, refused.what) from None
+    summary = outcome.summary()
+    if format == "json":
+        _print_json(summary)
+        return
+    if outcome.waited is None:
         console.log(f"stack '{name}' accepted; not waiting (--no-wait)")
         return
-    waited = _wait_with_bar(
-        console,
-        "starting",
-        lambda progress: live.wait_until_ready(client, name, timeout, progress),
-    )
-    ports = swarm.port_map(client, name, rules)
-    summary = {
-        "stack": name,
-        "seconds": round(waited.seconds, 1),
-        "running_seconds": _rounded(waited.running_seconds),
-        "joined_seconds": _rounded(waited.joined_seconds),
-        "tasks": waited.total,
-        "port_ranges": _port_ranges(ports),
-    }
-    if format == "json":
-        print(json.dumps(summary | {"ports": ports.as_dict()}, indent=2))
-        return
-    _print_port_table(console, ports)
+    print_port_map(console, outcome.ports)
     ranges = ", ".join(f"{service} {rng}" for service, rng in summary["port_ranges"].items())
+    waited = outcome.waited
     console.print(
         f"[green]stack '{name}': {waited.total} tasks running after "
         f"{waited.running_seconds or 0:.1f} s, all in the DHT after {waited.seconds:.1f} s"
@@ -339,112 +361,29 @@ def deploy(
     )
 
 
-def _rounded(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds, 1)
-
-
-def _port_ranges(ports: Any) -> dict[str, str]:
-    by_service: dict[str, list[int]] = {}
-    for row in ports.tasks:
-        if row.port is not None:
-            by_service.setdefault(row.service, []).append(row.port)
-    return {s: f"{min(p)}-{max(p)}" if len(p) > 1 else str(p[0]) for s, p in by_service.items()}
-
-
-def _print_port_table(console: Console, ports: Any) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"stack {ports.stack}: {len(ports.tasks)} tasks")
-    for column in ("slot", "task", "node", "address", "port", "state"):
-        table.add_column(column, justify="right" if column in ("slot", "port") else "left")
-    for row in ports.tasks:
-        state = row.state + (f" ({row.error})" if row.error else "")
-        flag = " [red]DUPLICATE[/red]" if row.duplicate else ""
-        table.add_row(
-            str(row.slot), row.task, row.node, row.address or "-", f"{row.port}{flag}", state
-        )
-    console.print(table)
-    usage = Table(title="port ranges")
-    for column in ("role", "range", "used", "total", "free"):
-        usage.add_column(column)
-    for role in ports.roles:
-        usage.add_row(role.role, role.range, str(role.used), str(role.total), str(role.free))
-    console.print(usage)
-    for service, slots in ports.missing_slots.items():
-        console.print(f"[yellow]{service}: missing slots {_compact(slots)}[/yellow]")
-    if ports.duplicate_ports:
-        console.print(f"[red]duplicate ports: {_compact(ports.duplicate_ports)}[/red]")
-
-
-def _compact(numbers: list[int]) -> str:
-    """1,2,3,7 → 1-3, 7: a thousand missing slots must fit on a line."""
-    spans: list[list[int]] = []
-    for n in sorted(numbers):
-        if spans and spans[-1][1] == n - 1:
-            spans[-1][1] = n
-        else:
-            spans.append([n, n])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
-
-
-@task(
+@cqkd_task(
     help={
         "stack": "stack name",
-        "format": "table (default) or json",
+        "format": "text (default; 'table' too) or json",
         "policy": "port policy file",
     }
 )
 @operator_errors
-def ports(c: Context, stack: str = "", format: str = "table", policy: str = "") -> None:
+def ports(c: Context, stack: str = "", format: str = "text", policy: str = "") -> None:
     """The live port map: slot, task, node, address, port, state; duplicates and gaps flagged."""
     from . import swarm
+    from .console import print_port_map
 
-    if format not in ("table", "json"):
-        raise Exit("cqkd-stack: error: --format must be table or json", code=2)
-    client = swarm.connect()
-    result = swarm.port_map(client, _setting(c, "stack", stack), _policy(c, policy))
+    if _format(format, (*TEXT_OR_JSON, "table")) == "table":
+        format = "text"
+    result = swarm.port_map(swarm.connect(), _setting(c, "stack", stack), _policy(c, policy))
     if format == "json":
-        print(json.dumps(result.as_dict(), indent=2))
+        _print_json(result.as_dict())
     else:
         from rich.console import Console
 
-        _print_port_table(Console(), result)
+        print_port_map(Console(), result)
     if not result.healthy:
-        raise Exit(code=1)
-
-
-@task(
-    name="dht-check",
-    help={
-        "stack": "stack name",
-        "format": "text (default) or json",
-        "all": "also probe every DHT task at its address and port (as the probe task)",
-    },
-)
-@operator_errors
-def dht_check(c: Context, stack: str = "", format: str = "text", all: bool = False) -> None:
-    """Alice stores a value in the DHT and Bob reads it back through the network."""
-    from . import swarm
-    from .dhtcheck import dht_check as check
-
-    name = _setting(c, "stack", stack)
-    client = swarm.connect()
-    result = check(client, name)
-    report_ = _probe(client, name) if all else None
-    if format == "json":
-        out: dict[str, Any] = asdict(result)
-        if report_ is not None:
-            out["probe"] = _probe_dict(report_)
-        print(json.dumps(out, indent=2))
-    else:
-        print(
-            f"ok: {result.stored_by} stored {result.key}, {result.read_by} read it back "
-            f"through the DHT; round trip {result.round_trip_seconds * 1000:.0f} ms "
-            f"(set {result.set_seconds * 1000:.0f} ms, get {result.get_seconds * 1000:.0f} ms)"
-        )
-        if report_ is not None:
-            print(_probe_text(report_))
-    if report_ is not None and not report_.ok:
         raise Exit(code=1)
 
 
@@ -460,22 +399,44 @@ def _probe_dict(result: Any) -> dict[str, Any]:
     return asdict(result) | {"ok": result.ok}
 
 
-def _probe_text(result: Any) -> str:
-    lines = [
-        f"{result.answered}/{result.total} DHT tasks answered at their address and port, "
-        f"{result.joined} in the DHT; probe round {result.round_seconds:.2f} s, "
-        f"{result.seconds:.2f} s in all"
-    ]
-    for label, rows in (("silent", result.silent), ("answering, no contacts", result.not_joined)):
-        by_service: dict[str, list[int]] = {}
-        for row in rows:
-            by_service.setdefault(row["service"], []).append(row["slot"] or 0)
-        for service, slots in sorted(by_service.items()):
-            lines.append(f"{label}: {service} slots {_compact(slots)}")
-    return "\n".join(lines)
+@cqkd_task(
+    name="dht-check",
+    help={
+        "stack": "stack name",
+        "format": "text (default) or json",
+        "all": "also probe every DHT task at its address and port (as the probe task)",
+    },
+)
+@operator_errors
+def dht_check(c: Context, stack: str = "", format: str = "text", all: bool = False) -> None:
+    """Alice stores a value in the DHT and Bob reads it back through the network."""
+    from . import swarm
+    from .console import probe_text
+    from .dhtcheck import dht_check as check
+
+    _format(format)
+    name = _setting(c, "stack", stack)
+    client = swarm.connect()
+    result = check(client, name)
+    probed = _probe(client, name) if all else None
+    if format == "json":
+        out: dict[str, Any] = asdict(result)
+        if probed is not None:
+            out["probe"] = _probe_dict(probed)
+        _print_json(out)
+    else:
+        print(
+            f"ok: {result.stored_by} stored {result.key}, {result.read_by} read it back "
+            f"through the DHT; round trip {result.round_trip_seconds * 1000:.0f} ms "
+            f"(set {result.set_seconds * 1000:.0f} ms, get {result.get_seconds * 1000:.0f} ms)"
+        )
+        if probed is not None:
+            print(probe_text(probed))
+    if probed is not None and not probed.ok:
+        raise Exit(code=1)
 
 
-@task(
+@cqkd_task(
     help={
         "stack": "stack name",
         "format": "text (default) or json",
@@ -488,22 +449,26 @@ def probe(c: Context, stack: str = "", format: str = "text") -> None:
     Exit 1 if any task is silent or has no contacts.
     """
     from . import swarm
+    from .console import probe_text
 
-    if format not in ("text", "json"):
-        raise Exit("cqkd-stack: error: --format must be text or json", code=2)
+    _format(format)
     result = _probe(swarm.connect(), _setting(c, "stack", stack))
-    print(json.dumps(_probe_dict(result), indent=2) if format == "json" else _probe_text(result))
+    if format == "json":
+        _print_json(_probe_dict(result))
+    else:
+        print(probe_text(result))
     if not result.ok:
         raise Exit(code=1)
 
 
-@task(
+@cqkd_task(
     help={
         "replicas": "new number of worker tasks",
         "stack": "stack name",
         "service": "service to scale (default: worker)",
         "timeout": "seconds to wait for the new tasks",
         "policy": "port policy file",
+        "format": "text (default) or json",
     }
 )
 @operator_errors
@@ -514,65 +479,76 @@ def scale(
     service: str = "worker",
     timeout: int = 600,
     policy: str = "",
+    format: str = "text",
 ) -> None:
     """Scale the workers after checking the new count against the policy; existing ports stay."""
-    from . import deploy as live
     from . import swarm
+    from .console import stderr_console, with_progress
+    from .stack import NotDeployed, scale_stack
 
+    _format(format)
     if replicas < 1:
-        raise Exit("cqkd-stack: error: give --replicas N (1 or more)", code=2)
-    console = _console()
+        raise UsageError("give --replicas N (1 or more)")
+    console = stderr_console()
     name = _setting(c, "stack", stack)
     rules = _policy(c, policy)
     client = swarm.connect()
-    problems = swarm.scale_problems(client, name, service, replicas, rules)
-    if problems:
-        raise Exit("\n".join(problems) + "\nnothing was changed", code=1)
-    live.scale_service(client, name, service, replicas)
-    waited = _wait_with_bar(
-        console,
-        "scaling",
-        lambda progress: live.wait_until_ready(client, name, timeout, progress),
-    )
+    try:
+        outcome = with_progress(
+            console,
+            "scaling",
+            lambda progress: scale_stack(client, name, service, replicas, rules, timeout, progress),
+        )
+    except NotDeployed as refused:
+        raise _refused(refused.results, format, refused.what) from None
+    if format == "json":
+        _print_json(outcome.summary())
+        return
     console.print(
         f"[green]{name}_{service}: {replicas} replicas; "
-        f"all {waited.total} DHT tasks of the stack running and in the DHT[/green]"
+        f"all {outcome.waited.total} DHT tasks of the stack running and in the DHT[/green]"
     )
 
 
-@task(
+@cqkd_task(
     help={
         "stack": "stack name",
         "timeout": "seconds to wait for containers and network to go",
+        "format": "text (default) or json",
     }
 )
 @operator_errors
-def teardown(c: Context, stack: str = "", timeout: int = 600) -> None:
+def teardown(c: Context, stack: str = "", timeout: int = 600, format: str = "text") -> None:
     """Remove the stack, wait until its tasks are gone, then remove its network."""
     from . import deploy as live
     from . import swarm
+    from .console import stderr_console, with_progress
 
-    console = _console()
+    _format(format)
+    console = stderr_console()
     name = _setting(c, "stack", stack)
     client = swarm.connect()
-    result = _wait_with_bar(
+    result = with_progress(
         console,
         "removing",
         lambda progress: live.stack_rm(client, name, timeout, progress),
     )
+    if format == "json":
+        _print_json({"stack": name} | asdict(result) | {"complete": result.complete})
     if not result.complete:
         left = "; ".join(f"{kind}: {', '.join(v)}" for kind, v in result.left.items() if v)
         raise Exit(
             f"cqkd-stack: error: stack '{name}' not fully removed after {timeout} s: {left}",
             code=1,
         )
-    console.print(
-        f"[green]stack '{name}' removed ({len(result.removed_services)} services) "
-        f"in {result.seconds:.1f} s; no container or network left[/green]"
-    )
+    if format == "text":
+        console.print(
+            f"[green]stack '{name}' removed ({len(result.removed_services)} services) "
+            f"in {result.seconds:.1f} s; no container or network left[/green]"
+        )
 
 
-@task(help={"pytest-args": "extra arguments for pytest, e.g. '-k render'"})
+@cqkd_task(help={"pytest-args": "extra arguments for pytest, e.g. '-k render'"})
 def test(c: Context, pytest_args: str = "") -> None:
     """Lint, set up the engine and images, then run the unit and end-to-end tests."""
     c.run(f"{sys.executable} -m ruff check .", pty=False)

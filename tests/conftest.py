@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +26,9 @@ class CliResult:
 def cli(capsys: pytest.CaptureFixture[str]):
     """``cli("validate", "a.yml")`` runs the installed command's code path."""
 
-    def run(*args: str, cwd: Path | None = None) -> CliResult:
-        old = Path.cwd()
+    def run(*args: str, cwd: Path | None = None, stdin: str = "") -> CliResult:
+        old, old_stdin = Path.cwd(), sys.stdin
+        sys.stdin = io.StringIO(stdin)
         if cwd is not None:
             os.chdir(cwd)
         try:
@@ -35,6 +38,7 @@ def cli(capsys: pytest.CaptureFixture[str]):
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         finally:
             os.chdir(old)
+            sys.stdin = old_stdin
         captured = capsys.readouterr()
         return CliResult(code, captured.out, captured.err)
 

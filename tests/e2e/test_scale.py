@@ -34,8 +34,15 @@ def big_stack(docker_client: docker.DockerClient, node_image: str) -> Iterator[t
     name = f"cqkdtest_{uuid.uuid4().hex[:8]}"
     try:
         done = cqkd(
-            "deploy", "--replicas", str(WORKERS), "--stack", name, "--timeout", "900",
-            "--format", "json",
+            "deploy",
+            "--replicas",
+            str(WORKERS),
+            "--stack",
+            name,
+            "--timeout",
+            "900",
+            "--format",
+            "json",
         )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         yield name, json.loads(done.stdout)

@@ -1,7 +1,8 @@
 """The bad-input corpus: every case directory under tests/cases is one test.
 
 negative/<case>/ holds one or more stack files, an optional policy.yml and
-expected.yml (exit code and message fragments that must all appear).
+expected.yml (exit code, message fragments that must all appear, and
+optional extra ``args`` such as ``--together``).
 positive/<case>/ must validate cleanly (that Docker's own loader accepts its
 stacks too is checked in tests/e2e/test_docker_loader.py: it runs docker).
 A bug found later becomes a new directory here.
@@ -30,9 +31,13 @@ def _stacks(case: Path) -> list[str]:
 
 
 def _args(case: Path) -> list[str]:
+    """The files, the case's own policy if any, and extra flags from expected.yml."""
     args = ["validate", *_stacks(case)]
     if (case / "policy.yml").exists():
         args += ["--policy", "policy.yml"]
+    expected = case / "expected.yml"
+    if expected.exists():
+        args += yaml.safe_load(expected.read_text()).get("args", [])
     return args
 
 

@@ -29,13 +29,59 @@ def test_option_values_and_following_tasks_are_left_alone() -> None:
     assert _files_as_flags(argv, TASKS) == argv
 
 
-def test_glob_of_files_is_validated_together(cli) -> None:
+def test_files_are_separate_stacks_unless_together(cli) -> None:
     case = CASES / "negative" / "two-files-collide"
-    result = cli("validate", str(case / "a.yml"), str(case / "b.yml"), "--format", "json")
+    files = (str(case / "a.yml"), str(case / "b.yml"))
+    alone = cli("validate", *files, "--format", "json")
+    assert alone.code == 0, alone.out + alone.err
+    assert [f["valid"] for f in json.loads(alone.out)["files"]] == [True, True]
+    result = cli("validate", *files, "--together", "--format", "json")
     assert result.code == 1
     report = json.loads(result.out)
     assert [f["valid"] for f in report["files"]] == [True, False]
     assert len(report["files"][1]["problems"]) == 2
+
+
+def test_standard_input_is_read_for_dash(cli) -> None:
+    stack = (CASES / "positive" / "plain-stack" / "stack.yml").read_text()
+    result = cli("validate", "-", stdin=stack)
+    assert result.code == 0, result.out + result.err
+    assert "ok: 1 file valid" in result.out
+    bad = cli(
+        "validate", "-", "--format", "github", stdin=stack.replace("replicas: 10", "replicas: 5000")
+    )
+    assert bad.code == 1
+    assert "file=<stdin>" in bad.out
+
+
+def test_short_flags_mean_the_same_in_every_task() -> None:
+    from cqkd_stack.tasks import SHORT_FLAGS, ns
+
+    for name in ns.task_names:
+        for argument in ns[name].get_arguments():
+            shorts = [n for n in argument.names if len(n) == 1]
+            for short in shorts:
+                assert SHORT_FLAGS.get(argument.name) == short, (name, argument.names)
+
+
+def test_every_reporting_task_takes_format() -> None:
+    from cqkd_stack.tasks import ns
+
+    for name in ("setup", "validate", "deploy", "ports", "probe", "dht-check", "scale", "teardown"):
+        assert "format" in [a.name for a in ns[name].get_arguments()], name
+
+
+def test_invoke_yaml_in_the_current_directory_is_honoured(cli, tmp_path: Path) -> None:
+    policy = tmp_path / "tight.yml"
+    policy.write_text(
+        "version: 1\nroles:\n  bootstrap: {start: 5678, end: 5699}\n"
+        "  special: {start: 6000, end: 6099}\n  worker: {start: 7000, end: 7009}\n"
+    )
+    (tmp_path / "invoke.yaml").write_text(f"cqkd:\n  policy: {policy}\n")
+    stack = CASES / "positive" / "plain-stack" / "stack.yml"
+    result = cli("validate", str(stack), cwd=tmp_path)
+    assert result.code == 1, result.out + result.err
+    assert "worker range end 7009" in result.out
 
 
 def test_usage_errors_exit_2(cli, tmp_path: Path) -> None:
@@ -55,11 +101,11 @@ def test_version_is_reported(cli) -> None:
 
 
 def test_slot_lists_are_compacted_into_ranges() -> None:
-    from cqkd_stack.tasks import _compact
+    from cqkd_stack.console import compact
 
-    assert _compact([1, 2, 3, 7, 9, 10]) == "1-3, 7, 9-10"
-    assert _compact([5]) == "5"
-    assert _compact([]) == ""
+    assert compact([1, 2, 3, 7, 9, 10]) == "1-3, 7, 9-10"
+    assert compact([5]) == "5"
+    assert compact([]) == ""
 
 
 def test_help_after_validate_is_help_not_a_file(cli) -> None:

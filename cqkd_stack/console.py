@@ -1,0 +1,108 @@
+"""What the live-swarm tasks show people: progress bars, port tables, probe summaries.
+
+Progress and tables go to stderr, so ``--format json`` keeps stdout for the
+one JSON document a program reads. rich is imported inside the functions:
+``validate`` runs in CI linters where start-up time matters and nothing is
+drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from .readiness import ProbeReport
+    from .swarm import PortMap
+
+
+def stderr_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, log_path=False)
+
+
+def _progress_bar(console: Console) -> Progress:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def with_progress(console: Console, label: str, work: Callable[[Any], Any]) -> Any:
+    """Run ``work(progress)``, drawing its (done, total, note) reports as a bar."""
+    with _progress_bar(console) as bar:
+        handle = bar.add_task(label, total=None)
+
+        def report(done: int, total: int, note: str) -> None:
+            bar.update(handle, completed=done, total=total or None, description=f"{label}: {note}")
+
+        return work(report)
+
+
+def compact(numbers: list[int]) -> str:
+    """1,2,3,7 → 1-3, 7: a thousand missing slots must fit on a line."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and spans[-1][1] == n - 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def print_port_map(console: Console, ports: PortMap) -> None:
+    """The task table, the per-role use, then what is wrong (missing slots, duplicates)."""
+    from rich.table import Table
+
+    table = Table(title=f"stack {ports.stack}: {len(ports.tasks)} tasks")
+    for column in ("slot", "task", "node", "address", "port", "state"):
+        table.add_column(column, justify="right" if column in ("slot", "port") else "left")
+    for row in ports.tasks:
+        state = row.state + (f" ({row.error})" if row.error else "")
+        flag = " [red]DUPLICATE[/red]" if row.duplicate else ""
+        table.add_row(
+            str(row.slot), row.task, row.node, row.address or "-", f"{row.port}{flag}", state
+        )
+    console.print(table)
+    usage = Table(title="port ranges")
+    for column in ("role", "range", "used", "total", "free"):
+        usage.add_column(column)
+    for role in ports.roles:
+        usage.add_row(role.role, role.range, str(role.used), str(role.total), str(role.free))
+    console.print(usage)
+    for service, slots in ports.missing_slots.items():
+        console.print(f"[yellow]{service}: missing slots {compact(slots)}[/yellow]")
+    if ports.duplicate_ports:
+        console.print(f"[red]duplicate ports: {compact(ports.duplicate_ports)}[/red]")
+
+
+def probe_text(result: ProbeReport) -> str:
+    """Answered / joined / total, then the silent and lonely slots by service."""
+    lines = [
+        f"{result.answered}/{result.total} DHT tasks answered at their address and port, "
+        f"{result.joined} in the DHT; probe round {result.round_seconds:.2f} s, "
+        f"{result.seconds:.2f} s in all"
+    ]
+    for label, rows in (("silent", result.silent), ("answering, no contacts", result.not_joined)):
+        by_service: dict[str, list[int]] = {}
+        for row in rows:
+            by_service.setdefault(row["service"], []).append(row["slot"] or 0)
+        for service, slots in sorted(by_service.items()):
+            lines.append(f"{label}: {service} slots {compact(slots)}")
+    return "\n".join(lines)

@@ -1,0 +1,201 @@
+"""What ``deploy`` and ``scale`` do from start to finish, without printing anything.
+
+The tasks in ``tasks.py`` parse options and show results; the order of the
+steps (render once, validate against the live swarm, deploy bootstrap
+first, wait for the DHT, read back the port map) lives here so that it can
+be used and tested without Invoke.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import deploy as live
+from . import swarm
+from .documents import read_text
+from .errors import CqkdError
+from .policy import Policy
+from .render import RenderOptions, render
+from .results import Results
+from .validate import validate_texts
+
+if TYPE_CHECKING:
+    import docker
+
+Say = Callable[[str], None]
+
+
+class NotDeployed(CqkdError):
+    """The stack failed validation against the policy and the live swarm: nothing changed."""
+
+    def __init__(self, results: Results, what: str = "nothing was deployed") -> None:
+        super().__init__(what, exit_code=1)
+        self.results = results
+        self.what = what
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    """Everything ``deploy`` needs; ``file`` wins over rendering from ``options``."""
+
+    stack: str
+    policy: Policy
+    options: RenderOptions
+    file: str = ""
+    timeout: float = 600
+    wait: bool = True
+
+
+@dataclass
+class DeployOutcome:
+    stack: str
+    source: str
+    waited: live.WaitResult | None = None
+    ports: swarm.PortMap | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The machine-readable result (``--format json``)."""
+        out: dict[str, Any] = {"stack": self.stack, "source": self.source, "waited": False}
+        if self.waited is not None:
+            out |= {
+                "waited": True,
+                "seconds": round(self.waited.seconds, 1),
+                "running_seconds": _rounded(self.waited.running_seconds),
+                "joined_seconds": _rounded(self.waited.joined_seconds),
+                "tasks": self.waited.total,
+            }
+        if self.ports is not None:
+            out |= {"port_ranges": port_ranges(self.ports), "ports": self.ports.as_dict()}
+        return out
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
+
+
+def port_ranges(ports: swarm.PortMap) -> dict[str, str]:
+    """First-last port per service: the one line an operator wants after a deploy."""
+    by_service: dict[str, list[int]] = {}
+    for row in ports.tasks:
+        if row.port is not None:
+            by_service.setdefault(row.service, []).append(row.port)
+    return {s: f"{min(p)}-{max(p)}" if len(p) > 1 else str(p[0]) for s, p in by_service.items()}
+
+
+def stack_text(client: docker.DockerClient, request: DeployRequest) -> tuple[str, str]:
+    """(source name, text) of the stack to deploy: the given file, or one rendered once.
+
+    A rendered stack gets the manager's address for host networking, joins
+    its own DHT (or, for a batch, the stack it names), and an overlay subnet
+    that no network on the engine uses yet.
+    """
+    if request.file:
+        return request.file, read_text(Path(request.file))
+    options = request.options
+    if options.bootstrap_host == RenderOptions.bootstrap_host:
+        address = client.info()["Swarm"].get("NodeAddr") or "127.0.0.1"
+        options = _replace(options, bootstrap_host=address)
+    if not options.is_batch:
+        options = _replace(options, join_stack=request.stack)
+    taken = swarm.taken_subnets(client, exclude_stack=request.stack)
+
+    def free(tasks: int) -> Any:
+        return swarm.free_subnet(taken, tasks)
+
+    source = f"<rendered for stack {request.stack}>"
+    return source, render(request.policy, options, free)
+
+
+def _replace(options: RenderOptions, **changes: Any) -> RenderOptions:
+    import dataclasses
+
+    return dataclasses.replace(options, **changes)
+
+
+def check_against_swarm(
+    client: docker.DockerClient, stack: str, source: str, text: str, policy: Policy
+) -> tuple[Results, dict[str, Any] | None]:
+    """Validate as a linter would, plus what the live swarm holds; (results, document).
+
+    Ports that other stacks on the same networks hold count as claims, and
+    so do every stack's published ports; this stack's own services are being
+    replaced, so they do not. Subnets of existing networks must not overlap.
+    """
+    import yaml
+
+    taken = swarm.taken_subnets(client, exclude_stack=stack)
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError:
+        doc = None  # the validator reports it, with its line
+    joined = swarm.stack_network_names(doc, stack) if isinstance(doc, dict) else set()
+    existing = swarm.live_claims(client, policy, exclude_stack=stack, networks=joined)
+    results = validate_texts([(source, text)], policy, existing, taken)
+    return results, doc if isinstance(doc, dict) else None
+
+
+def deploy_stack(
+    client: docker.DockerClient,
+    request: DeployRequest,
+    say: Say,
+    progress: live.Progress | None = None,
+) -> DeployOutcome:
+    """Render or read, validate against the swarm, deploy bootstrap first, wait, map ports.
+
+    Raises NotDeployed (with the results) before anything changes when the
+    stack breaks the policy or collides with what runs.
+    """
+    source, text = stack_text(client, request)
+    results, doc = check_against_swarm(client, request.stack, source, text, request.policy)
+    if not results.ok or doc is None:
+        raise NotDeployed(results)
+    with tempfile.TemporaryDirectory(prefix="cqkd-") as tmp:
+        path = Path(tmp) / f"{request.stack}.stack.yml"
+        path.write_text(text)
+        say(f"deploying stack '{request.stack}' ({source})")
+        live.deploy_bootstrap_first(client, doc, path, request.stack, say)
+    outcome = DeployOutcome(request.stack, source)
+    if not request.wait:
+        return outcome
+    outcome.waited = live.wait_until_ready(client, request.stack, request.timeout, progress)
+    outcome.ports = swarm.port_map(client, request.stack, request.policy)
+    return outcome
+
+
+@dataclass
+class ScaleOutcome:
+    stack: str
+    service: str
+    replicas: int
+    waited: live.WaitResult
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "service": self.service,
+            "replicas": self.replicas,
+            "seconds": round(self.waited.seconds, 1),
+            "tasks": self.waited.total,
+        }
+
+
+def scale_stack(
+    client: docker.DockerClient,
+    stack: str,
+    service: str,
+    replicas: int,
+    policy: Policy,
+    timeout: float,
+    progress: live.Progress | None = None,
+) -> ScaleOutcome:
+    """Check the new count with the validator's rules, scale, wait until the DHT has them."""
+    results = swarm.scale_problems(client, stack, service, replicas, policy)
+    if not results.ok:
+        raise NotDeployed(results, "nothing was changed")
+    live.scale_service(client, stack, service, replicas)
+    waited = live.wait_until_ready(client, stack, timeout, progress)
+    return ScaleOutcome(stack, service, replicas, waited)
