@@ -15,15 +15,17 @@ from .results import Results
 def text(results: Results) -> str:
     """One line per problem (``file:LINE::path: message``), then a one-line verdict."""
     lines = [str(p) for p in results.problems]
+    lines += [f"skipped: {file}: {reason}" for file, reason in results.skipped.items()]
     bad = sum(1 for found in results.files.values() if found)
     total = len(results.files)
+    skipped = f" ({len(results.skipped)} skipped)" if results.skipped else ""
     if results.ok:
-        lines.append(f"ok: {total} file{'s' if total != 1 else ''} valid")
+        lines.append(f"ok: {total} file{'s' if total != 1 else ''} valid{skipped}")
     else:
         count = len(results.problems)
         lines.append(
             f"invalid: {bad} of {total} file{'s' if total != 1 else ''}, "
-            f"{count} problem{'s' if count != 1 else ''}"
+            f"{count} problem{'s' if count != 1 else ''}{skipped}"
         )
     return "\n".join(lines)
 
@@ -34,6 +36,7 @@ def as_json(results: Results) -> str:
         "files": [
             {
                 "file": file,
+                "kind": "policy" if file in results.notes else "stack",
                 "valid": not problems,
                 # "line" is always present (null when unknown): a program reading
                 # the report should not have to test for the key.
@@ -43,6 +46,7 @@ def as_json(results: Results) -> str:
             }
             for file, problems in results.files.items()
         ],
+        "skipped": [{"file": f, "reason": r} for f, r in results.skipped.items()],
     }
     return json.dumps(document, indent=2)
 
@@ -58,6 +62,8 @@ def github(results: Results) -> str:
         if p.line is not None:
             where += f",line={p.line}"
         lines.append(f"::error {where}::{_data(f'{p.path}: {p.message}')}")
+    for file, reason in results.skipped.items():
+        lines.append(f"::notice file={_property(file)}::{_data(f'skipped: {reason}')}")
     return "\n".join([*lines, text(results).splitlines()[-1]])
 
 

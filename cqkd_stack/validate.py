@@ -40,6 +40,7 @@ SCHEMA = "stack.schema.json"
 TakenSubnet = tuple[str, ipaddress.IPv4Network]
 # Parts of a file name that mark a stack template (rendered by `render`, not deployed).
 TEMPLATE_SUFFIXES = (".tmpl.yml", ".tmpl.yaml")
+TEMPLATE_PLACEHOLDER = "<<.Task.Slot>>"
 
 
 @dataclass(frozen=True)
@@ -572,9 +573,13 @@ def _collision(claim: ServicePorts, other: ServicePorts) -> Problem:
     )
 
 
-def _kind(file: str, doc: Any) -> str:
-    """What a file given to the linter is: a stack, a stack template or a port policy."""
-    if file.endswith(TEMPLATE_SUFFIXES):
+def _kind(file: str, text: str, doc: Any) -> str:
+    """What a file given to the linter is: a stack, a stack template or a port policy.
+
+    Templates are named ``*.tmpl.yml`` or carry the template's own slot
+    spelling (``<<.Task.Slot>>``), which only ``render`` turns into Swarm's.
+    """
+    if file.endswith(TEMPLATE_SUFFIXES) or TEMPLATE_PLACEHOLDER in text:
         return "template"
     if isinstance(doc, dict) and "roles" in doc and "services" not in doc:
         return "policy"
@@ -601,7 +606,7 @@ def validate_texts(
     for file, text in sources:
         results.checked(file)
         doc, problems = parse_yaml(text, file, "a stack with services")
-        kind = _kind(file, doc)
+        kind = _kind(file, text, doc)
         if kind == "template":
             results.skip(file, "a stack template: lint what `cqkd-stack render` makes of it")
             continue

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from cqkd_stack.main import _files_as_flags
 
-CASES = Path(__file__).resolve().parent.parent / "cases"
+REPO = Path(__file__).resolve().parent.parent.parent
+CASES = REPO / "tests" / "cases"
 TASKS = {"validate", "render", "deploy"}
 
 
@@ -151,3 +152,22 @@ def test_an_empty_image_is_refused(cli) -> None:
     result = cli("render", "--image", "")
     assert result.code == 2
     assert "--image must name an image" in result.err
+
+
+def test_the_repositorys_own_stacks_folder_lints_clean(cli) -> None:
+    """The README's CI example: the template is skipped, the policy checked as one."""
+    stacks = REPO / "stacks"
+    result = cli("validate", str(stacks / "cqkd.stack.tmpl.yml"), str(stacks / "port-policy.yml"))
+    assert result.code == 0, result.out + result.err
+    assert "skipped: " in result.out and "cqkd.stack.tmpl.yml" in result.out
+    assert result.out.strip().endswith("ok: 1 file valid (1 skipped)")
+
+
+def test_a_broken_policy_among_the_files_is_reported_as_a_policy(cli, tmp_path: Path) -> None:
+    bad = tmp_path / "policy.yml"
+    bad.write_text("version: 1\nroles:\n  worker: {start: 7000, end: 6000}\n")
+    result = cli("validate", str(bad), "--format", "json")
+    assert result.code == 1
+    report = json.loads(result.out)
+    assert report["files"][0]["kind"] == "policy"
+    assert report["files"][0]["problems"]

@@ -42,7 +42,12 @@ def test_json_always_carries_a_line_key() -> None:
     )
     document = json.loads(report.as_json(results))
     assert document["valid"] is False
-    assert document["files"][0] == {"file": "ok.yml", "valid": True, "problems": []}
+    assert document["files"][0] == {
+        "file": "ok.yml",
+        "kind": "stack",
+        "valid": True,
+        "problems": [],
+    }
     assert document["files"][1]["problems"] == [
         {"path": "$.services.a", "line": 3, "message": "bad"},
         {"path": "$", "line": None, "message": "worse"},
