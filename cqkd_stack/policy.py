@@ -92,7 +92,7 @@ class Policy:
 
 def policy_problems(data: Any, file: str) -> list[Problem]:
     """Schema errors plus what a schema cannot say: inverted and overlapping ranges."""
-    problems = schema_problems(data, SCHEMA, file)
+    problems = schema_problems(data, SCHEMA, file) or _float_ports(data, file)
     if problems:
         return problems
     ranges = {name: PortRange(r["start"], r["end"]) for name, r in data["roles"].items()}
@@ -114,6 +114,25 @@ def policy_problems(data: Any, file: str) -> list[Problem]:
                     )
                 )
     return problems
+
+
+def _float_ports(data: dict[str, Any], file: str) -> list[Problem]:
+    """JSON Schema's "integer" takes 7000.0; a port written so is a typo or a generator bug."""
+    found = [
+        (f"$.roles.{name}.{key}", value)
+        for name, rng in data["roles"].items()
+        for key, value in rng.items()
+        if isinstance(value, float)
+    ]
+    found += [
+        (f"$.blocked_ports[{i}]", v)
+        for i, v in enumerate(data.get("blocked_ports", []))
+        if isinstance(v, float)
+    ]
+    return [
+        Problem(file, path, f"{value} is not a port: write ports as whole numbers ({int(value)})")
+        for path, value in found
+    ]
 
 
 def load_policy(path: Path | str | None = None) -> Policy:
