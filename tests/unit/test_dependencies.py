@@ -1,0 +1,56 @@
+"""Nothing is imported that pyproject.toml does not declare."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from importlib.metadata import requires
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+# Distribution name → the module it installs, where they differ.
+MODULES = {"pyyaml": "yaml", "u-msgpack-python": "umsgpack"}
+
+
+def _specs(groups: list[str]) -> list[str]:
+    """Requirements of the installed project (its metadata is pyproject.toml's)."""
+    out = []
+    for line in requires("cqkd-stack") or []:
+        spec, _, marker = line.partition(";")
+        extra = re.search(r"extra == \"([^\"]+)\"", marker)
+        if extra is None or extra.group(1) in groups:
+            out.append(spec.strip())
+    return out
+
+
+def _declared(groups: list[str]) -> set[str]:
+    names = {re.split(r"[<>=!~\[ ]", spec, maxsplit=1)[0].lower() for spec in _specs(groups)}
+    return {MODULES.get(name, name) for name in names}
+
+
+def _imported(folder: Path) -> set[str]:
+    found = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found - set(sys.stdlib_module_names) - {"cqkd_stack", "__future__"}
+
+
+def test_the_package_imports_only_declared_dependencies() -> None:
+    assert _imported(REPO / "cqkd_stack") <= _declared(["node"])
+
+
+def test_tests_and_benchmarks_import_only_declared_dependencies() -> None:
+    used = _imported(REPO / "tests") | _imported(REPO / "benchmarks")
+    assert used <= _declared(["node", "test"])
+
+
+def test_every_dependency_has_an_upper_bound_or_a_pin() -> None:
+    specs = _specs(["test"])
+    assert any(spec.startswith("docker") for spec in specs), specs
+    for spec in specs:
+        assert "<" in spec or "==" in spec, spec
