@@ -1,8 +1,8 @@
-"""The port policy: which ports each DHT role may use, and the slot arithmetic.
+"""The port policy: which ports each DHT role may use, and which none may.
 
-Everything that decides a port (rendering, validation, scaling, the live port
-map) asks this module, so the contract "slot N of a role is at start + N - 1 +
-offset" is written down once.
+The policy says where ports may lie; which port a task gets is the
+resolver's alone (``contract.resolve_slot`` asks it), so the formula is
+written once, in the code every container runs.
 """
 
 from __future__ import annotations
@@ -73,18 +73,6 @@ class Policy:
 
     def describe_roles(self) -> str:
         return ", ".join(f"{name} {rng}" for name, rng in self.roles.items())
-
-    @staticmethod
-    def port_for(base: int, slot: int, offset: int = 0) -> int:
-        """The port of a task: the same formula the in-container resolver uses."""
-        return base + (slot - 1) + offset
-
-    def ports_for(self, role: str, replicas: int, offset: int = 0) -> PortRange | None:
-        """The ports slots 1..replicas of a service take, or None for no replicas."""
-        if replicas < 1:
-            return None
-        base = self.role_range(role).start
-        return PortRange(self.port_for(base, 1, offset), self.port_for(base, replicas, offset))
 
     def blocked_in(self, ports: PortRange) -> list[int]:
         return sorted(p for p in self.blocked_ports if p in ports)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from cqkd_stack.contract import env_for_slot, is_slot_template, resolve_slot
 from cqkd_stack.errors import UsageError
 from cqkd_stack.policy import Policy, PolicyError, PortRange, load_policy
 
@@ -28,15 +29,15 @@ def test_default_policy_has_the_design_ranges() -> None:
 @pytest.mark.parametrize(
     ("slot", "offset", "port"), [(1, 0, 7000), (1000, 0, 7999), (3, 500, 7502)]
 )
-def test_slot_formula(slot: int, offset: int, port: int) -> None:
-    assert Policy.port_for(7000, slot, offset) == port
+def test_the_slot_template_resolves_as_the_task_will(slot: int, offset: int, port: int) -> None:
+    env = {"TASK_SLOT": "{{.Task.Slot}}", "BASE_PORT": "7000", "PORT_OFFSET": str(offset)}
+    assert resolve_slot(env, slot).port == port
 
 
-def test_ports_for_a_service_follow_the_role_range() -> None:
-    policy = load_policy()
-    assert policy.ports_for("worker", 1000) == PortRange(7000, 7999)
-    assert policy.ports_for("special", 1, offset=1) == PortRange(6001, 6001)
-    assert policy.ports_for("worker", 0) is None
+def test_slot_template_must_stand_alone() -> None:
+    assert is_slot_template("{{.Task.Slot}}") and is_slot_template("{{ .Task.Slot }}")
+    assert not is_slot_template("1{{.Task.Slot}}")
+    assert env_for_slot({"A": "{{ .Task.Slot }}", "B": "x"}, 7) == {"A": "7", "B": "x"}
 
 
 def test_role_of_port() -> None:
