@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -105,29 +106,69 @@ def parse_yaml(text: str, file: str, expected: str) -> tuple[Any, list[Problem]]
     """Parse one YAML document; problems instead of exceptions.
 
     ``expected`` names what the file should hold ("a stack with services") so
-    an empty file's message tells the operator what was wanted.
+    an empty file's message tells the operator what was wanted. The problems
+    carry no line: their messages say where, and callers that print lines use
+    ``parse_yaml_nodes``.
     """
+    parsed = parse_yaml_nodes(text, file, expected)
+    return parsed.data, [replace(p, line=None) for p in parsed.problems]
+
+
+@dataclass(frozen=True)
+class ParsedYaml:
+    """A document, the node graph it was built from (for line numbers), its problems."""
+
+    data: Any
+    root: yaml.Node | None
+    problems: list[Problem]
+
+
+def parse_yaml_nodes(
+    text: str, file: str, expected: str, loader: type[_BoundedLoader] | None = None
+) -> ParsedYaml:
+    """``parse_yaml`` keeping the composed nodes, one pass: no second parse for lines.
+
+    ``loader`` may be a subclass of the bounded loader (a stack file is read
+    with Docker's scalar rules); every limit of the bounded loader still holds.
+    Each problem has the line where it was found, when there is one.
+    """
+    bounded = (loader or _BoundedLoader)(text)
     try:
-        data = yaml.load(text, Loader=_BoundedLoader)
+        root = bounded.get_single_node()
+        data = None if root is None else bounded.construct_document(root)
     except _TooLarge as exc:
-        return None, [Problem(file, "$", str(exc))]
+        return ParsedYaml(None, None, [Problem(file, "$", str(exc), exc.line)])
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         reason = exc.problem or str(exc)
-        return None, [Problem(file, "$", f"YAML does not parse at {where}: {reason}")]
+        message = f"YAML does not parse at {where}: {reason}"
+        line = mark.line + 1 if mark else None
+        return ParsedYaml(None, None, [Problem(file, "$", message, line)])
     except yaml.YAMLError as exc:
-        return None, [Problem(file, "$", f"YAML does not parse: {exc}")]
+        return ParsedYaml(None, None, [Problem(file, "$", f"YAML does not parse: {exc}")])
+    except RecursionError:
+        # PyYAML composes recursively: ~1000 nested brackets would crash the
+        # command instead of refusing the file.
+        return ParsedYaml(None, None, [Problem(file, "$", "YAML nested too deeply; refused")])
+    finally:
+        bounded.dispose()
     if data is None:
-        return None, [Problem(file, "$", f"file is empty; expected {expected}")]
+        return ParsedYaml(None, root, [Problem(file, "$", f"file is empty; expected {expected}")])
     if not isinstance(data, dict):
         found = type(data).__name__
-        return None, [Problem(file, "$", f"expected a mapping ({expected}), found a {found}")]
-    return data, []
+        line = root.start_mark.line + 1 if root is not None else None
+        message = f"expected a mapping ({expected}), found a {found}"
+        return ParsedYaml(None, root, [Problem(file, "$", message, line)])
+    return ParsedYaml(data, root, [])
 
 
 class _TooLarge(Exception):
     """A document refused before it is built (too large once expanded, or ambiguous)."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -156,14 +197,16 @@ def _check_expansion(root: yaml.Node) -> None:
                 line = node.start_mark.line + 1
                 raise _TooLarge(
                     f"aliases expand to more than {MAX_EXPANDED_NODES:,} YAML nodes "
-                    f"(from line {line}); refused as a YAML bomb"
+                    f"(from line {line}); refused as a YAML bomb",
+                    line,
                 )
             sizes[key] = total
             continue
         if key in sizes:
             continue
         if key in on_path:
-            raise _TooLarge(f"an alias refers to itself (line {node.start_mark.line + 1})")
+            line = node.start_mark.line + 1
+            raise _TooLarge(f"an alias refers to itself (line {line})", line)
         if isinstance(node, yaml.MappingNode):
             _check_duplicate_keys(node)
         on_path.add(key)
@@ -186,7 +229,8 @@ def _check_duplicate_keys(node: yaml.MappingNode) -> None:
         if first is not None:
             raise _TooLarge(
                 f"duplicate key '{key.value}' at line {line} (first at line {first}); "
-                "YAML would keep only the last one"
+                "YAML would keep only the last one",
+                line,
             )
         seen[(key.tag, key.value)] = line
 
