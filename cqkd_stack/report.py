@@ -15,6 +15,7 @@ from .results import Results
 def text(results: Results) -> str:
     """One line per problem (``file:LINE::path: message``), then a one-line verdict."""
     lines = [str(p) for p in results.problems]
+    lines += [f"warning: {w}" for w in results.warnings]
     lines += [f"skipped: {file}: {reason}" for file, reason in results.skipped.items()]
     bad = sum(1 for found in results.files.values() if found)
     total = len(results.files)
@@ -47,6 +48,10 @@ def as_json(results: Results) -> str:
             for file, problems in results.files.items()
         ],
         "skipped": [{"file": f, "reason": r} for f, r in results.skipped.items()],
+        "warnings": [
+            {"file": w.file, "path": w.path, "line": w.line, "message": w.message}
+            for w in results.warnings
+        ],
     }
     return json.dumps(document, indent=2)
 
@@ -62,6 +67,9 @@ def github(results: Results) -> str:
         if p.line is not None:
             where += f",line={p.line}"
         lines.append(f"::error {where}::{_data(f'{p.path}: {p.message}')}")
+    for w in results.warnings:
+        where = f"file={_property(w.file)}" + (f",line={w.line}" if w.line is not None else "")
+        lines.append(f"::warning {where}::{_data(f'{w.path}: {w.message}')}")
     for file, reason in results.skipped.items():
         lines.append(f"::notice file={_property(file)}::{_data(f'skipped: {reason}')}")
     return "\n".join([*lines, text(results).splitlines()[-1]])

@@ -69,6 +69,8 @@ class Results:
     # Files recognised as something other than a stack, and what they were taken for.
     skipped: dict[str, str] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    # What Docker accepts silently but is probably a mistake (an unset ${VAR}).
+    warnings: list[Problem] = field(default_factory=list)
 
     def checked(self, file: str) -> None:
         self.files.setdefault(file, [])
@@ -77,6 +79,10 @@ class Results:
         """Not judged at all (a template): reported so nobody mistakes it for valid."""
         self.files.pop(file, None)
         self.skipped[file] = reason
+
+    def warn(self, problems: Sequence[Problem]) -> None:
+        """Reported, never failing: the file is still valid."""
+        self.warnings.extend(problems)
 
     def note(self, file: str, what: str) -> None:
         """Judged, but as something other than a stack (a port policy)."""

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .compose import LoadedStack, load_stack
 from .contract import (
     DOCKER_DEFAULT_SUBNET,
     SLOT_PLACEHOLDER,
@@ -30,13 +33,12 @@ from .contract import (
     role_of,
     subnet_capacity,
 )
-from .documents import parse_yaml, read_text, schema_problems
+from .documents import parse_yaml, read_text
 from .policy import Policy, PortRange, policy_problems
 from .published import PublishedPort, published_ports
 from .resolver import MIN_PORT, Resolution, ResolverError
 from .results import Problem, Results, json_path
 
-SCHEMA = "stack.schema.json"
 TakenSubnet = tuple[str, ipaddress.IPv4Network]
 # Parts of a file name that mark a stack template (rendered by `render`, not deployed).
 TEMPLATE_SUFFIXES = (".tmpl.yml", ".tmpl.yaml")
@@ -125,6 +127,19 @@ class _ServiceCheck:
     def replicas(self) -> int:
         value = self.deploy.get("replicas", 1)
         return value if isinstance(value, int) and not isinstance(value, bool) else 1
+
+    def deploy_modes(self) -> None:
+        """Values `docker stack config` passes and `docker stack deploy` then refuses."""
+        choices = {
+            "mode": ("replicated", "global", "replicated-job", "global-job"),
+            "endpoint_mode": ("vip", "dnsrr"),
+        }
+        for key, allowed in choices.items():
+            value = self.deploy.get(key)
+            if value is not None and value not in allowed:
+                self.problem(
+                    ["deploy", key], f"{key} '{value}': expected one of {', '.join(allowed)}"
+                )
 
     # --- the DHT port ---------------------------------------------------------
 
@@ -484,20 +499,11 @@ def check_service(
 ) -> tuple[list[Problem], list[ServicePorts]]:
     """One service's problems and the ports it claims (DHT port range, published ports)."""
     check = _ServiceCheck(file, name, service, policy, on_host)
+    check.deploy_modes()
     own = check.dht_ports() if check.is_dht else None
     claims = [own] if own is not None else []
     claims += check.published(own)
     return check.problems, claims
-
-
-def check_document(
-    doc: dict[str, Any], file: str, policy: Policy, taken: Sequence[TakenSubnet] = ()
-) -> tuple[list[Problem], list[ServicePorts]]:
-    """Schema and semantic problems of one parsed stack, and the ports it claims."""
-    problems = schema_problems(doc, SCHEMA, file)
-    if problems:
-        return problems, []
-    return check_services(doc, file, policy, taken)
 
 
 def check_services(
@@ -506,6 +512,10 @@ def check_services(
     """The project's rules on a document Docker's schema accepts."""
     problems: list[Problem] = []
     claims: list[ServicePorts] = []
+    if not doc.get("services"):
+        # Docker accepts a file without services; as a stack it deploys nothing.
+        problems.append(Problem(file, "$.services", "no services: a stack needs at least one"))
+        return problems, claims
     for name, service in doc["services"].items():
         found, claimed = check_service(file, name, service, policy, _on_host_network(doc, service))
         problems += found
@@ -573,17 +583,40 @@ def _collision(claim: ServicePorts, other: ServicePorts) -> Problem:
     )
 
 
-def _kind(file: str, text: str, doc: Any) -> str:
+_POLICY_KEYS = re.compile(r"^roles\s*:", re.MULTILINE)
+_SERVICES_KEY = re.compile(r"^services\s*:", re.MULTILINE)
+
+
+def _kind(file: str, text: str) -> str:
     """What a file given to the linter is: a stack, a stack template or a port policy.
 
     Templates are named ``*.tmpl.yml`` or carry the template's own slot
     spelling (``<<.Task.Slot>>``), which only ``render`` turns into Swarm's.
+    A policy has top-level ``roles`` and no ``services``. Decided on the
+    text, so a file is parsed once, by the reader that suits it.
     """
     if file.endswith(TEMPLATE_SUFFIXES) or TEMPLATE_PLACEHOLDER in text:
         return "template"
-    if isinstance(doc, dict) and "roles" in doc and "services" not in doc:
+    if _POLICY_KEYS.search(text) and not _SERVICES_KEY.search(text):
         return "policy"
     return "stack"
+
+
+def _explain_template(problem: Problem) -> Problem:
+    """Docker refuses a templated published port as "invalid"; say what to do instead."""
+    if ".ports[" not in problem.path or "{{" not in problem.message:
+        return problem
+    hint = (
+        f"; published port is templated, but Swarm fills {SLOT_PLACEHOLDER} only in "
+        "environment, hostname and mounts: pass TASK_SLOT in the environment and let the "
+        "resolver derive the port"
+    )
+    return replace(problem, message=problem.message + hint)
+
+
+def _with_lines(problems: Iterable[Problem], loaded: LoadedStack) -> list[Problem]:
+    """The project's problems name a path; the file's composed nodes give its line."""
+    return [p if p.line is not None else replace(p, line=loaded.locate(p.path)) for p in problems]
 
 
 def validate_texts(
@@ -592,37 +625,48 @@ def validate_texts(
     existing: Sequence[ServicePorts] = (),
     taken: Sequence[TakenSubnet] = (),
     together: bool = False,
+    environ: Mapping[str, str] | None = None,
 ) -> Results:
     """Validate (file name, text) pairs; each is its own stack unless ``together``.
 
     ``together`` judges the files as one deployment, so collisions across
     files are found. ``existing`` and ``taken`` describe a live swarm (ports
     other stacks hold, subnets other networks use); a linter run has neither.
-    Port policies given among the files are checked as policies; stack
-    templates are skipped (render them, then lint the result).
+    ``environ`` is what ``${VAR}`` is substituted from, as ``docker stack
+    deploy`` would (default: this process's environment). Port policies
+    given among the files are checked as policies; stack templates are
+    skipped (render them, then lint the result).
     """
+    environ = os.environ if environ is None else environ
     results = Results()
     claims: list[ServicePorts] = []
+    loaded_by_file: dict[str, LoadedStack] = {}
     for file, text in sources:
         results.checked(file)
-        doc, problems = parse_yaml(text, file, "a stack with services")
-        kind = _kind(file, text, doc)
+        kind = _kind(file, text)
         if kind == "template":
             results.skip(file, "a stack template: lint what `cqkd-stack render` makes of it")
             continue
-        if doc is not None and kind == "policy":
+        if kind == "policy":
             results.note(file, "a port policy, checked as one")
-            results.extend(policy_problems(doc, file))
+            doc, problems = parse_yaml(text, file, "a port policy with roles")
+            results.extend(problems if doc is None else policy_problems(doc, file))
             continue
-        if doc is not None:
-            problems, found = check_document(doc, file, policy, taken)
-            if together:
-                claims += found
-            else:
-                problems = problems + collision_problems(found, existing)
-        results.extend(problems)
+        loaded = loaded_by_file[file] = load_stack(text, file, environ)
+        results.warn(loaded.warnings)
+        if loaded.doc is None:
+            results.extend([_explain_template(p) for p in loaded.problems])
+            continue
+        problems, found = check_services(loaded.doc, file, policy, taken)
+        if together:
+            claims += found
+        else:
+            problems += collision_problems(found, existing)
+        results.extend(_with_lines(problems, loaded))
     if together:
-        results.extend(collision_problems(claims, existing))
+        for problem in collision_problems(claims, existing):
+            loaded = loaded_by_file.get(problem.file)
+            results.extend(_with_lines([problem], loaded) if loaded else [problem])
     return results
 
 

@@ -171,3 +171,16 @@ def test_a_broken_policy_among_the_files_is_reported_as_a_policy(cli, tmp_path: 
     report = json.loads(result.out)
     assert report["files"][0]["kind"] == "policy"
     assert report["files"][0]["problems"]
+
+
+def test_an_unset_variable_is_a_warning_not_a_failure(cli, monkeypatch) -> None:
+    monkeypatch.delenv("CQKD_TEST_UNSET", raising=False)
+    stack = (CASES / "positive" / "plain-stack" / "stack.yml").read_text()
+    text = stack.replace(
+        "image: cqkd-dht-node:latest", "image: cqkd-dht-node:${CQKD_TEST_UNSET}latest"
+    )
+    result = cli("validate", "-", stdin=text)
+    assert result.code == 0, result.out + result.err
+    assert "warning: <stdin>:" in result.out and "CQKD_TEST_UNSET" in result.out
+    github = cli("validate", "-", "--format", "github", stdin=text)
+    assert "::warning file=<stdin>,line=" in github.out
