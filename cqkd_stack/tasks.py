@@ -243,11 +243,23 @@ def validate(
 @cqkd_task(
     help={
         "skip-images": "only install/start the engine and the swarm",
+        "mirror": "debootstrap the base image from this mirror URL (default: cqkd.mirror "
+        "in invoke.yaml, else the host's own Debian or Ubuntu mirror from its apt sources)",
+        "suite": "release of the base image (default: bookworm; on Ubuntu, the host's own)",
+        "restart-engine": "restart docker.service to apply setup's drop-in even when that "
+        "stops containers that do not come back by themselves",
         "format": "text (default) or json (what the engine and images are, what changed)",
     }
 )
 @operator_errors
-def setup(c: Context, skip_images: bool = False, format: str = "text") -> None:
+def setup(
+    c: Context,
+    skip_images: bool = False,
+    format: str = "text",
+    mirror: str = "",
+    suite: str = "",
+    restart_engine: bool = False,
+) -> None:
     """Install and start the Docker engine, initialise the swarm, build the images (idempotent)."""
     from . import engine, images
     from .console import stderr_console
@@ -263,10 +275,17 @@ def setup(c: Context, skip_images: bool = False, format: str = "text") -> None:
         state = engine.ensure_installed(progress=say)
         # A daemon restarting after a crash cleans up every container before it
         # answers: ~1000 took over a minute here. Waiting is on a real condition.
-        state = state.update(engine.ensure_running(progress=say, timeout=300))
+        running = engine.ensure_running(progress=say, timeout=300, restart_engine=restart_engine)
+        state = state.update(running)
         state = state.update(engine.ensure_swarm(progress=say))
         state = state.update(engine.ensure_host_settings(progress=say))
-        built = images.ensure_images(progress=say) if not skip_images else None
+        built = None
+        if not skip_images:
+            built = images.ensure_images(
+                progress=say,
+                mirror=_setting(c, "mirror", mirror),
+                suite=_setting(c, "suite", suite),
+            )
     for warning in state.warnings:
         console.print(f"[yellow]warning: {warning}[/yellow]")
     console.log(
