@@ -350,7 +350,8 @@ def test_scale_beyond_the_range_is_refused(stack: str, docker_client: docker.Doc
     before = docker_client.services.get(f"{stack}_worker").attrs["Version"]["Index"]
     done = cqkd("scale", "--replicas", "1001", "--stack", stack)
     assert done.returncode == 1
-    assert "1001 tasks need ports 7000-8000" in done.stderr
+    assert "1001 workers: slot 1001 (TASK_SLOT) with PORT_OFFSET=0 gives port 8000" in done.stderr
+    assert "nothing was changed" in done.stderr
     after = docker_client.services.get(f"{stack}_worker").attrs["Version"]["Index"]
     assert after == before, "the service was changed although the scale was refused"
 
@@ -362,7 +363,9 @@ def test_invalid_stack_is_refused_and_nothing_is_created(
     try:
         done = cqkd("deploy", "--replicas", "1001", "--stack", name)
         assert done.returncode == 1
-        assert "1001 workers need ports 7000-8000" in done.stderr
+        assert (
+            "1001 workers: slot 1001 (TASK_SLOT) with PORT_OFFSET=0 gives port 8000" in done.stderr
+        )
         assert "nothing was deployed" in done.stderr
         assert leftovers(docker_client, name) == {"services": [], "containers": [], "networks": []}
     finally:

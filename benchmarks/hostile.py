@@ -1,0 +1,96 @@
+"""How long and how much memory `cqkd-stack validate` takes to refuse hostile input.
+
+Each input is written to a temporary file and validated in a fresh process
+(as CI runs the linter), five times; the script prints the median wall time
+and the peak resident memory (from /usr/bin/time) next to the same figures
+for the baseline, a valid rendered stack of 1000 workers. The project's
+bound: no input takes more than a second or a few tens of MB more than the
+baseline to refuse.
+
+    python benchmarks/hostile.py [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cqkd_stack.policy import load_policy
+from cqkd_stack.render import RenderOptions, render
+
+
+def _dense(services: int) -> str:
+    lines = ['version: "3.8"', "services:"]
+    lines += [f'  s{i}: {{image: "x", ports: ["{8000 + i % 50000}:80"]}}' for i in range(services)]
+    return "\n".join(lines) + "\n"
+
+
+def _compose_file(services: int) -> str:
+    lines = ['version: "3.8"', "services:"]
+    for i in range(services):
+        lines += [
+            f"  w{i}:",
+            '    image: "cqkd-dht-node:latest"',
+            f'    environment: {{CQKD_ROLE: worker, WORKER_ID: "{i + 1}", BASE_PORT: "7000"}}',
+            f'    ports: [{{target: {7000 + i}, published: {7000 + i}, protocol: udp, mode: host}}]',
+            "    deploy: {replicas: 1, labels: {cqkd.role: worker}}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _bomb() -> str:
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for i in range(1, 10):
+        prev = chr(ord("a") + i - 1)
+        name = chr(ord("a") + i)
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    lines.append("services: {s: {image: x, labels: *j}}")
+    return "\n".join(lines) + "\n"
+
+
+def inputs() -> dict[str, str]:
+    stack = render(load_policy(), RenderOptions(replicas=1000))
+    return {
+        "baseline: rendered 1000-worker stack (valid)": stack,
+        "1000 services, one per worker (compose-style)": _compose_file(1000),
+        "billion laughs (9 levels of 9 aliases)": _bomb(),
+        "nested 100,000 brackets deep": "services: " + "[" * 100_000 + "]" * 100_000 + "\n",
+        "1 MiB of one-line services": _dense(20_000)[: 1024 * 1024 - 64],
+        "4 MiB of one-line services (over the size limit)": _dense(95_000),
+    }
+
+
+def measure(path: Path, runs: int) -> tuple[float, int, int]:
+    """Median seconds, peak KB (largest run), exit code of `cqkd-stack validate path`."""
+    seconds, peaks, code = [], [], 0
+    command = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "cqkd_stack", "validate"]
+    for _ in range(runs):
+        start = time.perf_counter()
+        done = subprocess.run([*command, str(path)], capture_output=True, text=True)
+        seconds.append(time.perf_counter() - start)
+        peaks.append(int(done.stderr.strip().splitlines()[-1]))
+        code = done.returncode
+    return statistics.median(seconds), max(peaks), code
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    print(f"| input | exit | median s ({args.runs} runs) | peak MB |")
+    print("| --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in inputs().items():
+            path = Path(tmp) / "stack.yml"
+            path.write_text(text)
+            seconds, peak_kb, code = measure(path, args.runs)
+            print(f"| {name} | {code} | {seconds:.2f} | {peak_kb / 1024:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
