@@ -140,11 +140,11 @@ def _sources(names: list[str]) -> list[tuple[str, str]]:
 
 
 def _refused(results: Results, format: str, what: str) -> Exit:
-    """Print why (in the asked format) and what was not done; exit 1."""
+    """Say why and what was not done; exit 1. JSON is the result (stdout), text a diagnosis."""
     if format == "json":
         print(report.as_json(results))
     else:
-        print(report.text(results))
+        print(report.text(results), file=sys.stderr)
     print(what, file=sys.stderr)
     return Exit(code=1)
 
