@@ -383,6 +383,14 @@ class _ServiceCheck:
     ) -> None:
         """Role ranges belong to DHT tasks; only a task's own port may be published there."""
         assert port.published is not None
+        if own is not None and port.target is not None and len(own.ports) > 1:
+            self.problem(
+                where,
+                f"target port {port.target} is one task's port, but the tasks listen on "
+                f"{own.ports} (one each): a published port reaches at most one of them; "
+                "use host networking (render --network host) to reach each task at its port",
+            )
+            return
         if own is not None and port.target is not None:
             if not own.ports.overlaps(port.target) or port.target.start not in own.ports:
                 self.problem(

@@ -184,3 +184,11 @@ def test_an_unset_variable_is_a_warning_not_a_failure(cli, monkeypatch) -> None:
     assert "warning: <stdin>:" in result.out and "CQKD_TEST_UNSET" in result.out
     github = cli("validate", "-", "--format", "github", stdin=text)
     assert "::warning file=<stdin>,line=" in github.out
+
+
+def test_a_file_name_with_spaces_and_commas_is_one_file(cli, tmp_path: Path) -> None:
+    odd = tmp_path / "my stack, v2.yml"
+    odd.write_text((CASES / "positive" / "plain-stack" / "stack.yml").read_text())
+    result = cli("validate", str(odd))
+    assert result.code == 0, result.out + result.err
+    assert result.out.strip() == "ok: 1 file valid"
