@@ -37,7 +37,8 @@ def _compose_file(services: int) -> str:
             f"  w{i}:",
             '    image: "cqkd-dht-node:latest"',
             f'    environment: {{CQKD_ROLE: worker, WORKER_ID: "{i + 1}", BASE_PORT: "7000"}}',
-            f'    ports: [{{target: {7000 + i}, published: {7000 + i}, protocol: udp, mode: host}}]',
+            f"    ports: [{{target: {7000 + i}, published: {7000 + i}, "
+            "protocol: udp, mode: host}]",
             "    deploy: {replicas: 1, labels: {cqkd.role: worker}}",
         ]
     return "\n".join(lines) + "\n"
