@@ -50,7 +50,7 @@ import docker
 
 from cqkd_stack import sysctls
 from cqkd_stack.deploy import stack_rm
-from cqkd_stack.images import BASE_IMAGE
+from cqkd_stack.images import host_base_image
 from cqkd_stack.swarm import STACK_LABEL, stack_filter, stack_leftovers
 
 NAIVE_DIR = Path(__file__).resolve().parent / "naive"
@@ -339,7 +339,7 @@ def recipe_hash(base_id: str) -> str:
 
 def ensure_naive_image(client: docker.DockerClient) -> str:
     """Build ``cqkd-naive-node:bench`` unless it exists with the current recipe."""
-    base = client.images.get(BASE_IMAGE)
+    base = client.images.get(host_base_image())
     wanted = recipe_hash(base.id)
     existing = None
     with contextlib.suppress(docker.errors.ImageNotFound):
@@ -457,8 +457,8 @@ def stage_floor(
     tuned(out)
     stack = stacks.new("floor")
     subnet = free_subnet(client, workers)
-    out.update(stack=stack, subnet=subnet, image=BASE_IMAGE, tasks=workers)
-    text = FLOOR_STACK.substitute(IMAGE=BASE_IMAGE, WORKERS=workers, SUBNET=subnet)
+    out.update(stack=stack, subnet=subnet, image=host_base_image(), tasks=workers)
+    text = FLOOR_STACK.substitute(IMAGE=host_base_image(), WORKERS=workers, SUBNET=subnet)
     before = memory()
     log(f"floor: deploying {workers} x sleep infinity as {stack} ({subnet})")
     start = time.monotonic()
@@ -776,9 +776,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     client = docker.from_env(timeout=300)
     try:
-        client.images.get(BASE_IMAGE)
+        client.images.get(host_base_image())
     except docker.errors.ImageNotFound:
-        print(f"{BASE_IMAGE} is missing: run `cqkd-stack setup` first", file=sys.stderr)
+        print(f"{host_base_image()} is missing: run `cqkd-stack setup` first", file=sys.stderr)
         return 2
     version = client.version()
     results: dict[str, Any] = {

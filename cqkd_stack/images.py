@@ -211,6 +211,11 @@ def base_release(host: HostRelease, suite: str | None = None) -> BaseRelease:
     return BaseRelease("debian", BASE_SUITE)
 
 
+def host_base_image() -> str:
+    """The base image `setup` builds on this host (tests and benchmarks run on it)."""
+    return base_release(host_release()).image
+
+
 @dataclass(frozen=True)
 class SourceEntry:
     """One repository of the host's apt sources: a one-line entry or one URI of a stanza."""

@@ -53,7 +53,7 @@ def test_node_image_is_labelled_with_the_hash_of_its_inputs(
     docker_client: docker.DockerClient, node_image: str
 ) -> None:
     image = docker_client.images.get(node_image)
-    base = docker_client.images.get(images.BASE_IMAGE)
+    base = docker_client.images.get(images.host_base_image())
     expected = images.build_inputs_hash(images.project_root(), base.id)
     assert image.labels[images.HASH_LABEL] == expected
     assert node_image == images.NODE_IMAGE
@@ -133,7 +133,7 @@ def test_a_source_change_rebuilds_and_reaches_the_image(
     (project / "cqkd_stack" / "_cqkdtest_marker.py").write_text(f"TOKEN = {token!r}\n")
     repo = f"cqkdtest_{uuid.uuid4().hex[:8]}"
     tag = f"{repo}:probe"
-    base = docker_client.images.get(images.BASE_IMAGE)
+    base = docker_client.images.get(images.host_base_image())
     try:
         image, inputs, wheelhouse, done = images.ensure_node_image(
             docker_client, base, project_dir=project, wheelhouse=tmp_path / "wheels", tag=tag
