@@ -45,16 +45,17 @@ def load_schema(name: str) -> dict[str, Any]:
 
 # Hostile input must be refused quickly and cheaply: within a second and a
 # few tens of MB, whatever the file. A rendered stack of 1000 workers is
-# ~30 kB and ~300 YAML nodes (one service, replicas); a compose file with
-# one service per worker for 1000 workers is ~250 kB and ~17,000 nodes,
-# which reads and checks in ~0.9 s here. Measured before these limits: a
-# 4 MiB file of 95,000 one-line services took 28 s and 520 MB to refuse.
+# ~30 kB and ~300 YAML nodes (one service, replicas). Checking costs ~27
+# microseconds a node (60% of it jsonschema), so 30,000 nodes take ~0.8 s
+# plus start-up; a compose file with one service per worker reaches that at
+# 1000-1700 services, depending on its keys. Measured before these limits:
+# a 4 MiB file of 95,000 one-line services took 28 s and 520 MB to refuse.
 MAX_BYTES = 1024 * 1024
 # Nodes the document would have with every alias expanded (so also the
 # plain node count). A "billion laughs" file is a few hundred bytes whose
 # aliases expand to ~10^9 nodes: PyYAML builds it as shared objects, but
 # every walk over it (schema checks, rendering) visits each copy, which ran
-# to 2.7 GB before being killed. Checking costs ~30 microseconds a node.
+# to 2.7 GB before being killed.
 MAX_EXPANDED_NODES = 30_000
 # libyaml composes nesting in C, and Python code after it recurses: refuse
 # a document nested deeper than any stack file is.
