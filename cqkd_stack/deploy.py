@@ -86,7 +86,6 @@ def bootstrap_only(doc: dict[str, Any]) -> dict[str, Any] | None:
 
 def deploy_bootstrap_first(
     client: docker.DockerClient,
-    doc: dict[str, Any],
     stack_file: Path,
     stack: str,
     say: Callable[[str], None] | None = None,
@@ -95,13 +94,18 @@ def deploy_bootstrap_first(
     """``docker stack deploy``, bootstrap nodes first when the stack is new (see bootstrap_only).
 
     A stack that already exists is deployed in one step: its bootstrap runs.
+    The first phase is made from the file as written (not as interpolated),
+    so that Docker interpolates it exactly once, as it does the whole file.
     """
-    first = bootstrap_only(doc) if not client.api.services(filters=stack_filter(stack)) else None
-    if first is None:
+    if client.api.services(filters=stack_filter(stack)):
         stack_deploy(stack_file, stack)
         return
     import yaml
 
+    first = bootstrap_only(yaml.safe_load(stack_file.read_text()))
+    if first is None:
+        stack_deploy(stack_file, stack)
+        return
     phase = stack_file.with_name(f"{stack_file.stem}.bootstrap-first{stack_file.suffix}")
     phase.write_text(yaml.safe_dump(first, sort_keys=False))
     start = time.monotonic()

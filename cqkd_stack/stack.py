@@ -8,6 +8,7 @@ be used and tested without Invoke.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import deploy as live
 from . import swarm
+from .compose import load_stack
 from .documents import read_text
 from .errors import CqkdError
 from .policy import Policy
@@ -125,17 +127,14 @@ def check_against_swarm(
     so do every stack's published ports; this stack's own services are being
     replaced, so they do not. Subnets of existing networks must not overlap.
     """
-    import yaml
-
     taken = swarm.taken_subnets(client, exclude_stack=stack)
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError:
-        doc = None  # the validator reports it, with its line
-    joined = swarm.stack_network_names(doc, stack) if isinstance(doc, dict) else set()
+    # Read once, as docker stack deploy will (interpolated from this environment).
+    loaded = load_stack(text, source, os.environ)
+    doc = loaded.doc
+    joined = swarm.stack_network_names(doc, stack) if doc is not None else set()
     existing = swarm.live_claims(client, policy, exclude_stack=stack, networks=joined)
-    results = validate_texts([(source, text)], policy, existing, taken)
-    return results, doc if isinstance(doc, dict) else None
+    results = validate_texts([(source, text)], policy, existing, taken, loaded={source: loaded})
+    return results, doc
 
 
 def deploy_stack(
@@ -157,7 +156,7 @@ def deploy_stack(
         path = Path(tmp) / f"{request.stack}.stack.yml"
         path.write_text(text)
         say(f"deploying stack '{request.stack}' ({source})")
-        live.deploy_bootstrap_first(client, doc, path, request.stack, say)
+        live.deploy_bootstrap_first(client, path, request.stack, say)
     outcome = DeployOutcome(request.stack, source)
     if not request.wait:
         return outcome

@@ -634,6 +634,7 @@ def validate_texts(
     taken: Sequence[TakenSubnet] = (),
     together: bool = False,
     environ: Mapping[str, str] | None = None,
+    loaded: Mapping[str, LoadedStack] | None = None,
 ) -> Results:
     """Validate (file name, text) pairs; each is its own stack unless ``together``.
 
@@ -643,7 +644,9 @@ def validate_texts(
     ``environ`` is what ``${VAR}`` is substituted from, as ``docker stack
     deploy`` would (default: this process's environment). Port policies
     given among the files are checked as policies; stack templates are
-    skipped (render them, then lint the result).
+    skipped (render them, then lint the result). ``loaded`` are stacks the
+    caller has already read with ``compose.load_stack``, by file name, so
+    that nothing is parsed twice.
     """
     environ = os.environ if environ is None else environ
     results = Results()
@@ -660,21 +663,22 @@ def validate_texts(
             doc, problems = parse_yaml(text, file, "a port policy with roles")
             results.extend(problems if doc is None else policy_problems(doc, file))
             continue
-        loaded = loaded_by_file[file] = load_stack(text, file, environ)
-        results.warn(loaded.warnings)
-        if loaded.doc is None:
-            results.extend([_explain_template(p) for p in loaded.problems])
+        stack = (loaded or {}).get(file) or load_stack(text, file, environ)
+        loaded_by_file[file] = stack
+        results.warn(stack.warnings)
+        if stack.doc is None:
+            results.extend([_explain_template(p) for p in stack.problems])
             continue
-        problems, found = check_services(loaded.doc, file, policy, taken)
+        problems, found = check_services(stack.doc, file, policy, taken)
         if together:
             claims += found
         else:
             problems += collision_problems(found, existing)
-        results.extend(_with_lines(problems, loaded))
+        results.extend(_with_lines(problems, stack))
     if together:
         for problem in collision_problems(claims, existing):
-            loaded = loaded_by_file.get(problem.file)
-            results.extend(_with_lines([problem], loaded) if loaded else [problem])
+            found_in = loaded_by_file.get(problem.file)
+            results.extend(_with_lines([problem], found_in) if found_in else [problem])
     return results
 
 
