@@ -192,3 +192,14 @@ def test_a_file_name_with_spaces_and_commas_is_one_file(cli, tmp_path: Path) -> 
     result = cli("validate", str(odd))
     assert result.code == 0, result.out + result.err
     assert result.out.strip() == "ok: 1 file valid"
+
+
+def test_collision_reports_grow_linearly_with_the_services(cli) -> None:
+    """300 services on one host port: one problem each, not one per pair (44,850)."""
+    services = "".join(f"  web{i}:\n    image: nginx\n    ports: ['8080:80']\n" for i in range(300))
+    result = cli("validate", "-", "--format", "json", stdin=f"services:\n{services}")
+    assert result.code == 1
+    problems = json.loads(result.out)["files"][0]["problems"]
+    collisions = [p for p in problems if "overlaps service" in p["message"]]
+    assert len(collisions) == 299
+    assert len(problems) - len(collisions) == 1  # and 300 tasks do not fit Docker's /24
