@@ -137,27 +137,41 @@ def check_against_swarm(
     return results, doc
 
 
-def deploy_stack(
-    client: docker.DockerClient,
-    request: DeployRequest,
-    say: Say,
-    progress: live.Progress | None = None,
-) -> DeployOutcome:
-    """Render or read, validate against the swarm, deploy bootstrap first, wait, map ports.
+@dataclass(frozen=True)
+class CheckedStack:
+    """A stack file that passed validation against the policy and the live swarm."""
 
-    Raises NotDeployed (with the results) before anything changes when the
-    stack breaks the policy or collides with what runs.
+    source: str
+    text: str
+
+
+def check_stack(client: docker.DockerClient, request: DeployRequest) -> CheckedStack:
+    """Render or read, then validate against the swarm; NotDeployed if it would break.
+
+    Nothing on the swarm changes here: this is the part an operator waits
+    for before anything is drawn or deployed.
     """
     source, text = stack_text(client, request)
     results, doc = check_against_swarm(client, request.stack, source, text, request.policy)
     if not results.ok or doc is None:
         raise NotDeployed(results)
+    return CheckedStack(source, text)
+
+
+def deploy_stack(
+    client: docker.DockerClient,
+    request: DeployRequest,
+    checked: CheckedStack,
+    say: Say,
+    progress: live.Progress | None = None,
+) -> DeployOutcome:
+    """Deploy a checked stack (bootstrap first), wait until it is in the DHT, map its ports."""
     with tempfile.TemporaryDirectory(prefix="cqkd-") as tmp:
         path = Path(tmp) / f"{request.stack}.stack.yml"
-        path.write_text(text)
-        say(f"deploying stack '{request.stack}' ({source})")
+        path.write_text(checked.text)
+        say(f"deploying stack '{request.stack}' ({checked.source})")
         live.deploy_bootstrap_first(client, path, request.stack, say)
-    outcome = DeployOutcome(request.stack, source)
+    outcome = DeployOutcome(request.stack, checked.source)
     if not request.wait:
         return outcome
     outcome.waited = live.wait_until_ready(client, request.stack, request.timeout, progress)
@@ -182,19 +196,24 @@ class ScaleOutcome:
         }
 
 
+def check_scale(
+    client: docker.DockerClient, stack: str, service: str, replicas: int, policy: Policy
+) -> None:
+    """The new count, judged by the validator's rules on the live service; NotDeployed if not."""
+    results = swarm.scale_problems(client, stack, service, replicas, policy)
+    if not results.ok:
+        raise NotDeployed(results, "nothing was changed")
+
+
 def scale_stack(
     client: docker.DockerClient,
     stack: str,
     service: str,
     replicas: int,
-    policy: Policy,
     timeout: float,
     progress: live.Progress | None = None,
 ) -> ScaleOutcome:
-    """Check the new count with the validator's rules, scale, wait until the DHT has them."""
-    results = swarm.scale_problems(client, stack, service, replicas, policy)
-    if not results.ok:
-        raise NotDeployed(results, "nothing was changed")
+    """Scale a checked service and wait until the DHT has every task."""
     live.scale_service(client, stack, service, replicas)
     waited = live.wait_until_ready(client, stack, timeout, progress)
     return ScaleOutcome(stack, service, replicas, waited)

@@ -339,7 +339,7 @@ def deploy(
     """Validate, deploy the DHT stack, and wait until every task answers in the DHT."""
     from . import swarm
     from .console import print_port_map, stderr_console, with_progress
-    from .stack import DeployRequest, NotDeployed, deploy_stack
+    from .stack import DeployRequest, NotDeployed, check_stack, deploy_stack
 
     _format(format)
     name = _setting(c, "stack", stack)
@@ -356,13 +356,14 @@ def deploy(
     console = stderr_console()
     client = swarm.connect()
     try:
-        outcome = with_progress(
-            console,
-            "starting",
-            lambda progress: deploy_stack(client, request, console.log, progress),
-        )
+        checked = check_stack(client, request)
     except NotDeployed as refused:
         raise _refused(refused.results, format, refused.what) from None
+    outcome = with_progress(
+        console,
+        "starting",
+        lambda progress: deploy_stack(client, request, checked, console.log, progress),
+    )
     summary = outcome.summary()
     if format == "json":
         _print_json(summary)
@@ -503,7 +504,7 @@ def scale(
     """Scale the workers after checking the new count against the policy; existing ports stay."""
     from . import swarm
     from .console import stderr_console, with_progress
-    from .stack import NotDeployed, scale_stack
+    from .stack import NotDeployed, check_scale, scale_stack
 
     _format(format)
     if replicas < 1:
@@ -513,13 +514,14 @@ def scale(
     rules = _policy(c, policy)
     client = swarm.connect()
     try:
-        outcome = with_progress(
-            console,
-            "scaling",
-            lambda progress: scale_stack(client, name, service, replicas, rules, timeout, progress),
-        )
+        check_scale(client, name, service, replicas, rules)
     except NotDeployed as refused:
         raise _refused(refused.results, format, refused.what) from None
+    outcome = with_progress(
+        console,
+        "scaling",
+        lambda progress: scale_stack(client, name, service, replicas, timeout, progress),
+    )
     if format == "json":
         _print_json(outcome.summary())
         return
