@@ -354,8 +354,18 @@ class HealthFile:
             raise CqkdError(f"cannot write health file {self.path}: {exc}") from None
 
     def remove(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            # The first write the node makes: a read-only root filesystem
+            # without a tmpfs on /tmp fails here, so say what to mount.
+            raise CqkdError(
+                f"cannot write in {os.path.dirname(self.path) or '.'} (health file "
+                f"{self.path}): {exc.strerror or exc}; with a read-only root filesystem "
+                "mount a tmpfs there (stacks: volumes: [{type: tmpfs, target: /tmp}])"
+            ) from None
 
     def exists(self) -> bool:
         return os.path.exists(self.path)

@@ -205,6 +205,9 @@ class Prober:
                 auto_remove=True,
                 # The node image's health check would exec into it every 5 s.
                 healthcheck={"test": ["NONE"]},
+                # As the nodes run: no capability, nothing written.
+                read_only=True,
+                cap_drop=["ALL"],
                 **net,
             )
             container.start()

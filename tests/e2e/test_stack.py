@@ -155,6 +155,29 @@ def test_no_task_runs_a_docker_health_check(stack: str, docker_client: docker.Do
         assert check == {"Test": ["NONE"]}, (service.name, check)
 
 
+def test_every_node_runs_unprivileged_on_a_read_only_root(
+    stack: str, docker_client: docker.DockerClient
+) -> None:
+    """Not root, no capability, nothing writable but its /tmp tmpfs."""
+    containers = docker_client.api.containers(filters={"label": f"{STACK_LABEL}={stack}"})
+    assert len(containers) >= WORKERS + 3
+    for summary in containers:
+        attrs = docker_client.api.inspect_container(summary["Id"])
+        name = attrs["Name"]
+        assert attrs["Config"]["User"] == "10001:10001", name
+        assert attrs["HostConfig"]["ReadonlyRootfs"] is True, name
+        assert not attrs["HostConfig"].get("CapAdd"), name
+        assert attrs["HostConfig"]["CapDrop"] == ["ALL"], name
+        assert [(m["Type"], m["Destination"]) for m in attrs["Mounts"]] == [("tmpfs", "/tmp")]
+    sample = docker_client.containers.get(containers[0]["Id"])
+    code, output = sample.exec_run(["python3", "-c", "import os; print(os.getuid())"])
+    assert (code, output.strip()) == (0, b"10001")
+    code, output = sample.exec_run(["touch", "/usr/written"])
+    assert code != 0 and b"Read-only file system" in output
+    code, status = sample.exec_run(["grep", "^CapEff", "/proc/1/status"])
+    assert code == 0 and status.split()[-1] == b"0000000000000000", status
+
+
 def test_probe_task_finds_every_task_in_the_dht(stack: str) -> None:
     done = cqkd("probe", "--stack", stack, "--format", "json")
     assert done.returncode == 0, done.stdout + done.stderr
