@@ -92,8 +92,8 @@ def stack_text(client: docker.DockerClient, request: DeployRequest) -> tuple[str
     """(source name, text) of the stack to deploy: the given file, or one rendered once.
 
     A rendered stack gets the manager's address for host networking, joins
-    its own DHT (or, for a batch, the stack it names), and an overlay subnet
-    that no network on the engine uses yet.
+    its own DHT (or, for a batch, the stack it names), and an overlay subnet:
+    its network's own if the stack runs, else one no network uses yet.
     """
     if request.file:
         return request.file, read_text(Path(request.file))
@@ -104,9 +104,13 @@ def stack_text(client: docker.DockerClient, request: DeployRequest) -> tuple[str
     if not options.is_batch:
         options = _replace(options, join_stack=request.stack)
     taken = swarm.taken_subnets(client, exclude_stack=request.stack)
+    # A redeploy keeps its network's subnet: Swarm never changes a live
+    # network, and the same options must render the same file (so that
+    # deploying twice changes nothing and restarts no task).
+    current = swarm.stack_subnet(client, request.stack)
 
     def free(tasks: int) -> Any:
-        return swarm.free_subnet(taken, tasks)
+        return current if current is not None else swarm.free_subnet(taken, tasks)
 
     source = f"<rendered for stack {request.stack}>"
     return source, render(request.policy, options, free)

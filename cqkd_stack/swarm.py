@@ -8,6 +8,7 @@ in-container resolver uses.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -458,6 +459,20 @@ def taken_subnets(
             if isinstance(subnet, ipaddress.IPv4Network):
                 taken.append((network["Name"], subnet))
     return taken
+
+
+def stack_subnet(client: docker.DockerClient, stack: str) -> ipaddress.IPv4Network | None:
+    """The subnet of a deployed stack's DHT network, None if it has none yet."""
+    name = f"{stack}_{DHT_NETWORK}"
+    for network in client.api.networks(names=[name]):
+        if network["Name"] != name:
+            continue
+        for config in (network.get("IPAM") or {}).get("Config") or []:
+            with contextlib.suppress(ValueError):
+                subnet = ipaddress.ip_network(config.get("Subnet", ""))
+                if isinstance(subnet, ipaddress.IPv4Network):
+                    return subnet
+    return None
 
 
 def free_subnet(

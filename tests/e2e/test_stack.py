@@ -355,6 +355,56 @@ def test_ports_lists_exactly_the_expected_slots_and_ports(stack: str) -> None:
     assert usage["worker"] == (WORKERS, 1000 - WORKERS)
 
 
+def _running_tasks(client: docker.DockerClient, stack: str) -> dict[str, tuple[str, int]]:
+    tasks = client.api.tasks(
+        filters={"label": f"{STACK_LABEL}={stack}", "desired-state": "running"}
+    )
+    return {t["ID"]: (t["ServiceID"], t.get("Slot", 0)) for t in tasks}
+
+
+def test_the_same_deploy_twice_changes_nothing(
+    stack: str, docker_client: docker.DockerClient
+) -> None:
+    """A redeploy renders the same file (its network keeps its subnet): no task restarts."""
+    before = _running_tasks(docker_client, stack)
+    assert len(before) == WORKERS + 3
+    done = cqkd("deploy", "--replicas", str(WORKERS), "--stack", stack, "--timeout", "120")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _running_tasks(docker_client, stack) == before
+    states = {
+        t["Status"]["State"]
+        for t in docker_client.api.tasks(
+            filters={"label": f"{STACK_LABEL}={stack}", "desired-state": "running"}
+        )
+    }
+    assert states == {"running"}
+
+
+def test_a_killed_worker_comes_back_in_its_slot_on_its_port(
+    stack: str, docker_client: docker.DockerClient, node_image: str
+) -> None:
+    slot = 7
+    (old,) = [t for t in worker_tasks(docker_client, stack) if t["Slot"] == slot]
+    container = docker_client.containers.get(old["Status"]["ContainerStatus"]["ContainerID"])
+    container.kill()  # SIGKILL: the node gets no say
+
+    def replaced() -> dict[str, Any] | None:
+        for task in worker_tasks(docker_client, stack):
+            fresh = task["Slot"] == slot and task["ID"] != old["ID"]
+            if fresh and task["Status"]["State"] == "running":
+                return task
+        return None
+
+    new = wait_for(replaced, 120, f"a new task running in worker slot {slot}")
+    address = dht_address(new, stack)
+    answers = probe(docker_client, node_image, f"{stack}_dht", [f"{address}:{7000 + slot - 1}"])
+    assert answers[f"{address}:{7000 + slot - 1}"], "the replacement is not on its slot's port"
+    done = cqkd("ports", "--stack", stack, "--format", "json")
+    rows = [r for r in json.loads(done.stdout)["tasks"] if r["service"] == f"{stack}_worker"]
+    assert {r["slot"]: r["port"] for r in rows}[slot] == 7000 + slot - 1
+    assert json.loads(done.stdout)["duplicate_ports"] == []
+
+
 def test_scale_up_keeps_existing_ports(
     stack: str, docker_client: docker.DockerClient, node_image: str
 ) -> None:
