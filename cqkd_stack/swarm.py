@@ -217,7 +217,35 @@ def port_map(client: docker.DockerClient, stack: str, policy: Policy | None = No
         raise CqkdError(f"no stack named '{stack}' is deployed (no service has that namespace)")
     tasks = api.tasks(filters={**stack_filter(stack), "desired-state": "running"})
     nodes = {n["ID"]: n for n in api.nodes()}
-    return build_port_map(stack, services, tasks, nodes, policy)
+    result = build_port_map(stack, services, tasks, nodes, policy)
+    if result.missing_slots:
+        # Between two attempts a failing slot has no task Swarm wants running:
+        # show its last attempt (failed, and why) rather than nothing.
+        ended = api.tasks(filters={**stack_filter(stack), "service": list(result.missing_slots)})
+        result.tasks += last_attempts(stack, services, ended, nodes, result.missing_slots)
+    return result
+
+
+def last_attempts(
+    stack: str,
+    services: list[dict[str, Any]],
+    tasks: list[dict[str, Any]],
+    nodes: dict[str, dict[str, Any]],
+    missing: dict[str, list[int]],
+) -> list[TaskPort]:
+    """The newest ended task of each missing slot, as a row of the port map."""
+    names = {s["ID"]: s["Spec"]["Name"] for s in services}
+    newest: dict[tuple[str, int], dict[str, Any]] = {}
+    for task in tasks:
+        slot = task.get("Slot")
+        if task.get("DesiredState") == "running" or slot not in missing.get(
+            names.get(task["ServiceID"], ""), []
+        ):
+            continue
+        key = (task["ServiceID"], slot)
+        if key not in newest or task["Version"]["Index"] > newest[key]["Version"]["Index"]:
+            newest[key] = task
+    return task_rows(stack, services, list(newest.values()), nodes, ended=True)
 
 
 def task_rows(
@@ -225,13 +253,14 @@ def task_rows(
     services: list[dict[str, Any]],
     tasks: list[dict[str, Any]],
     nodes: dict[str, dict[str, Any]],
+    ended: bool = False,
 ) -> list[TaskPort]:
-    """One row per task that Swarm wants running, for the DHT services only."""
+    """One row per task that Swarm wants running (or, ``ended``, per given task), DHT only."""
     rules = {s["ID"]: port_rule(s) for s in services}
     network_name = f"{stack}_{DHT_NETWORK}"
     rows = []
     for task in tasks:
-        if task.get("DesiredState", "running") != "running":
+        if not ended and task.get("DesiredState", "running") != "running":
             continue
         rule = rules.get(task["ServiceID"])
         if rule is None or not is_dht(rule):

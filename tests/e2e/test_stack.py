@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -487,6 +488,47 @@ def test_host_network_workers_answer_on_the_node_at_their_slot_port(
         remove_quietly(host)
         remove_quietly(clash)
     assert leftovers(docker_client, host)["containers"] == []
+
+
+def test_a_host_port_already_taken_fails_that_worker_and_it_never_moves(
+    docker_client: docker.DockerClient, node_image: str
+) -> None:
+    """Host networking, port 7002 held by someone else: slot 3 fails, loudly, on 7002."""
+    host = f"cqkdtest_{uuid.uuid4().hex[:8]}"
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    squatter.bind(("0.0.0.0", 7002))
+    try:
+        done = cqkd("deploy", "-r", "5", "-n", "host", "-s", host, "--no-wait")
+        assert done.returncode == 0, done.stdout + done.stderr
+
+        def failed_attempts() -> list[dict[str, Any]] | None:
+            tasks = docker_client.api.tasks(filters={"service": f"{host}_worker"})
+            failed = [t for t in tasks if t["Slot"] == 3 and t["Status"]["State"] == "failed"]
+            return failed if len(failed) >= 2 else None
+
+        failed = wait_for(failed_attempts, 180, "slot 3 failing twice on its taken port")
+        container = failed[0]["Status"]["ContainerStatus"]["ContainerID"]
+        log = docker_client.api.logs(container).decode()
+        assert "cannot listen on UDP 0.0.0.0:7002" in log, log
+        assert "never picks another port" in log
+        shown = cqkd("ports", "-s", host, "-f", "json")
+        assert shown.returncode in (0, 1), shown.stderr
+        ports = json.loads(shown.stdout)
+        rows = {r["slot"]: r for r in ports["tasks"] if r["service"] == f"{host}_worker"}
+        assert {slot: r["port"] for slot, r in rows.items()} == {
+            slot: 7000 + slot - 1 for slot in range(1, 6)
+        }
+        assert rows[3]["state"] != "running", rows[3]
+        assert all(rows[slot]["state"] == "running" for slot in (1, 2, 4, 5)), rows
+        nodes = {n.id: n.attrs["Status"]["Addr"] for n in docker_client.nodes.list()}
+        others = [t for t in worker_tasks(docker_client, host) if t["Slot"] != 3]
+        targets = [f"{nodes[t['NodeID']]}:{7000 + t['Slot'] - 1}" for t in others]
+        answers = probe(docker_client, node_image, "host", targets)
+        assert all(answers.values()), answers
+    finally:
+        squatter.close()
+        cqkd("teardown", "--stack", host, "--timeout", "300")
+        remove_quietly(host)
 
 
 def test_teardown_leaves_no_service_container_or_network(

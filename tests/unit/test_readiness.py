@@ -8,7 +8,7 @@ import pytest
 
 from cqkd_stack.probe import count_neighbours
 from cqkd_stack.readiness import Target
-from cqkd_stack.swarm import build_port_map, task_rows
+from cqkd_stack.swarm import build_port_map, last_attempts, task_rows
 from cqkd_stack.wire import PROBE_NODE_ID
 
 OTHER = bytes(20)
@@ -65,6 +65,7 @@ def service(sid: str, name: str, env: list[str], replicas: int = 2) -> dict[str,
 def task(tid: str, sid: str, slot: int, networks: list[tuple[str, str]], **status: Any) -> dict:
     return {
         "ID": tid,
+        "Version": {"Index": status.pop("version", 1)},
         "ServiceID": sid,
         "Slot": slot,
         "NodeID": "n1",
@@ -139,3 +140,18 @@ def test_rounds_are_spaced_by_stack_size_until_every_task_runs() -> None:
     assert poll_interval(303, 100) == 303 / 200
     assert poll_interval(1003, 500) == MAX_POLL_SECONDS
     assert poll_interval(1003, 1003) == POLL_SECONDS  # all running: joins come fast
+
+
+def test_a_missing_slot_shows_its_last_attempt_and_why_it_ended() -> None:
+    services = [service("w", "s_worker", WORKER_ENV, replicas=3)]
+    ended = [
+        task("old", "w", 3, [], desired="shutdown", state="failed", version=5),
+        task("new", "w", 3, [], desired="shutdown", state="failed", version=9),
+        task("gone", "w", 2, [], desired="shutdown", state="shutdown", version=7),
+        task("live", "w", 1, [("s_dht", "10.9.0.3/20")], version=3),
+    ]
+    ended[1]["Status"]["Err"] = "task: non-zero exit (1)"
+    rows = last_attempts("s", services, ended, NODES, {"s_worker": [3]})
+    assert [(r.task_id, r.slot, r.port, r.state, r.error) for r in rows] == [
+        ("new", 3, 7002, "failed", "task: non-zero exit (1)")
+    ]
