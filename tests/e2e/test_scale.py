@@ -13,6 +13,7 @@ import ipaddress
 import json
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -98,6 +99,50 @@ def test_alice_and_bob_work_through_300_workers(big_stack: tuple[str, dict]) -> 
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(done.stdout)
     assert result["probe"]["answered"] == result["probe"]["total"] == WORKERS + 3
+
+
+def test_scale_down_and_back_never_shares_a_port(
+    big_stack: tuple[str, dict], docker_client: docker.DockerClient
+) -> None:
+    """300 -> 150 -> 300 with the port map read throughout: never a port held twice,
+    every slot always on 7000 + slot - 1, and returning slots on their old ports."""
+    from cqkd_stack.swarm import port_map
+
+    name, _ = big_stack
+    worker = f"{name}_worker"
+
+    def worker_ports() -> dict[int, int]:
+        rows = port_map(docker_client, name).tasks
+        return {r.slot: r.port for r in rows if r.service == worker and r.state == "running"}
+
+    before = worker_ports()
+    assert len(before) == WORKERS
+    samples: list[tuple[list[int], dict[int, int]]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            result = port_map(docker_client, name)
+            rows = {r.slot: r.port for r in result.tasks if r.service == worker}
+            samples.append((result.duplicate_ports, rows))
+            stop.wait(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        down = cqkd("scale", "-r", str(WORKERS // 2), "-s", name, "-t", "600")
+        assert down.returncode == 0, down.stdout + down.stderr
+        up = cqkd("scale", "-r", str(WORKERS), "-s", name, "-t", "600")
+        assert up.returncode == 0, up.stdout + up.stderr
+    finally:
+        stop.set()
+        sampler.join(timeout=30)
+    assert len(samples) > 10, "the port map was hardly read during the scaling"
+    assert all(duplicates == [] for duplicates, _ in samples)
+    for _, rows in samples:
+        assert all(port == 7000 + slot - 1 for slot, port in rows.items()), rows
+    assert worker_ports() == before
+    assert cqkd("probe", "-s", name).returncode == 0
 
 
 def test_teardown_of_300_leaves_nothing(
