@@ -408,8 +408,17 @@ def _values_at(
 # --- Docker's schema, with the format checks its loader registers ---
 
 
-def _port_spec_error(spec: str) -> str | None:
-    """Why go-connections' nat.ParsePortSpec refuses ``spec``, None if it accepts it.
+@dataclass(frozen=True)
+class PortSpec:
+    """A short-syntax ``ports:`` entry as Docker reads it (inclusive ranges)."""
+
+    host: tuple[int, int] | None
+    container: tuple[int, int]
+    protocol: str
+
+
+def parse_port_spec(spec: str) -> PortSpec | str:
+    """go-connections' nat.ParsePortSpec: the entry, or why Docker refuses it.
 
     Docker registers it as the "ports" format: ``[[ip:]host:]container[/proto]``
     with ranges (``7000-7010``) on either port.
@@ -432,6 +441,7 @@ def _port_spec_error(spec: str) -> str | None:
     ports = _port_range(container)
     if ports is None:
         return f"invalid container port: {container}"
+    hosts = None
     if host:
         hosts = _port_range(host)
         if hosts is None:
@@ -440,7 +450,13 @@ def _port_spec_error(spec: str) -> str | None:
             return f"container ports {container} and host ports {host} differ in length"
     if proto.lower() not in ("tcp", "udp", "sctp"):
         return f"invalid protocol: {proto}"
-    return None
+    return PortSpec(hosts, ports, proto.lower())
+
+
+def _port_spec_error(spec: str) -> str | None:
+    """Why Docker refuses a short-syntax entry, None if it accepts it."""
+    parsed = parse_port_spec(spec)
+    return parsed if isinstance(parsed, str) else None
 
 
 def _port_range(text: str) -> tuple[int, int] | None:
@@ -594,10 +610,6 @@ def _explain(error: ValidationError) -> tuple[PathParts, str, PathParts]:
             return path, f"invalid name {names}: Docker allows names matching {patterns[0]}", where
         return path, _humanise(error), where
     return path, _humanise(error), path
-
-
-def _matches(patterns: list[str], key: str) -> bool:
-    return any(re.search(p, key) for p in patterns)
 
 
 def _branch_types(error: ValidationError) -> list[str] | None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .compose import parse_port_spec
 from .policy import PortRange
-
-MAX_PORT = 65535
+from .resolver import MAX_PORT
 
 
 @dataclass(frozen=True)
@@ -42,22 +42,27 @@ def _range(text: str, what: str, spec: str) -> PortRange:
         start, end = int(first), int(last or first)
     except ValueError:
         raise _Refused(f"{what} port '{text}' in '{spec}' is not a number or range") from None
+    if end < start:
+        raise _Refused(f"{what} port range '{text}' in '{spec}' ends before it starts")
+    return _ports(start, end, what, spec)
+
+
+def _ports(start: int, end: int, what: str, spec: str) -> PortRange:
+    """Docker takes 0 and ranges of any size; a port a task can be reached on is 1-65535."""
     for number in (start, end):
         if not 1 <= number <= MAX_PORT:
             raise _Refused(f"{what} port {number} in '{spec}' is not a port (1-{MAX_PORT})")
-    if end < start:
-        raise _Refused(f"{what} port range '{text}' in '{spec}' ends before it starts")
     return PortRange(start, end)
 
 
 def _short(spec: str) -> PublishedPort:
-    body, _, protocol = spec.partition("/")
-    parts = body.rsplit(":", 2)
-    target_text = parts[-1]
-    published_text = parts[-2] if len(parts) > 1 else ""
-    target = _range(target_text, "target", spec)
-    published = _range(published_text, "published", spec) if published_text else None
-    return PublishedPort(spec, target, published, (protocol or "tcp").lower())
+    """Read as Docker reads it (compose.parse_port_spec), then held to real port numbers."""
+    parsed = parse_port_spec(spec)
+    if isinstance(parsed, str):
+        raise _Refused(f"'{spec}' is not a valid port mapping: {parsed}")
+    target = _ports(*parsed.container, "target", spec)
+    published = _ports(*parsed.host, "published", spec) if parsed.host else None
+    return PublishedPort(spec, target, published, parsed.protocol)
 
 
 def _long(entry: dict[str, Any]) -> PublishedPort:

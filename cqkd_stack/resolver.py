@@ -178,7 +178,8 @@ def _parse_int(name: str, raw: str) -> int:
     return int(text)
 
 
-def _optional_int(env: Mapping[str, str], name: str) -> int | None:
+def optional_int(env: Mapping[str, str], name: str) -> int | None:
+    """An integer variable of the contract, None when unset; the linter reads them so too."""
     raw = _get(env, name)
     return None if raw is None else _parse_int(name, raw)
 
@@ -277,8 +278,8 @@ def resolve(env: Mapping[str, str]) -> Resolution:
         raise ResolverError(f"PORT_PROTOCOL={protocol_raw!r} must be udp or tcp", "PORT_PROTOCOL")
     bind_host = (_get(env, "BIND_HOST") or "0.0.0.0").strip()
 
-    base = _optional_int(env, "BASE_PORT")
-    end = _optional_int(env, "PORT_RANGE_END")
+    base = optional_int(env, "BASE_PORT")
+    end = optional_int(env, "PORT_RANGE_END")
     _check_role_range(base, end, role)
 
     def done(port: int, slot: int | None, source: str) -> Resolution:
@@ -314,7 +315,7 @@ def resolve(env: Mapping[str, str]) -> Resolution:
     if slot < 1:
         raise ResolverError(f"{slot_name}={slot} must be >= 1 (Swarm slots start at 1)", slot_name)
 
-    offset = _optional_int(env, "PORT_OFFSET") or 0
+    offset = optional_int(env, "PORT_OFFSET") or 0
     if offset < 0:
         raise ResolverError(f"PORT_OFFSET={offset} must be >= 0", "PORT_OFFSET")
 

@@ -8,6 +8,8 @@ be used and tested without Invoke.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import os
 import tempfile
 from collections.abc import Callable
@@ -23,7 +25,7 @@ from .errors import CqkdError
 from .policy import Policy
 from .render import RenderOptions, render
 from .results import Results
-from .validate import validate_texts
+from .validate import TakenSubnet, validate_texts
 
 if TYPE_CHECKING:
     import docker
@@ -88,42 +90,43 @@ def port_ranges(ports: swarm.PortMap) -> dict[str, str]:
     return {s: f"{min(p)}-{max(p)}" if len(p) > 1 else str(p[0]) for s, p in by_service.items()}
 
 
-def stack_text(client: docker.DockerClient, request: DeployRequest) -> tuple[str, str]:
+def stack_text(
+    client: docker.DockerClient, request: DeployRequest, taken: list[TakenSubnet]
+) -> tuple[str, str]:
     """(source name, text) of the stack to deploy: the given file, or one rendered once.
 
     A rendered stack gets the manager's address for host networking, joins
     its own DHT (or, for a batch, the stack it names), and an overlay subnet:
-    its network's own if the stack runs, else one no network uses yet.
+    its network's own if the stack runs, else one outside ``taken`` (the
+    subnets of the engine's other networks).
     """
     if request.file:
         return request.file, read_text(Path(request.file))
     options = request.options
     if options.bootstrap_host == RenderOptions.bootstrap_host:
         address = client.info()["Swarm"].get("NodeAddr") or "127.0.0.1"
-        options = _replace(options, bootstrap_host=address)
+        options = dataclasses.replace(options, bootstrap_host=address)
     if not options.is_batch:
-        options = _replace(options, join_stack=request.stack)
-    taken = swarm.taken_subnets(client, exclude_stack=request.stack)
+        options = dataclasses.replace(options, join_stack=request.stack)
     # A redeploy keeps its network's subnet: Swarm never changes a live
     # network, and the same options must render the same file (so that
     # deploying twice changes nothing and restarts no task).
     current = swarm.stack_subnet(client, request.stack)
 
-    def free(tasks: int) -> Any:
+    def free(tasks: int) -> ipaddress.IPv4Network:
         return current if current is not None else swarm.free_subnet(taken, tasks)
 
     source = f"<rendered for stack {request.stack}>"
     return source, render(request.policy, options, free)
 
 
-def _replace(options: RenderOptions, **changes: Any) -> RenderOptions:
-    import dataclasses
-
-    return dataclasses.replace(options, **changes)
-
-
 def check_against_swarm(
-    client: docker.DockerClient, stack: str, source: str, text: str, policy: Policy
+    client: docker.DockerClient,
+    stack: str,
+    source: str,
+    text: str,
+    policy: Policy,
+    taken: list[TakenSubnet],
 ) -> tuple[Results, dict[str, Any] | None]:
     """Validate as a linter would, plus what the live swarm holds; (results, document).
 
@@ -131,7 +134,6 @@ def check_against_swarm(
     so do every stack's published ports; this stack's own services are being
     replaced, so they do not. Subnets of existing networks must not overlap.
     """
-    taken = swarm.taken_subnets(client, exclude_stack=stack)
     # Read once, as docker stack deploy will (interpolated from this environment).
     loaded = load_stack(text, source, os.environ)
     doc = loaded.doc
@@ -155,8 +157,9 @@ def check_stack(client: docker.DockerClient, request: DeployRequest) -> CheckedS
     Nothing on the swarm changes here: this is the part an operator waits
     for before anything is drawn or deployed.
     """
-    source, text = stack_text(client, request)
-    results, doc = check_against_swarm(client, request.stack, source, text, request.policy)
+    taken = swarm.taken_subnets(client, exclude_stack=request.stack)
+    source, text = stack_text(client, request, taken)
+    results, doc = check_against_swarm(client, request.stack, source, text, request.policy, taken)
     if not results.ok or doc is None:
         raise NotDeployed(results)
     return CheckedStack(source, text)

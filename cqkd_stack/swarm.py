@@ -32,7 +32,13 @@ from .errors import CqkdError
 from .policy import Policy, PortRange
 from .resolver import ResolverError
 from .results import Problem, Results, json_path
-from .validate import ServicePorts, capacity_problems, check_service, collision_problems
+from .validate import (
+    ServicePorts,
+    TakenSubnet,
+    capacity_problems,
+    check_service,
+    collision_problems,
+)
 
 if TYPE_CHECKING:
     import docker
@@ -374,6 +380,7 @@ def live_claims(
     policy: Policy,
     exclude_stack: str | None = None,
     networks: set[str] | None = None,
+    names: NetworkNames | None = None,
 ) -> list[ServicePorts]:
     """Ports already held by services of other stacks, as the validator sees them.
 
@@ -383,7 +390,7 @@ def live_claims(
     collision; published ports collide whatever the networks (the routing
     mesh is cluster-wide). ``networks=None`` counts every live service.
     """
-    names = NetworkNames(client)
+    names = names or NetworkNames(client)
     claims = []
     for service in client.api.services():
         spec = service["Spec"]
@@ -429,7 +436,8 @@ def scale_problems(
         source, service, service_document(target, replicas), policy, _on_host(names, target)
     )
     joined = names.of_service(target)
-    others = [c for c in live_claims(client, policy, networks=joined) if c.service != full]
+    live = live_claims(client, policy, networks=joined, names=names)
+    others = [c for c in live if c.service != full]
     problems += collision_problems(claims, others)
     problems += _subnet_problems(client, source, stack, services, target, replicas)
     results.extend(problems)
@@ -449,26 +457,34 @@ def _subnet_problems(
     replicas: int,
 ) -> list[Problem]:
     """The stack's DHT network must hold an address for every task after scaling."""
-    network_name = f"{stack}_{DHT_NETWORK}"
-    for network in client.api.networks(names=[network_name]):
-        if network["Name"] != network_name:
-            continue
-        configs = (network.get("IPAM") or {}).get("Config") or []
-        subnets = [c["Subnet"] for c in configs if c.get("Subnet")]
-        if not subnets:
-            continue
-        subnet = ipaddress.IPv4Network(subnets[0])
-        others = sum(port_rule(s).replicas or 0 for s in services if s["ID"] != target["ID"])
-        where = json_path(["networks", DHT_NETWORK])
-        return capacity_problems(
-            source, where, network_name, f"subnet {subnet}", subnet, others + replicas
-        )
-    return []
+    subnet = stack_subnet(client, stack)
+    if subnet is None:
+        return []
+    others = sum(port_rule(s).replicas or 0 for s in services if s["ID"] != target["ID"])
+    return capacity_problems(
+        source,
+        json_path(["networks", DHT_NETWORK]),
+        f"{stack}_{DHT_NETWORK}",
+        f"subnet {subnet}",
+        subnet,
+        others + replicas,
+    )
+
+
+def _ipv4_subnets(network: dict[str, Any]) -> list[ipaddress.IPv4Network]:
+    """The IPv4 subnets a network (as the API lists it) was given."""
+    subnets = []
+    for config in (network.get("IPAM") or {}).get("Config") or []:
+        with contextlib.suppress(ValueError):
+            subnet = ipaddress.ip_network(config.get("Subnet", ""))
+            if isinstance(subnet, ipaddress.IPv4Network):
+                subnets.append(subnet)
+    return subnets
 
 
 def taken_subnets(
     client: docker.DockerClient, exclude_stack: str | None = None
-) -> list[tuple[str, ipaddress.IPv4Network]]:
+) -> list[TakenSubnet]:
     """IPv4 subnets of the engine's networks (swarm and local), by network name.
 
     Swarm accepts an overlay network whose subnet overlaps another one, then
@@ -480,13 +496,7 @@ def taken_subnets(
         labels = network.get("Labels") or {}
         if exclude_stack is not None and labels.get(STACK_LABEL) == exclude_stack:
             continue
-        for config in (network.get("IPAM") or {}).get("Config") or []:
-            try:
-                subnet = ipaddress.ip_network(config.get("Subnet", ""))
-            except ValueError:
-                continue
-            if isinstance(subnet, ipaddress.IPv4Network):
-                taken.append((network["Name"], subnet))
+        taken += [(network["Name"], subnet) for subnet in _ipv4_subnets(network)]
     return taken
 
 
@@ -494,19 +504,13 @@ def stack_subnet(client: docker.DockerClient, stack: str) -> ipaddress.IPv4Netwo
     """The subnet of a deployed stack's DHT network, None if it has none yet."""
     name = f"{stack}_{DHT_NETWORK}"
     for network in client.api.networks(names=[name]):
-        if network["Name"] != name:
-            continue
-        for config in (network.get("IPAM") or {}).get("Config") or []:
-            with contextlib.suppress(ValueError):
-                subnet = ipaddress.ip_network(config.get("Subnet", ""))
-                if isinstance(subnet, ipaddress.IPv4Network):
-                    return subnet
+        subnets = _ipv4_subnets(network) if network["Name"] == name else []
+        if subnets:
+            return subnets[0]
     return None
 
 
-def free_subnet(
-    taken: list[tuple[str, ipaddress.IPv4Network]], tasks: int
-) -> ipaddress.IPv4Network:
+def free_subnet(taken: list[TakenSubnet], tasks: int) -> ipaddress.IPv4Network:
     """The first subnet of the right size in the default pool that nothing uses."""
     size = subnet_for(tasks).prefixlen
     pool = ipaddress.IPv4Network(f"{DEFAULT_SUBNET_BASE}/{SUBNET_POOL_PREFIX}")

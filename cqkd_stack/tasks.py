@@ -21,16 +21,15 @@ from typing import Any, TypeVar
 from invoke import Collection, Context, Exit, Task, task
 
 from . import DEFAULT_NODE_IMAGE, report
-from .documents import MAX_BYTES, read_text, write_atomically
+from .documents import write_atomically
 from .errors import CqkdError, UsageError
 from .policy import Policy, load_policy
 from .render import RenderOptions, render
 from .results import Results
-from .validate import validate_texts
+from .validate import read_sources, validate_texts
 
 F = TypeVar("F", bound=Callable[..., Any])
 UNEXPECTED = 3
-STDIN = "-"
 TEXT_OR_JSON = ("text", "json")
 # One short flag, one meaning, in every task that has the option.
 SHORT_FLAGS = {
@@ -125,20 +124,6 @@ def _files(files: str | None, file: list[str]) -> list[str]:
     return ([files] if files else []) + list(file)
 
 
-def _sources(names: list[str]) -> list[tuple[str, str]]:
-    """(name, text) of every file, ``-`` being standard input, all read before judging."""
-    sources = []
-    for name in names:
-        if name == STDIN:
-            text = sys.stdin.read(MAX_BYTES + 1)
-            if len(text) > MAX_BYTES:
-                raise UsageError(f"<stdin>: more than {MAX_BYTES} bytes; not a stack file")
-            sources.append(("<stdin>", text))
-        else:
-            sources.append((name, read_text(Path(name))))
-    return sources
-
-
 def _refused(results: Results, format: str, what: str) -> Exit:
     """Say why and what was not done; exit 1. JSON is the result (stdout), text a diagnosis."""
     if format == "json":
@@ -229,7 +214,7 @@ def validate(
     if not names:
         raise UsageError("give at least one stack file to validate ('-' for standard input)")
     _format(format, tuple(report.FORMATS))
-    results = validate_texts(_sources(names), _policy(c, policy), together=together)
+    results = validate_texts(read_sources(names), _policy(c, policy), together=together)
     print(report.FORMATS[format](results))
     if not results.ok:
         raise Exit(code=1)

@@ -16,6 +16,7 @@ import heapq
 import ipaddress
 import os
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 from .compose import LoadedStack, load_stack
 from .contract import (
     DOCKER_DEFAULT_SUBNET,
+    ROLE_LABEL,
     SLOT_PLACEHOLDER,
     SLOT_VARIABLES,
     is_dht,
@@ -33,10 +35,11 @@ from .contract import (
     role_of,
     subnet_capacity,
 )
-from .documents import parse_yaml, read_text
+from .documents import MAX_BYTES, parse_yaml, read_text
+from .errors import UsageError
 from .policy import Policy, PortRange, policy_problems
 from .published import PublishedPort, published_ports
-from .resolver import MIN_PORT, Resolution, ResolverError
+from .resolver import MIN_PORT, Resolution, ResolverError, optional_int
 from .results import Problem, Results, json_path
 
 TakenSubnet = tuple[str, ipaddress.IPv4Network]
@@ -144,11 +147,11 @@ class _ServiceCheck:
     # --- the DHT port ---------------------------------------------------------
 
     def role(self) -> str | None:
-        env_role, label_role = self.env.get("CQKD_ROLE"), self.labels.get("cqkd.role")
+        env_role, label_role = self.env.get("CQKD_ROLE"), self.labels.get(ROLE_LABEL)
         if env_role and label_role and env_role != label_role:
             self.problem(
                 ["environment", "CQKD_ROLE"],
-                f"role '{env_role}' disagrees with deploy label cqkd.role='{label_role}'",
+                f"role '{env_role}' disagrees with deploy label {ROLE_LABEL}='{label_role}'",
             )
         role = role_of(self.env, self.labels)
         if role and role not in self.policy.roles:
@@ -283,7 +286,8 @@ class _ServiceCheck:
             self.problem(where, f"port {ports.start} is outside the {name} range {rng}")
             return None
         if ports.end > rng.end:
-            offset = int(self.env.get("PORT_OFFSET") or 0) if first.slot else 0
+            # Already read by the resolver for this very port, so it parses.
+            offset = optional_int(self.env, "PORT_OFFSET") if first.slot else None
             shifted = f" from PORT_OFFSET {offset}" if offset else ""
             self.problem(
                 ["deploy", "replicas"],
@@ -291,8 +295,8 @@ class _ServiceCheck:
                 f"is {rng} ({len(rng)} ports)",
             )
             return None
-        end = self.env.get("PORT_RANGE_END", "").strip()
-        if end.isdigit() and int(end) > rng.end:
+        end = optional_int(self.env, "PORT_RANGE_END")
+        if end is not None and end > rng.end:
             self.problem(
                 ["environment", "PORT_RANGE_END"],
                 f"PORT_RANGE_END='{end}' reaches past the {name} range end {rng.end}: "
@@ -487,7 +491,11 @@ def capacity_problems(
     capacity = subnet_capacity(subnet)
     if tasks <= capacity:
         return []
-    prefix = next(p for p in range(subnet.prefixlen, 0, -1) if 2 ** (32 - p) - 3 >= tasks)
+    prefix = next(
+        p
+        for p in range(subnet.prefixlen, 0, -1)
+        if subnet_capacity(subnet.supernet(new_prefix=p)) >= tasks
+    )
     return [
         Problem(
             file,
@@ -682,7 +690,22 @@ def validate_texts(
     return results
 
 
-def validate_files(paths: Sequence[Path | str], policy: Policy, together: bool = False) -> Results:
-    """Read every file first: a missing one is a usage error before any judgement."""
-    sources = [(str(path), read_text(Path(path))) for path in paths]
-    return validate_texts(sources, policy, together=together)
+STDIN = "-"
+
+
+def read_sources(names: Sequence[str]) -> list[tuple[str, str]]:
+    """(name, text) of every file, ``-`` being standard input, all read before judging.
+
+    A missing or unreadable file is a usage error before any judgement; each
+    read is bounded like a file's (MAX_BYTES).
+    """
+    sources = []
+    for name in names:
+        if name == STDIN:
+            text = sys.stdin.read(MAX_BYTES + 1)
+            if len(text) > MAX_BYTES:
+                raise UsageError(f"<stdin>: more than {MAX_BYTES} bytes; not a stack file")
+            sources.append(("<stdin>", text))
+        else:
+            sources.append((name, read_text(Path(name))))
+    return sources
