@@ -1,10 +1,10 @@
 """Talk to a running node's control socket: ``set KEY VALUE``, ``get KEY``, ``status``.
 
-``dht-check`` runs this inside the nodes' containers (``docker exec``) and
-parses the last line of its output, so every outcome, including a node that
-is not running, is printed as one JSON line on stdout with the elapsed
-``seconds`` added. Standard library only: it must run in any image that has
-the package, without kademlia.
+``dht-check`` runs this as a short Swarm job beside the node (sharing the
+volume that holds its socket) and parses the last line of its output, so
+every outcome, including a node that is not running, is printed as one JSON
+line on stdout with the elapsed ``seconds`` added. Standard library only: it
+must run in any image that has the package, without kademlia.
 
 Exit codes: 0 when the node said ``ok`` (for ``set``: and at least one node
 stored the value; for ``get``: and a value was found), 1 otherwise, 2 for a

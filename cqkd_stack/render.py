@@ -79,6 +79,10 @@ class RenderOptions:
     port_offset: int = 0
     subnet: str | None = None
     bootstrap_host: str = "127.0.0.1"
+    # Host networking: the swarm node whose address is ``bootstrap_host``.
+    # The bootstrap is placed there, or other nodes would look for it on a
+    # node where it does not run.
+    bootstrap_node: str | None = None
     template: Path | None = None
     # A batch with a port offset joins the DHT of this already deployed stack.
     join_stack: str = "cqkd"
@@ -186,9 +190,21 @@ def render_document(
     _set_healthcheck(doc, tasks, options.healthcheck)
     if options.network == "host":
         _use_host_network(doc)
+        if options.bootstrap_node:
+            _pin_bootstraps(services, options.bootstrap_node)
     else:
         _size_overlay(doc, options, choose_subnet or subnet_for)
     return _replace_placeholders(doc)
+
+
+def _pin_bootstraps(services: dict[str, dict[str, Any]], node_id: str) -> None:
+    """Bootstrap tasks on the node their address names (host networking only)."""
+    for service in services.values():
+        if _role(service) == "bootstrap":
+            placement = service.setdefault("deploy", {}).setdefault("placement", {})
+            constraint = f"node.id == {node_id}"
+            if constraint not in placement.setdefault("constraints", []):
+                placement["constraints"].append(constraint)
 
 
 def _keep_workers_only(doc: dict[str, Any], policy: Policy, options: RenderOptions) -> None:
@@ -215,6 +231,9 @@ def _keep_workers_only(doc: dict[str, Any], policy: Policy, options: RenderOptio
             BOOTSTRAP_NODES=f"{host}:{bootstrap}",
         )
     doc["services"] = workers
+    # The template's named volumes (Alice's and Bob's control volume) belong
+    # to the services left out.
+    doc.pop("volumes", None)
     if options.network == "host":
         _use_host_network(doc)
     else:

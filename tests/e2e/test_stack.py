@@ -159,9 +159,11 @@ def test_no_task_runs_a_docker_health_check(stack: str, docker_client: docker.Do
 def test_every_node_runs_unprivileged_on_a_read_only_root(
     stack: str, docker_client: docker.DockerClient
 ) -> None:
-    """Not root, no capability, nothing writable but its /tmp tmpfs."""
+    """Not root, no capability, nothing writable but its /tmp tmpfs (and for Alice and
+    Bob the stack's control volume, where dht-check's jobs reach their sockets)."""
     containers = docker_client.api.containers(filters={"label": f"{STACK_LABEL}={stack}"})
     assert len(containers) >= WORKERS + 3
+    special = 0
     for summary in containers:
         attrs = docker_client.api.inspect_container(summary["Id"])
         name = attrs["Name"]
@@ -169,7 +171,15 @@ def test_every_node_runs_unprivileged_on_a_read_only_root(
         assert attrs["HostConfig"]["ReadonlyRootfs"] is True, name
         assert not attrs["HostConfig"].get("CapAdd"), name
         assert attrs["HostConfig"]["CapDrop"] == ["ALL"], name
-        assert [(m["Type"], m["Destination"]) for m in attrs["Mounts"]] == [("tmpfs", "/tmp")]
+        mounts = sorted((m["Type"], m["Destination"], m.get("Name")) for m in attrs["Mounts"])
+        service = attrs["Config"]["Labels"]["com.docker.swarm.service.name"]
+        if service in (f"{stack}_alice", f"{stack}_bob"):
+            special += 1
+            control = ("volume", "/run/cqkd", f"{stack}_control")
+            assert mounts == [("tmpfs", "/tmp", None), control], name
+        else:
+            assert mounts == [("tmpfs", "/tmp", None)], name
+    assert special == 2
     sample = docker_client.containers.get(containers[0]["Id"])
     code, output = sample.exec_run(["python3", "-c", "import os; print(os.getuid())"])
     assert (code, output.strip()) == (0, b"10001")
@@ -338,6 +348,59 @@ def test_dht_check_round_trip(stack: str) -> None:
     result = json.loads(done.stdout)
     assert result["stored_by"] == "alice" and result["read_by"] == "bob"
     assert result["round_trip_seconds"] > 0
+
+
+def test_dht_check_runs_swarm_jobs_not_execs(
+    stack: str, docker_client: docker.DockerClient
+) -> None:
+    """Each request is a Swarm job on the task's node, created, read and removed;
+    no exec into Alice's or Bob's container (which works on this engine only)."""
+    hostname = docker_client.info()["Name"]
+    nodes = {n["ID"]: n["Description"]["Hostname"] for n in docker_client.api.nodes()}
+    began = time.time_ns()
+    since = began // 10**9 - 1
+    done = cqkd("dht-check", "--stack", stack, "--format", "json")
+    until = int(time.time()) + 1
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["via"] == "job"
+    assert result["stored_on"] in nodes.values() and result["read_on"] in nodes.values()
+    assert hostname in nodes.values()
+    events = [  # this check's only: the events API counts whole seconds
+        e
+        for e in docker_client.events(
+            since=since, until=until, decode=True, filters={"type": "service"}
+        )
+        if e["timeNano"] >= began
+    ]
+    jobs: dict[str, list[str]] = {}
+    for event in events:
+        name = event["Actor"]["Attributes"].get("name", "")
+        if name.startswith(f"{stack}_dht-check-"):
+            jobs.setdefault(name, []).append(event["Action"])
+    assert sorted(name.rsplit("-", 1)[0] for name in jobs) == [
+        f"{stack}_dht-check-alice",
+        f"{stack}_dht-check-bob",
+    ], events
+    assert all(actions[0] == "create" and actions[-1] == "remove" for actions in jobs.values())
+    # Swarm removes a removed job's container (a replicated-job service would leave it).
+    wait_for(
+        lambda: not docker_client.api.containers(all=True, filters={"name": f"{stack}_dht-check-"}),
+        30,
+        "the dht-check jobs' containers to be removed",
+    )
+    assert docker_client.api.services(filters={"label": f"org.cqkd.control.stack={stack}"}) == []
+    specials = docker_client.api.containers(filters={"label": f"{STACK_LABEL}={stack}"})
+    ids = {
+        c["Id"]
+        for c in specials
+        if c["Labels"]["com.docker.swarm.service.name"] in (f"{stack}_alice", f"{stack}_bob")
+    }
+    assert len(ids) == 2
+    execs = docker_client.events(
+        since=since, until=until, decode=True, filters={"type": "container", "event": "exec_create"}
+    )
+    assert [e for e in execs if e["id"] in ids and e["timeNano"] >= began] == []
 
 
 def test_ports_lists_exactly_the_expected_slots_and_ports(stack: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -68,3 +69,52 @@ def test_teardown_removes_containers_a_crash_left_behind(
         assert stack_leftovers(docker_client, stack)["containers"] == []
     finally:
         subprocess.run(["docker", "rm", "-f", orphan.id], capture_output=True)
+
+
+def test_teardown_removes_a_dht_check_job_and_the_control_volume(
+    docker_client: docker.DockerClient, node_image: str
+) -> None:
+    """An interrupted dht-check leaves its job, which holds the stack's control volume;
+    `docker stack rm` removes neither."""
+    from docker.types import ContainerSpec, Healthcheck, RestartPolicy, ServiceMode, TaskTemplate
+
+    from cqkd_stack.dhtcheck import JOB_LABEL
+
+    stack = f"cqkdtest_{uuid.uuid4().hex[:8]}"
+    volume = docker_client.volumes.create(f"{stack}_control", labels={STACK_LABEL: stack})
+    job = docker_client.api.create_service(
+        TaskTemplate(
+            ContainerSpec(
+                node_image,
+                ["sleep", "infinity"],
+                mounts=[{"Type": "volume", "Source": volume.name, "Target": "/run/cqkd"}],
+                healthcheck=Healthcheck(test=["NONE"]),
+                init=True,
+            ),
+            restart_policy=RestartPolicy(condition="none"),
+        ),
+        name=f"{stack}_dht-check-alice-000000",
+        labels={JOB_LABEL: stack},
+        mode=ServiceMode("replicated", replicas=1),
+    )
+    # Something of the stack itself, so that there is a stack to tear down.
+    orphan = docker_client.containers.create(
+        node_image, ["true"], entrypoint=[], labels={STACK_LABEL: stack}
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not docker_client.api.containers(filters={"volume": volume.name}):
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.2)
+        done = subprocess.run(
+            [sys.executable, "-m", "cqkd_stack", "teardown", "--stack", stack, "--timeout", "60"],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        assert docker_client.api.services(filters={"label": f"{JOB_LABEL}={stack}"}) == []
+        assert docker_client.volumes.list(filters={"name": volume.name}) == []
+    finally:
+        subprocess.run(["docker", "service", "rm", job["ID"]], capture_output=True)
+        subprocess.run(["docker", "rm", "-f", orphan.id], capture_output=True)
+        subprocess.run(["docker", "volume", "rm", "-f", volume.name], capture_output=True)
