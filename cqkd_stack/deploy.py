@@ -32,6 +32,10 @@ POLL_SECONDS = 1.0
 # dockerd (the engine had to be restarted, 626 orphaned shims); 203 at once
 # was fine. Larger stacks are stepped down this many tasks at a time first.
 DRAIN_STEP = 100
+# The stack's control volume outlives `docker stack rm`; a dht-check job's
+# container being removed may hold it this long (its stop timeout is 1 s,
+# a container that ignores SIGTERM takes 10 s).
+CONTROL_VOLUME_SECONDS = 15.0
 
 
 def docker_cli() -> str:
@@ -41,10 +45,23 @@ def docker_cli() -> str:
     return path
 
 
-def stack_deploy(stack_file: Path, stack: str) -> None:
-    """``docker stack deploy`` without registry lookups: images are local here."""
+def stack_deploy(stack_file: Path, stack: str, resolve_image: str = "never") -> None:
+    """``docker stack deploy``; by default without registry lookups (images are copied).
+
+    ``resolve_image="always"`` pins a registry image to its digest, so every
+    node pulls the same bytes.
+    """
     run(
-        [docker_cli(), "stack", "deploy", "--resolve-image", "never", "-c", str(stack_file), stack],
+        [
+            docker_cli(),
+            "stack",
+            "deploy",
+            "--resolve-image",
+            resolve_image,
+            "-c",
+            str(stack_file),
+            stack,
+        ],
         "docker stack deploy",
     )
 
@@ -90,6 +107,7 @@ def deploy_bootstrap_first(
     stack: str,
     say: Callable[[str], None] | None = None,
     wait: float = BOOTSTRAP_FIRST_SECONDS,
+    resolve_image: str = "never",
 ) -> None:
     """``docker stack deploy``, bootstrap nodes first when the stack is new (see bootstrap_only).
 
@@ -98,18 +116,18 @@ def deploy_bootstrap_first(
     so that Docker interpolates it exactly once, as it does the whole file.
     """
     if client.api.services(filters=stack_filter(stack)):
-        stack_deploy(stack_file, stack)
+        stack_deploy(stack_file, stack, resolve_image)
         return
     import yaml
 
     first = bootstrap_only(yaml.safe_load(stack_file.read_text()))
     if first is None:
-        stack_deploy(stack_file, stack)
+        stack_deploy(stack_file, stack, resolve_image)
         return
     phase = stack_file.with_name(f"{stack_file.stem}.bootstrap-first{stack_file.suffix}")
     phase.write_text(yaml.safe_dump(first, sort_keys=False))
     start = time.monotonic()
-    stack_deploy(phase, stack)
+    stack_deploy(phase, stack, resolve_image)
     names = [
         f"{stack}_{name}" for name, s in first["services"].items() if _role_of(s) == "bootstrap"
     ]
@@ -122,7 +140,7 @@ def deploy_bootstrap_first(
     else:
         if say is not None:
             say(f"bootstrap running after {time.monotonic() - start:.1f} s; deploying the rest")
-    stack_deploy(stack_file, stack)
+    stack_deploy(stack_file, stack, resolve_image)
 
 
 def _all_running(client: docker.DockerClient, services: list[str]) -> bool:
@@ -480,39 +498,46 @@ def stack_rm(
     """
     from docker.errors import APIError, NotFound
 
+    from .dhtcheck import remove_control_volumes, remove_jobs
+    from .distribute import other_engines
     from .readiness import remove_probes
 
     start = time.monotonic()
     # A probe an interrupted deploy left on the stack's network would keep
-    # the network from being removed.
+    # the network from being removed; a dht-check job an interrupted check
+    # left would keep the control volume.
     remove_probes(client, stack)
-    before = stack_leftovers(client, stack)
+    remove_jobs(client, stack)
+    with other_engines(client) as others:
+        before = stack_leftovers(client, stack, others)
     if not any(before.values()):
         raise CqkdError(f"no stack named '{stack}' is deployed; nothing to remove", exit_code=1)
     _drain(client, stack, start + timeout, progress, drain_step)
     done = run([docker_cli(), "stack", "rm", stack], "docker stack rm", check=False)
     if done.returncode != 0 and not _network_still_in_use(done.stderr):
         raise CqkdError(f"docker stack rm failed: {done.stderr.strip()}")
-    total = len(before["containers"]) or 1
-    deadline = start + timeout
-    left = stack_leftovers(client, stack)
-    while time.monotonic() < deadline:
-        left = stack_leftovers(client, stack)
-        gone = total - len(left["containers"])
-        if progress is not None:
-            progress(max(gone, 0), total, f"{len(left['containers'])} containers stopping")
-        if left["containers"] and not left["services"]:
-            _remove_orphans(client, stack)
-        if not left["containers"] and not left["services"]:
-            for name in left["networks"]:
-                try:
-                    client.networks.get(name).remove()
-                except NotFound:
-                    pass
-                except APIError:
-                    break  # still in use: a task is being cleaned up; look again
-            left = stack_leftovers(client, stack)
-            if not any(left.values()):
-                break
-        time.sleep(POLL_SECONDS)
+    with other_engines(client) as others:
+        total = len(before["containers"]) or 1
+        deadline = start + timeout
+        left = stack_leftovers(client, stack, others)
+        while time.monotonic() < deadline:
+            left = stack_leftovers(client, stack, others)
+            gone = total - len(left["containers"])
+            if progress is not None:
+                progress(max(gone, 0), total, f"{len(left['containers'])} containers stopping")
+            if left["containers"] and not left["services"]:
+                _remove_orphans(client, stack)
+            if not left["containers"] and not left["services"]:
+                for name in left["networks"]:
+                    try:
+                        client.networks.get(name).remove()
+                    except NotFound:
+                        pass
+                    except APIError:
+                        break  # still in use: a task is being cleaned up; look again
+                left = stack_leftovers(client, stack, others)
+                if not any(left.values()):
+                    remove_control_volumes(client, stack, wait=CONTROL_VOLUME_SECONDS)
+                    break
+            time.sleep(POLL_SECONDS)
     return Teardown(time.monotonic() - start, before["services"], left)

@@ -88,12 +88,20 @@ def _which(command: str) -> str | None:
 # --- install -----------------------------------------------------------------
 
 
-def missing_packages() -> list[str]:
+# What only the end-to-end tests use: a private registry for ``--registry``
+# and the tool that makes its certificate.
+TEST_COMMANDS = {"docker-registry": "docker-registry", "openssl": "openssl"}
+
+
+def missing_packages(commands: dict[str, str] | None = None) -> list[str]:
     """Debian packages whose commands this machine lacks."""
-    return sorted({pkg for cmd, pkg in REQUIRED_COMMANDS.items() if _which(cmd) is None})
+    wanted = REQUIRED_COMMANDS if commands is None else commands
+    return sorted({pkg for cmd, pkg in wanted.items() if _which(cmd) is None})
 
 
-def ensure_installed(progress: Progress | None = None) -> EngineStatus:
+def ensure_installed(
+    progress: Progress | None = None, commands: dict[str, str] | None = None
+) -> EngineStatus:
     """Install the engine and the tools the image builder needs, if any are missing.
 
     Debian's own ``docker.io`` is used because it needs no extra repository or
@@ -105,7 +113,7 @@ def ensure_installed(progress: Progress | None = None) -> EngineStatus:
     :func:`ensure_docker_unit`).
     """
     status = EngineStatus()
-    packages = missing_packages()
+    packages = missing_packages(commands)
     if not packages:
         return status
     _require_root(f"installing {', '.join(packages)}")
@@ -124,7 +132,7 @@ def ensure_installed(progress: Progress | None = None) -> EngineStatus:
     run(["apt-get", "update"], "apt-get update", env=env)
     say(progress, f"installing {' '.join(packages)} (apt-get)…")
     run(["apt-get", "install", "-y", *packages], "apt-get install", env=env)
-    still = missing_packages()
+    still = missing_packages(commands)
     if still:
         raise CqkdError(f"apt-get succeeded but these are still missing: {', '.join(still)}")
     status.done.append(f"installed {' '.join(packages)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from invoke import Exit, ParseError, Program
+from invoke import Argument, Exit, ParseError, Program
 
 from . import __version__
 from .tasks import ns
@@ -23,7 +23,26 @@ class CqkdProgram(Program):
 
     def run(self, argv: list[str] | str | None = None, exit: bool = True) -> None:
         args = list(sys.argv if argv is None else argv.split() if isinstance(argv, str) else argv)
-        super().run(_help_first(_files_as_flags(args, set(ns.task_names))), exit=exit)
+        names = set(ns.task_names)
+        super().run(_help_first(_files_as_flags(_dotted(args, names), names)), exit=exit)
+
+    def core_args(self) -> list[Argument]:
+        """Invoke's own flags plus ``--host``/``-H``, as on the docker CLI."""
+        return [
+            *super().core_args(),
+            Argument(
+                names=("host", "H"),
+                help="Docker engine (a swarm manager) to talk to, e.g. tcp://10.0.0.2:2375; "
+                "sets DOCKER_HOST for this run and for the docker CLI it calls",
+            ),
+        ]
+
+    def parse_core(self, argv: list[str] | None) -> None:
+        """Apply ``--host`` before any task connects: the SDK and the CLI both read DOCKER_HOST."""
+        super().parse_core(argv)
+        host = self.args.host.value
+        if host:
+            os.environ["DOCKER_HOST"] = host
 
     def parse_collection(self) -> None:
         """Read ``invoke.yaml`` in the current directory, as ``invoke`` does in a checkout.
@@ -60,6 +79,22 @@ def _help_first(argv: list[str]) -> list[str]:
         if word in TASKS_WITH_FILES and argv[index + 1] in ("--help", "-h"):
             return [*argv[:index], "--help", word, *argv[index + 2 :]]
     return argv
+
+
+def _dotted(argv: list[str], task_names: set[str]) -> list[str]:
+    """``cluster up`` as ``cluster.up``: a sub-collection's task in two words.
+
+    Invoke names such a task with a dot; the two-word form is how the docker
+    CLI reads (``docker swarm init``). Two words join only when the joined
+    name is a task, so no other command line changes.
+    """
+    out: list[str] = []
+    for word in argv:
+        if out and f"{out[-1]}.{word}" in task_names and out[-1] not in task_names:
+            out[-1] = f"{out[-1]}.{word}"
+        else:
+            out.append(word)
+    return out
 
 
 def _files_as_flags(argv: list[str], task_names: set[str]) -> list[str]:

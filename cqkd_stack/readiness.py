@@ -189,6 +189,7 @@ class Prober:
             net = {"network": self.network}
         else:
             raise ProbeUnavailable(f"no task of stack '{self.stack}' runs on this engine yet")
+        self.image = self._usable_image()
         container = None
         try:
             # Created, then started: a container whose start fails (a full
@@ -223,6 +224,30 @@ class Prober:
                 f"cannot start a probe container {where}: {exc.explanation}"
             ) from None
         self.container, self.via, self.via_role = container, via, role
+
+    def _usable_image(self) -> str:
+        """The probe's image, else the stack's own (pulled if it names a registry).
+
+        A stack deployed with ``--registry`` runs an image this manager may
+        not hold under the local name; its nodes pulled it, so can we.
+        """
+        from docker.errors import APIError
+
+        from .distribute import image_id, names_a_registry
+
+        if image_id(self.client, self.image):
+            return self.image
+        for _, service in dht_services(self.client, self.stack):
+            ref = service["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+            if image_id(self.client, ref):
+                return str(ref)
+            if names_a_registry(ref):
+                try:
+                    self.client.images.pull(ref)
+                except APIError as exc:
+                    raise ProbeUnavailable(f"cannot pull {ref} for the probe: {exc}") from None
+                return str(ref)
+        return self.image
 
     def close(self) -> None:
         from docker.errors import APIError, NotFound

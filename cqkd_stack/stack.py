@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import deploy as live
-from . import swarm
+from . import distribute, swarm
 from .compose import load_stack
 from .documents import read_text
 from .errors import CqkdError
@@ -52,6 +52,12 @@ class DeployRequest:
     file: str = ""
     timeout: float = 600
     wait: bool = True
+    # HOST/REPO: push the node image there and deploy the pushed reference,
+    # instead of copying the image to every node.
+    registry: str = ""
+    # The local image pushed to ``registry`` (``options.image`` is then its
+    # registry reference).
+    local_image: str = ""
 
 
 @dataclass
@@ -60,10 +66,16 @@ class DeployOutcome:
     source: str
     waited: live.WaitResult | None = None
     ports: swarm.PortMap | None = None
+    # Per node: was the image there, copied, or (registry) left to pull.
+    images: list[distribute.NodeImage] = dataclasses.field(default_factory=list)
+    pushed: str = ""
 
     def summary(self) -> dict[str, Any]:
         """The machine-readable result (``--format json``)."""
         out: dict[str, Any] = {"stack": self.stack, "source": self.source, "waited": False}
+        out["images"] = [n.as_dict() for n in self.images]
+        if self.pushed:
+            out["pushed"] = self.pushed
         if self.waited is not None:
             out |= {
                 "waited": True,
@@ -104,8 +116,10 @@ def stack_text(
         return request.file, read_text(Path(request.file))
     options = request.options
     if options.bootstrap_host == RenderOptions.bootstrap_host:
-        address = client.info()["Swarm"].get("NodeAddr") or "127.0.0.1"
-        options = dataclasses.replace(options, bootstrap_host=address)
+        # A host-network batch joins the bootstrap where it runs now.
+        joined = swarm.bootstrap_address(client, options.join_stack) if options.is_batch else None
+        node_id, address = (None, joined) if joined else swarm.bootstrap_node(client)
+        options = dataclasses.replace(options, bootstrap_host=address, bootstrap_node=node_id)
     if not options.is_batch:
         options = dataclasses.replace(options, join_stack=request.stack)
     # A redeploy keeps its network's subnet: Swarm never changes a live
@@ -149,6 +163,14 @@ class CheckedStack:
 
     source: str
     text: str
+    images: tuple[str, ...] = ()
+
+
+def stack_images(doc: dict[str, Any]) -> tuple[str, ...]:
+    """Every service's image, once each, in file order."""
+    services = doc.get("services") or {}
+    found = [s.get("image") for s in services.values() if isinstance(s, dict)]
+    return tuple(dict.fromkeys(i for i in found if isinstance(i, str) and i))
 
 
 def check_stack(client: docker.DockerClient, request: DeployRequest) -> CheckedStack:
@@ -162,7 +184,43 @@ def check_stack(client: docker.DockerClient, request: DeployRequest) -> CheckedS
     results, doc = check_against_swarm(client, request.stack, source, text, request.policy, taken)
     if not results.ok or doc is None:
         raise NotDeployed(results)
-    return CheckedStack(source, text)
+    return CheckedStack(source, text, stack_images(doc))
+
+
+def images_on_nodes(
+    client: docker.DockerClient, images: tuple[str, ...], say: Say
+) -> list[distribute.NodeImage]:
+    """Each image on every node that may run a task, copied from this machine's engine.
+
+    An image that neither this machine's engine nor the manager has (a
+    registry reference in a hand-written stack) is left for the nodes to pull.
+    """
+    done: list[distribute.NodeImage] = []
+    with swarm.image_source(client) as find:
+        for image in images:
+            source = find(image)
+            if source is None:
+                if distribute.names_a_registry(image):
+                    say(f"{image} is not on this engine: the nodes will pull it")
+                    continue
+                raise CqkdError(
+                    f"the image {image} is on neither this engine nor the manager; "
+                    "build it with: cqkd-stack setup"
+                )
+            done += distribute.ensure_on_nodes(client, image, source, say)
+    return done
+
+
+def push_image(client: docker.DockerClient, image: str, registry: str, say: Say) -> str:
+    """Push the local image to ``registry``; the pinned reference the nodes will pull."""
+    with swarm.image_source(client) as find:
+        source = find(image)
+        if source is None:
+            raise CqkdError(f"the image {image} does not exist; build it with: cqkd-stack setup")
+        say(f"pushing {image} to {registry}")
+        pushed = distribute.push_to_registry(source, image, registry)
+    say(f"pushed {pushed}")
+    return pushed
 
 
 def deploy_stack(
@@ -172,13 +230,24 @@ def deploy_stack(
     say: Say,
     progress: live.Progress | None = None,
 ) -> DeployOutcome:
-    """Deploy a checked stack (bootstrap first), wait until it is in the DHT, map its ports."""
+    """Deploy a checked stack (bootstrap first), wait until it is in the DHT, map its ports.
+
+    The image reaches every node first: pushed to ``request.registry`` (the
+    engine resolves it to a digest at deploy), or copied where it differs.
+    """
+    outcome = DeployOutcome(request.stack, checked.source)
+    resolve = "never"
+    if request.registry:
+        outcome.pushed = push_image(client, request.local_image, request.registry, say)
+        outcome.images = distribute.pull_on_nodes(client, outcome.pushed, say)
+        resolve = "always"
+    else:
+        outcome.images = images_on_nodes(client, checked.images, say)
     with tempfile.TemporaryDirectory(prefix="cqkd-") as tmp:
         path = Path(tmp) / f"{request.stack}.stack.yml"
         path.write_text(checked.text)
         say(f"deploying stack '{request.stack}' ({checked.source})")
-        live.deploy_bootstrap_first(client, path, request.stack, say)
-    outcome = DeployOutcome(request.stack, checked.source)
+        live.deploy_bootstrap_first(client, path, request.stack, say, resolve_image=resolve)
     if not request.wait:
         return outcome
     outcome.waited = live.wait_until_ready(client, request.stack, request.timeout, progress)
@@ -219,8 +288,16 @@ def scale_stack(
     replicas: int,
     timeout: float,
     progress: live.Progress | None = None,
+    say: Say | None = None,
 ) -> ScaleOutcome:
-    """Scale a checked service and wait until the DHT has every task."""
+    """Scale a checked service and wait until the DHT has every task.
+
+    A node that joined since the deploy gets the image first, so that no
+    new task waits in "Preparing" for it.
+    """
+    spec = client.api.inspect_service(f"{stack}_{service}")["Spec"]
+    image = spec["TaskTemplate"]["ContainerSpec"]["Image"]
+    images_on_nodes(client, (image,), say or (lambda _: None))
     live.scale_service(client, stack, service, replicas)
     waited = live.wait_until_ready(client, stack, timeout, progress)
     return ScaleOutcome(stack, service, replicas, waited)

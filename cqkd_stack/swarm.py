@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,21 +44,123 @@ from .validate import (
 if TYPE_CHECKING:
     import docker
 
+LOCAL_SOCKET = "unix:///var/run/docker.sock"
+
+
+def _client_kwargs() -> tuple[str, dict[str, Any]]:
+    """(where, DockerClient arguments) as the docker CLI chooses its engine.
+
+    ``DOCKER_HOST`` (also set by ``cqkd-stack --host``) first, then the
+    context in ``DOCKER_CONTEXT`` or the CLI's current one (``docker context
+    use``), so ``docker stack deploy`` and the SDK always talk to the same
+    manager. The SDK alone honours neither context setting.
+    """
+    from docker.context import ContextAPI
+    from docker.errors import ContextNotFound
+
+    if os.environ.get("DOCKER_HOST"):
+        return os.environ["DOCKER_HOST"], {}
+    name = os.environ.get("DOCKER_CONTEXT") or None
+    try:
+        context = ContextAPI.get_context(name)
+    except ContextNotFound:
+        context = None
+    if context is None:
+        raise CqkdError(f"no docker context named {name!r}; list them with: docker context ls")
+    if context.Name == "default":
+        return context.Host or "the local engine", {}
+    return f"{context.Host} (context {context.Name})", {
+        "base_url": context.Host,
+        "tls": context.TLSConfig or False,
+    }
+
 
 def connect() -> docker.DockerClient:
     """A client for a swarm manager (every stack operation needs one), or what to do."""
     import docker
     from docker.errors import DockerException
 
+    where, kwargs = _client_kwargs()
     try:
-        client = docker.from_env(timeout=120)
+        client = (
+            docker.DockerClient(timeout=120, **kwargs) if kwargs else docker.from_env(timeout=120)
+        )
         client.ping()
     except DockerException as exc:
-        raise CqkdError(
-            f"cannot reach the Docker engine ({exc}); start it with: cqkd-stack setup"
-        ) from None
+        remote = bool(kwargs) or "DOCKER_HOST" in os.environ
+        fix = "is that manager up?" if remote else "start it with: cqkd-stack setup"
+        raise CqkdError(f"cannot reach the Docker engine at {where} ({exc}); {fix}") from None
     require_manager(client)
     return client
+
+
+def local_engine() -> docker.DockerClient | None:
+    """The engine on this machine (where ``setup`` builds images), if it answers."""
+    import docker
+    from docker.errors import DockerException
+
+    try:
+        client = docker.DockerClient(base_url=LOCAL_SOCKET, timeout=600)
+        client.ping()
+    except (DockerException, OSError):
+        return None
+    return client
+
+
+@contextlib.contextmanager
+def image_source(
+    manager: docker.DockerClient,
+) -> Iterator[Callable[[str], docker.DockerClient | None]]:
+    """A lookup: the engine to take an image from, this machine's first, else the manager.
+
+    ``setup`` builds on this machine, so its copy is the one to spread even
+    when ``--host`` names another manager that holds an older one.
+    """
+    from .distribute import image_id
+
+    local = local_engine()
+
+    def find(image: str) -> docker.DockerClient | None:
+        return next((e for e in (local, manager) if e is not None and image_id(e, image)), None)
+
+    try:
+        yield find
+    finally:
+        if local is not None:
+            local.close()
+
+
+def bootstrap_node(client: docker.DockerClient) -> tuple[str | None, str]:
+    """(node id, address) for a host-network bootstrap: this manager, if it takes tasks.
+
+    A drained manager runs nothing, so then the first active, ready node
+    (by hostname) hosts it. A swarm without nodes to ask says 127.0.0.1.
+    """
+    own = client.info().get("Swarm") or {}
+    nodes = []
+    for node in client.api.nodes():
+        spec, status = node.get("Spec") or {}, node.get("Status") or {}
+        if status.get("State") == "ready" and spec.get("Availability") == "active":
+            hostname = (node.get("Description") or {}).get("Hostname", "")
+            addr = own.get("NodeAddr") if node["ID"] == own.get("NodeID") else status.get("Addr")
+            nodes.append((node["ID"] != own.get("NodeID"), hostname, node["ID"], addr))
+    if not nodes:
+        return None, own.get("NodeAddr") or "127.0.0.1"
+    _, _, node_id, addr = min(nodes)
+    return node_id, addr or "127.0.0.1"
+
+
+def bootstrap_address(client: docker.DockerClient, stack: str) -> str | None:
+    """The address of the node running the stack's bootstrap task, if one runs."""
+    for service in client.api.services(filters=stack_filter(stack)):
+        if port_rule(service).role != "bootstrap":
+            continue
+        tasks = client.api.tasks(filters={"service": service["ID"], "desired-state": "running"})
+        for task in tasks:
+            if task.get("NodeID"):
+                node = client.api.inspect_node(task["NodeID"])
+                return (node.get("Status") or {}).get("Addr") or None
+    return None
 
 
 def require_manager(client: docker.DockerClient) -> None:
@@ -520,16 +623,31 @@ def free_subnet(taken: list[TakenSubnet], tasks: int) -> ipaddress.IPv4Network:
     raise CqkdError(f"no free /{size} subnet left in {pool}; pass --subnet")
 
 
-def stack_leftovers(client: docker.DockerClient, stack: str) -> dict[str, list[str]]:
-    """What of a stack still exists, by kind; empty lists mean it is gone."""
+def stack_leftovers(
+    client: docker.DockerClient,
+    stack: str,
+    others: Iterable[docker.DockerClient] = (),
+) -> dict[str, list[str]]:
+    """What of a stack still exists, by kind; empty lists mean it is gone.
+
+    Containers are asked of each engine (``others``: the other nodes'):
+    Swarm drops a removed service's tasks from its store before their
+    containers are gone, so the manager alone cannot tell.
+    """
+    from docker.errors import DockerException
+
     flt = stack_filter(stack)
+    # The low-level list is one call; the SDK's containers.list() inspects
+    # each container in turn and fails when one vanishes meanwhile.
+    containers = [c["Names"][0].lstrip("/") for c in client.api.containers(all=True, filters=flt)]
+    for other in others:
+        with contextlib.suppress(OSError, DockerException):
+            containers += [
+                c["Names"][0].lstrip("/") for c in other.api.containers(all=True, filters=flt)
+            ]
     return {
         "services": [s["Spec"]["Name"] for s in client.api.services(filters=flt)],
-        # The low-level list is one call; the SDK's containers.list() inspects
-        # each container in turn and fails when one vanishes meanwhile.
-        "containers": [
-            c["Names"][0].lstrip("/") for c in client.api.containers(all=True, filters=flt)
-        ],
+        "containers": containers,
         "networks": [n["Name"] for n in client.api.networks(filters=flt)],
     }
 

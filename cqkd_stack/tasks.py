@@ -264,14 +264,15 @@ def setup(
         state = state.update(running)
         state = state.update(engine.ensure_swarm(progress=say))
         state = state.update(engine.ensure_host_settings(progress=say))
-        built = None
+        built, spread = None, []
         if not skip_images:
             built = images.ensure_images(
                 progress=say,
                 mirror=_setting(c, "mirror", mirror),
                 suite=_setting(c, "suite", suite),
             )
-    for warning in state.warnings:
+            spread = _spread_image(built.node_image, say)
+    for warning in [*state.warnings, *spread]:
         console.print(f"[yellow]warning: {warning}[/yellow]")
     console.log(
         f"engine {state.server_version} (pid {state.dockerd_pid}), swarm node "
@@ -285,6 +286,28 @@ def setup(
         _print_json(
             {"engine": asdict(state), "images": asdict(built) if built else None, "done": changed}
         )
+
+
+def _spread_image(image: str, say: Callable[[str], None]) -> list[str]:
+    """Copy the image to the swarm's other nodes; what could not be done, as warnings.
+
+    A warning, not a failure: setup's job on this machine is done, and
+    ``deploy`` refuses later, naming the node, if it still lacks the image.
+    """
+    from docker.errors import DockerException
+
+    from . import distribute, swarm
+
+    client = swarm.local_engine()
+    if client is None:
+        return []
+    try:
+        distribute.ensure_on_nodes(client, image, say=say)
+    except (CqkdError, DockerException) as exc:
+        return [str(exc)]
+    finally:
+        client.close()
+    return []
 
 
 @cqkd_task(
@@ -302,6 +325,8 @@ def setup(
         "format": "summary as text (default) or json",
         "subnet": "overlay subnet (default: the first free one in 10.213.0.0/16)",
         "healthcheck": "add Docker's per-task health check (off: readiness is probed)",
+        "registry": "push the image to HOST/REPO and deploy it from there (default: copy "
+        "the image to every node whose engine has the org.cqkd.engine label)",
     }
 )
 @operator_errors
@@ -320,24 +345,38 @@ def deploy(
     format: str = "text",
     subnet: str = "",
     healthcheck: bool = False,
+    registry: str = "",
 ) -> None:
     """Validate, deploy the DHT stack, and wait until every task answers in the DHT."""
     from . import swarm
     from .console import print_port_map, stderr_console, with_progress
+    from .distribute import registry_reference
     from .stack import DeployRequest, NotDeployed, check_stack, deploy_stack
 
     _format(format)
     name = _setting(c, "stack", stack)
+    if registry and file:
+        raise UsageError(
+            "--registry applies to a rendered stack; with --file, write the "
+            "registry reference into the file's image: lines"
+        )
+    if registry and file:
+        raise UsageError(
+            "--registry applies to a rendered stack; with --file, write the "
+            "registry reference into the file's image: lines"
+        )
     options = RenderOptions(
         replicas=replicas,
-        image=image,
+        image=registry_reference(registry, image) if registry else image,
         network=network,
         port_offset=port_offset,
         subnet=subnet or None,
         join_stack=_setting(c, "stack", join_stack),
         healthcheck=healthcheck,
     )
-    request = DeployRequest(name, _policy(c, policy), options, file, timeout, not no_wait)
+    request = DeployRequest(
+        name, _policy(c, policy), options, file, timeout, not no_wait, registry, image
+    )
     console = stderr_console()
     client = swarm.connect()
     try:
@@ -431,9 +470,11 @@ def dht_check(c: Context, stack: str = "", format: str = "text", all: bool = Fal
         _print_json(out)
     else:
         print(
-            f"ok: {result.stored_by} stored {result.key}, {result.read_by} read it back "
-            f"through the DHT; round trip {result.round_trip_seconds * 1000:.0f} ms "
-            f"(set {result.set_seconds * 1000:.0f} ms, get {result.get_seconds * 1000:.0f} ms)"
+            f"ok: {result.stored_by} stored {result.key} (node {result.stored_on}), "
+            f"{result.read_by} read it back through the DHT (node {result.read_on}); "
+            f"round trip {result.round_trip_seconds * 1000:.0f} ms "
+            f"(set {result.set_seconds * 1000:.0f} ms, get {result.get_seconds * 1000:.0f} ms "
+            f"in the nodes; by {result.via})"
         )
         if probed is not None:
             print(probe_text(probed))
@@ -505,7 +546,9 @@ def scale(
     outcome = with_progress(
         console,
         "scaling",
-        lambda progress: scale_stack(client, name, service, replicas, timeout, progress),
+        lambda progress: scale_stack(
+            client, name, service, replicas, timeout, progress, console.log
+        ),
     )
     if format == "json":
         _print_json(outcome.summary())
@@ -554,11 +597,107 @@ def teardown(c: Context, stack: str = "", timeout: int = 600, format: str = "tex
         )
 
 
+# --- a multi-node swarm on this machine ------------------------------------------
+
+
+def _local_engine() -> Any:
+    """The engine on this machine: the cluster's nodes are its containers, whatever
+    DOCKER_HOST or ``--host`` point the other tasks at."""
+    from . import swarm
+
+    client = swarm.local_engine()
+    if client is None:
+        raise CqkdError("the Docker engine on this machine does not answer; run: cqkd-stack setup")
+    return client
+
+
+@cqkd_task(
+    name="up",
+    help={
+        "nodes": "number of Docker-in-Docker nodes (containers NAME-1..N)",
+        "managers": "how many of them are swarm managers (node 1 always is)",
+        "name": "cluster name: of its containers, bridge network and docker context",
+        "image": "image to load into every node (copied where its id differs)",
+        "format": "text (default) or json",
+    },
+)
+@operator_errors
+def cluster_up(
+    c: Context,
+    nodes: int = 3,
+    managers: int = 1,
+    name: str = "cqkd-cluster",
+    image: str = DEFAULT_NODE_IMAGE,
+    format: str = "text",
+) -> None:
+    """Start a swarm of Docker-in-Docker nodes on this machine, with the node image on each."""
+    from . import cluster
+    from .console import stderr_console
+
+    _format(format)
+    console = stderr_console()
+    client = _local_engine()
+    try:
+        with console.status(f"cluster {name}") as status:
+
+            def say(step: str) -> None:
+                status.update(step)
+                console.log(step)
+
+            result = cluster.cluster_up(client, nodes, name, image, progress=say, managers=managers)
+    finally:
+        client.close()
+    if format == "json":
+        _print_json(asdict(result))
+        return
+    for node in result.nodes:
+        console.log(f"{node.container}: {node.engine_url} {node.role} {node.node_id}")
+    console.log("done: " + ("; ".join(result.done) if result.done else "nothing to do"))
+    steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in result.timings.items())
+    console.print(f"[green]cluster '{name}': {len(result.nodes)} nodes Ready[/green] ({steps})")
+    console.print(
+        f"use it: DOCKER_HOST={result.manager_url} cqkd-stack deploy ...\n"
+        f"    or: cqkd-stack --host {result.manager_url} deploy ...\n"
+        f"    or: docker context use {name}\n"
+        f"remove it: cqkd-stack cluster down --name {name}"
+    )
+
+
+@cqkd_task(
+    name="down",
+    help={"name": "cluster name", "format": "text (default) or json"},
+)
+@operator_errors
+def cluster_down(c: Context, name: str = "cqkd-cluster", format: str = "text") -> None:
+    """Remove the cluster's nodes, bridge network and docker context (idempotent)."""
+    from . import cluster
+    from .console import stderr_console
+
+    _format(format)
+    console = stderr_console()
+    client = _local_engine()
+    try:
+        removed = cluster.cluster_down(client, name, progress=console.log)
+    finally:
+        client.close()
+    if format == "json":
+        _print_json({"name": name} | asdict(removed))
+        return
+    console.print(
+        f"[green]cluster '{name}' removed[/green]: {len(removed.containers)} nodes, "
+        f"{len(removed.networks)} networks, context {removed.context or '-'} "
+        f"in {removed.seconds:.1f} s"
+    )
+
+
 @cqkd_task(help={"pytest-args": "extra arguments for pytest, e.g. '-k render'"})
 def test(c: Context, pytest_args: str = "") -> None:
     """Lint, set up the engine and images, then run the unit and end-to-end tests."""
+    from . import engine
+
     c.run(f"{sys.executable} -m ruff check .", pty=False)
     setup(c)
+    engine.ensure_installed(commands=engine.TEST_COMMANDS)
     c.run(f"{sys.executable} -m pytest -ra {pytest_args}", pty=False)
 
 
@@ -573,4 +712,6 @@ ns.add_task(probe)
 ns.add_task(scale)
 ns.add_task(teardown)
 ns.add_task(test)
+# `cqkd-stack cluster.up` (and `cluster up`: main.py joins the two words).
+ns.add_collection(Collection("cluster", up=cluster_up, down=cluster_down))
 ns.configure({"cqkd": {"stack": "cqkd", "policy": None}})

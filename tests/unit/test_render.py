@@ -84,6 +84,35 @@ def test_host_network_puts_every_service_on_the_host() -> None:
     assert doc["services"]["worker"]["environment"]["BOOTSTRAP_NODES"] == "192.0.2.10:5678"
 
 
+def test_host_network_places_the_bootstrap_on_the_node_its_address_names() -> None:
+    doc = rendered(replicas=5, network="host", bootstrap_host="192.0.2.10", bootstrap_node="n0de1d")
+    services = doc["services"]
+    placement = services["bootstrap"]["deploy"]["placement"]
+    assert placement == {"constraints": ["node.id == n0de1d"]}
+    assert all("placement" not in services[n]["deploy"] for n in ("alice", "bob", "worker"))
+    results = validate_texts(
+        [
+            (
+                "host.yml",
+                render(
+                    POLICY,
+                    RenderOptions(
+                        replicas=5,
+                        network="host",
+                        bootstrap_host="192.0.2.10",
+                        bootstrap_node="n0de1d",
+                    ),
+                ),
+            )
+        ],
+        POLICY,
+    )
+    assert results.ok, results
+    # On an overlay the bootstrap is found by name wherever it runs.
+    overlay = rendered(replicas=5, bootstrap_node="n0de1d")["services"]["bootstrap"]["deploy"]
+    assert "placement" not in overlay
+
+
 def test_a_port_offset_renders_a_worker_batch_joining_the_first_stack() -> None:
     doc = rendered(replicas=200, port_offset=500, join_stack="prod")
     assert set(doc["services"]) == {"worker"}
