@@ -16,10 +16,14 @@ import docker.errors
 import pytest
 import requests
 
-from cqkd_stack import images
+from cqkd_stack import cluster as harness
+from cqkd_stack import images, swarm
 from cqkd_stack.errors import CqkdError
 
 E2E_DIR = Path(__file__).resolve().parent
+# Not the default name: the tests must never take down a cluster of the developer's.
+CLUSTER_NAME = "cqkd-test-cluster"
+CLUSTER_NODES = 3
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -70,3 +74,30 @@ def node_image(docker_client: docker.DockerClient) -> str:
     except CqkdError as exc:
         pytest.fail(f"cannot build the node image: {exc.message}", pytrace=False)
     return result.node_image
+
+
+@pytest.fixture(scope="session")
+def cluster(docker_client: docker.DockerClient, node_image: str) -> Iterator[harness.Cluster]:
+    """A 3-node Docker-in-Docker swarm, up once per session and always removed.
+
+    What a crashed earlier run left behind goes first, and the cluster goes
+    at the end whatever the tests did (``cluster_down`` works on a half-made
+    cluster too). Building its image needs root, as the node image does.
+    """
+    if os.geteuid() != 0:
+        if on_ci():
+            pytest.fail("the DinD cluster needs root on CI", pytrace=False)
+        pytest.skip("the DinD cluster needs root (debootstrap, a node's capabilities)")
+    host = swarm.local_engine()  # the nodes are containers of this machine's engine
+    if host is None:
+        pytest.fail("the local engine stopped answering", pytrace=False)
+    try:
+        harness.cluster_down(host, CLUSTER_NAME)
+        try:
+            yield harness.cluster_up(host, CLUSTER_NODES, CLUSTER_NAME, node_image)
+        except CqkdError as exc:
+            pytest.fail(f"cluster up failed: {exc.message}", pytrace=False)
+        finally:
+            harness.cluster_down(host, CLUSTER_NAME)
+    finally:
+        host.close()

@@ -1,0 +1,198 @@
+"""A node lost under a running DHT: what Swarm alone gives, and what this project adds.
+
+Two stages, each on a fresh 3-node Docker-in-Docker swarm on this machine
+(``cqkd_stack.cluster``), each losing its third node (``docker kill`` of the
+node's container) once every task answers:
+
+1. bare: the naive node of ``benchmarks/naive/`` with a plain
+   ``docker stack deploy`` on the manager (its image copied to every node
+   by hand first, as a user without this project must).
+2. project: ``cqkd-stack --host <manager> deploy``, Alice stores a value
+   before the loss, Bob reads it after.
+
+For each: seconds until Swarm marks the node down, until every slot runs
+again on the other nodes, until every task answers a Kademlia probe at its
+address and port (the project's own readiness wait, so both are judged
+alike); tasks moved; and the port map read every 0.5 s throughout
+(duplicate ports ever seen, any worker ever off ``7000 + slot - 1``).
+
+    python benchmarks/node_loss.py --workers 60 --json node_loss.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import docker
+from scale import NAIVE_DIR, NAIVE_IMAGE, Throttled, ensure_naive_image, log, wait_running
+
+from cqkd_stack import DEFAULT_NODE_IMAGE, dhtcheck
+from cqkd_stack.cluster import Cluster, cluster_down, cluster_up
+from cqkd_stack.deploy import wait_until_ready
+from cqkd_stack.distribute import copy_image, engine_client
+from cqkd_stack.swarm import port_map
+
+CLUSTER = "cqkd-bench-cluster"
+SUBNET = "10.214.0.0/20"
+
+
+class Watch:
+    """The port map every half second on another thread: duplicates and stray ports."""
+
+    def __init__(self, manager: docker.DockerClient, stack: str) -> None:
+        self.manager, self.stack = manager, stack
+        self.samples, self.duplicates, self.stray = 0, 0, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                ports = port_map(self.manager, self.stack)
+            except (docker.errors.APIError, OSError):
+                continue
+            self.samples += 1
+            self.duplicates += bool(ports.duplicate_ports)
+            self.stray += sum(
+                1
+                for r in ports.tasks
+                if r.role == "worker" and r.state == "running" and r.port != 7000 + r.slot - 1
+            )
+            self.stop.wait(0.5)
+
+
+def on_node(manager: docker.DockerClient, stack: str, node: str) -> set[tuple[str, int]]:
+    return {
+        (r.service, r.slot)
+        for r in port_map(manager, stack).tasks
+        if r.state == "running" and r.node == node
+    }
+
+
+def lose_node(
+    host: docker.DockerClient, cluster: Cluster, manager: docker.DockerClient, stack: str
+) -> dict[str, Any]:
+    """Kill the third node; time the way back to every task answering."""
+    victim = cluster.nodes[-1]
+    total = len({(r.service, r.slot) for r in port_map(manager, stack).tasks})
+    moved = on_node(manager, stack, victim.container)
+    watch = Watch(manager, stack)
+    watch.thread.start()
+    start = time.monotonic()
+    out: dict[str, Any] = {"tasks": total, "moved": len(moved), "node": victim.container}
+    try:
+        host.containers.get(victim.container).kill()
+        while manager.api.inspect_node(victim.node_id)["Status"]["State"] != "down":
+            time.sleep(0.2)
+        out["down_seconds"] = round(time.monotonic() - start, 1)
+        while True:
+            rows = [r for r in port_map(manager, stack).tasks if r.state == "running"]
+            keys = {(r.service, r.slot) for r in rows}
+            if len(keys) == total and not any(r.node == victim.container for r in rows):
+                break
+            time.sleep(0.2)
+        out["running_seconds"] = round(time.monotonic() - start, 1)
+        wait_until_ready(manager, stack, 600, progress=Throttled("answering again"))
+        out["answering_seconds"] = round(time.monotonic() - start, 1)
+    finally:
+        watch.stop.set()
+        watch.thread.join(10)
+    out |= {"samples": watch.samples, "duplicates": watch.duplicates, "stray": watch.stray}
+    ports = {r.port for r in port_map(manager, stack).tasks if r.role == "worker"}
+    out["distinct_worker_ports"] = len(ports)
+    return out
+
+
+def bare(host: docker.DockerClient, cluster: Cluster, workers: int) -> dict[str, Any]:
+    manager = docker.DockerClient(base_url=cluster.manager_url, timeout=300)
+    ensure_naive_image(host)
+    for node in cluster.nodes:  # what the user does by hand without the project
+        target = engine_client(node.engine_url)
+        copy_image(host, target, NAIVE_IMAGE)
+        target.close()
+    text = Template((NAIVE_DIR / "naive.stack.yml").read_text()).substitute(
+        WORKERS=workers, SUBNET=SUBNET, INIT="true"
+    )
+    stack = f"bare_{uuid.uuid4().hex[:6]}"
+    path = Path(f"/tmp/{stack}.yml")
+    path.write_text(text)
+    env = {**os.environ, "DOCKER_HOST": cluster.manager_url}
+    start = time.monotonic()
+    subprocess.run(
+        ["docker", "stack", "deploy", "--resolve-image", "never", "-c", str(path), stack],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    wait_running(manager, stack, workers + 1, start + 600, "bare running")
+    wait_until_ready(manager, stack, 600, progress=Throttled("bare joined"))
+    log(f"bare: {workers + 1} tasks answering after {time.monotonic() - start:.1f} s")
+    return lose_node(host, cluster, manager, stack)
+
+
+def project(host: docker.DockerClient, cluster: Cluster, workers: int) -> dict[str, Any]:
+    manager = docker.DockerClient(base_url=cluster.manager_url, timeout=300)
+    stack = f"proj_{uuid.uuid4().hex[:6]}"
+    done = subprocess.run(
+        [sys.executable, "-m", "cqkd_stack", "--host", cluster.manager_url, "deploy",
+         "-s", stack, "-r", str(workers), "-f", "json"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"deploy failed: {done.stderr[-2000:]}")
+    log(f"project: deployed in {json.loads(done.stdout)['seconds']} s")
+    key, value = f"bench-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    dhtcheck.store_value(manager, stack, "alice", key, value)
+    out = lose_node(host, cluster, manager, stack)
+    out["value_survived"] = dhtcheck.read_value(manager, stack, "bob", key) == value
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=60)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    host = docker.from_env(timeout=600)
+    results: dict[str, Any] = {"workers": args.workers}
+    for name, stage in (("bare", bare), ("project", project)):
+        cluster_down(host, CLUSTER)
+        log(f"{name}: 3-node cluster up")
+        cluster = cluster_up(host, 3, CLUSTER, DEFAULT_NODE_IMAGE)
+        try:
+            results[name] = stage(host, cluster, args.workers)
+            log(f"{name}: {results[name]}")
+        finally:
+            cluster_down(host, CLUSTER)
+    rows = [
+        ("tasks moved off the lost node", "moved", ""),
+        ("node marked down after", "down_seconds", " s"),
+        ("every slot running again after", "running_seconds", " s"),
+        ("every task answering again after", "answering_seconds", " s"),
+        ("port-map samples with a duplicate port", "duplicates", ""),
+        ("workers seen off 7000 + slot - 1", "stray", ""),
+        ("port-map samples taken", "samples", ""),
+    ]
+    print(f"{'node lost, ' + str(args.workers) + ' workers':40} {'bare':>10} {'project':>10}")
+    for label, key, unit in rows:
+        b, p = results["bare"].get(key), results["project"].get(key)
+        print(f"{label:40} {str(b) + unit:>10} {str(p) + unit:>10}")
+    survived = results["project"]["value_survived"]
+    print(f"{'Alice value read by Bob after':40} {'-':>10} {survived!s:>10}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
