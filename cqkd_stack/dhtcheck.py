@@ -406,9 +406,16 @@ def store_value(client: docker.DockerClient, stack: str, service: str, key: str,
 
 
 def read_value(client: docker.DockerClient, stack: str, service: str, key: str) -> Any:
-    """What ``service`` (e.g. Bob) reads for ``key`` from the network; None if nothing."""
+    """What ``service`` (e.g. Bob) reads for ``key`` from the network; None if no node has it.
+
+    A lookup that fails (no neighbours, no answer in time) is a CqkdError
+    with the node's reason, not a None that looks like a missing value.
+    """
     control = _control(client, stack, service)
-    return _request(client, stack, Nodes(client), control, "get", key).get("value")
+    got = _request(client, stack, Nodes(client), control, "get", key)
+    if not got.get("ok"):
+        raise CqkdError(f"{service} could not look up {key}: {got.get('error', got)}")
+    return got.get("value")
 
 
 def dht_check(

@@ -24,7 +24,10 @@ is needed in front of it. The node
   is in the DHT (a bootstrap node: once it listens) and removes it while it
   has no neighbour, trying a fresh join every health round meanwhile;
 * pings a sample of its contacts every ``CQKD_HEALTH_INTERVAL`` so dead ones
-  leave the table before a lookup meets them;
+  leave the table before a lookup meets them, and its bootstrap nodes every
+  time: once none answers (Swarm replaced a lost one), it joins again each
+  round until one does, so the nodes that join the replacement and the older
+  ones stay one DHT;
 * serves ``set`` / ``get`` / ``status`` on a Unix control socket (one JSON line
   in, one out), where ``get`` always asks the network and never this node;
 * stops at once on SIGTERM/SIGINT and exits 0, so tearing down 1000 tasks does
@@ -638,10 +641,12 @@ class _Client:
 class _JoinAttempt:
     """One join attempt: pings out, names being resolved, and what went wrong."""
 
-    __slots__ = ("errors", "names", "over", "pinged", "timer", "waiting")
+    __slots__ = ("bootstraps", "errors", "names", "over", "pinged", "timer", "waiting")
 
     def __init__(self) -> None:
         self.pinged: list[tuple[str, int]] = []
+        # Addresses that came from BOOTSTRAP_NODES (not from the table).
+        self.bootstraps: set[tuple[str, int]] = set()
         self.names: list[tuple[str, int]] = []
         self.errors: list[str] = []
         self.waiting = 0
@@ -687,6 +692,10 @@ class DhtNode:
         self.last_join_error: str | None = None
         self._last_warning: float | None = None
         self._pinging: set[bytes] = set()
+        # Node ids that answered at a BOOTSTRAP_NODES address. While none is
+        # left (one stopped answering, or another node answers there), each
+        # health round joins again: see ``_bootstrap_gone``.
+        self.bootstrap_ids: set[bytes] = set()
         # (host, port) -> (pid, pipe) of the child process looking the name up
         self._resolving: dict[tuple[str, int], tuple[int, int]] = {}
 
@@ -855,10 +864,12 @@ class DhtNode:
 
         def settle(ok: bool, data: Any) -> None:
             if not ok:
+                self._bootstrap_gone(contact[0])
                 if self.table.remove(contact[0]):
                     self.say("DEBUG", f"no answer from {contact[1]}:{contact[2]}; contact dropped")
             elif name == "ping" and data != contact[0]:
                 # Another node answers at that address now (a restart).
+                self._bootstrap_gone(contact[0])
                 self.table.remove(contact[0])
                 if _is_id(data):
                     self.welcome(data, contact[1], contact[2])
@@ -868,6 +879,23 @@ class DhtNode:
                 callback(ok, data)
 
         self.call((contact[1], contact[2]), name, args, settle)
+
+    def _bootstrap_gone(self, node_id: bytes) -> None:
+        """A bootstrap node this node knew is gone: join again until a bootstrap answers.
+
+        Swarm replaces a lost bootstrap task with a node of a new id (maybe at
+        a new address). Nodes that join from then on meet only the new one,
+        and it knows none of the older nodes: without a new join the DHT
+        splits in two, and a value stored before the loss cannot be found
+        from the new half (seen here after a node was lost).
+        """
+        if node_id in self.bootstrap_ids:
+            self.bootstrap_ids.discard(node_id)
+            self.say("INFO", "a bootstrap node is gone; joining again at the next health round")
+
+    def _needs_bootstrap(self) -> bool:
+        """In the DHT but in touch with no bootstrap node (any more)."""
+        return bool(self.config.bootstrap_nodes) and not self.bootstrap_ids
 
     def welcome(self, node_id: bytes, ip: str, port: int) -> None:
         """kademlia's ``welcome_if_new``, minus two ways a node can fool itself.
@@ -986,6 +1014,7 @@ class DhtNode:
             self._join_ping(attempt, (contact[1], contact[2]))
         for host, port in self.config.bootstrap_nodes:
             if _is_ipv4(host):
+                attempt.bootstraps.add((host, port))
                 self._join_ping(attempt, (host, port))
             else:
                 attempt.names.append((host, port))
@@ -1014,6 +1043,8 @@ class DhtNode:
         # Our own address may be in the list; answering ourselves is no contact.
         if ok and _is_id(data) and data not in (self.id, PROBE_NODE_ID):
             self.welcome(data, address[0], address[1])
+            if address in attempt.bootstraps:
+                self.bootstrap_ids.add(data)
             if not attempt.over:
                 self._join_succeeded(attempt)
             return
@@ -1122,6 +1153,7 @@ class DhtNode:
         if found is None:
             attempt.errors.append(f"cannot resolve {name[0]}: {error}")
         for address in found or ():
+            attempt.bootstraps.add(address)
             self._join_ping(attempt, address)
         self._join_check(attempt)
 
@@ -1219,7 +1251,9 @@ class DhtNode:
             len(contacts), NEIGHBOUR_CHECK_MAX, max(NEIGHBOUR_CHECK_MIN, len(contacts) // 10)
         )
         contacts.sort(key=lambda _: _random_fraction())
-        sample = contacts[:count]
+        # The bootstrap nodes every round: their loss must be noticed at once.
+        sample = [c for c in contacts if c[0] in self.bootstrap_ids]
+        sample += [c for c in contacts[:count] if c[0] not in self.bootstrap_ids]
         if not sample:
             self._after_health_pings()
             return
@@ -1243,8 +1277,11 @@ class DhtNode:
                 if len(self.table) == 0:
                     self.health.remove()
                     self.join_attempt()
-                elif not self.health.exists():
-                    self.health.write()
+                else:
+                    if not self.health.exists():
+                        self.health.write()
+                    if self._needs_bootstrap() and self.attempt is None:
+                        self.join_attempt()
         finally:
             self.later(self.config.health_interval, self.health_round)
 

@@ -488,6 +488,41 @@ def test_nodectl_errors_are_json_lines(cluster: list[NodeProc], tmp_path: Path) 
     assert cluster[1].ctl("status")[0] == 0
 
 
+def test_nodes_join_a_replaced_bootstrap_so_the_dht_does_not_split(
+    spawn: Callable[..., NodeProc],
+) -> None:
+    """The bootstrap is lost and replaced at another address (as Swarm reschedules it).
+
+    Nodes that join afterwards meet only the new bootstrap. Unless the older
+    nodes join again, the two halves never meet and a value stored before
+    the loss cannot be read from the new half.
+    """
+    old_port, new_port, *ports = free_udp_ports(5)
+    quick = {"CQKD_HEALTH_INTERVAL": "0.3", "CQKD_RPC_TIMEOUT": "0.5"}
+    # The name a Swarm stack gives resolves to the old task, then to the new one.
+    both = f"127.0.0.1:{old_port},127.0.0.1:{new_port}"
+    first = spawn("boot1", old_port, "bootstrap", **quick)
+    first.wait_healthy()
+    older = [spawn(f"w{i}", port, "worker", both, **quick) for i, port in enumerate(ports[:2])]
+    for node in older:
+        node.wait_healthy()
+    code, stored = older[0].ctl("set", "before-the-loss", "still here")
+    assert code == 0 and stored["replicas"] >= 1, stored
+
+    first.stop()
+    second = spawn("boot2", new_port, "bootstrap", **quick)
+    second.wait_healthy()
+    newcomer = spawn("w-new", ports[2], "worker", f"127.0.0.1:{new_port}", **quick)
+    newcomer.wait_healthy()
+
+    def read() -> bool:
+        code, got = newcomer.ctl("get", "before-the-loss")
+        return code == 0 and got["value"] == "still here"
+
+    wait_for(read, 10, "the newcomer reads the value stored before the bootstrap was lost")
+    assert second.ctl("status")[1]["neighbours"] >= 3
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_at_once_and_cleans_up(
     spawn: Callable[..., NodeProc], sig: signal.Signals
