@@ -408,7 +408,8 @@ def deploy(
 @cqkd_task(
     help={
         "stack": "stack name",
-        "format": "text (default; 'table' too) or json",
+        "format": "text (default; 'table' too), json, or prometheus (the text exposition "
+        "format; exits 0, the health is in cqkd_port_map_healthy)",
         "policy": "port policy file",
     }
 )
@@ -418,9 +419,17 @@ def ports(c: Context, stack: str = "", format: str = "text", policy: str = "") -
     from . import swarm
     from .console import print_port_map
 
-    if _format(format, (*TEXT_OR_JSON, "table")) == "table":
+    if _format(format, (*TEXT_OR_JSON, "table", "prometheus")) == "table":
         format = "text"
-    result = swarm.port_map(swarm.connect(), _setting(c, "stack", stack), _policy(c, policy))
+    rules = _policy(c, policy)
+    result = swarm.port_map(swarm.connect(), _setting(c, "stack", stack), rules)
+    if format == "prometheus":
+        from .metrics import exposition
+
+        # A scrape or a textfile collector reads the health from the metrics;
+        # a non-zero exit would only lose them.
+        sys.stdout.write(exposition(result, rules))
+        return
     if format == "json":
         _print_json(result.as_dict())
     else:

@@ -419,6 +419,29 @@ def test_ports_lists_exactly_the_expected_slots_and_ports(stack: str) -> None:
     assert usage["worker"] == (WORKERS, 1000 - WORKERS)
 
 
+def test_ports_as_prometheus_metrics_parse_and_count_the_live_stack(stack: str) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    done = cqkd("ports", "--stack", stack, "--format", "prometheus")
+    assert done.returncode == 0, done.stdout + done.stderr
+    values: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(done.stdout):
+        for sample in family.samples:
+            key = tuple(sorted(sample.labels.items()))
+            values.setdefault(sample.name, {})[key] = sample.value
+    worker = (("range", "7000-7999"), ("role", "worker"), ("stack", stack))
+    assert values["cqkd_port_range_used"][worker] == WORKERS
+    assert values["cqkd_port_range_free"][worker] == 1000 - WORKERS
+    assert sum(values["cqkd_tasks"].values()) == WORKERS + 3
+    assert (
+        sum(v for k, v in values["cqkd_node_ports_used"].items() if ("role", "worker") in k)
+        == WORKERS
+    )
+    assert values["cqkd_duplicate_ports"] == {(("stack", stack),): 0}
+    assert values["cqkd_port_map_healthy"] == {(("stack", stack),): 1}
+    assert values.get("cqkd_missing_slots", {}) == {}
+
+
 def _running_tasks(client: docker.DockerClient, stack: str) -> dict[str, tuple[str, int]]:
     tasks = client.api.tasks(
         filters={"label": f"{STACK_LABEL}={stack}", "desired-state": "running"}

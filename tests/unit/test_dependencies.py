@@ -10,7 +10,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
 # Distribution name → the module it installs, where they differ.
-MODULES = {"pyyaml": "yaml", "u-msgpack-python": "umsgpack"}
+MODULES = {
+    "pyyaml": "yaml",
+    "u-msgpack-python": "umsgpack",
+    "prometheus-client": "prometheus_client",
+}
 
 
 def _specs(groups: list[str]) -> list[str]:
