@@ -52,7 +52,9 @@ usage: python -m cqkd_stack.resolver [--json] [--no-bind-check]
 
 Compute this task's DHT port from the environment (DHT_PORT, or
 BASE_PORT + (TASK_SLOT - 1) + PORT_OFFSET, or LEGACY_PORT_MODE; BASE_PORT
-defaults to 7000, range 7000-7999, PORT_OFFSET to 0) and check that
+defaults to 7000, range 7000-7999, PORT_OFFSET to 0; on Kubernetes the slot
+is the StatefulSet ordinal (POD_INDEX, or HOSTNAME with STATEFULSET_NAME)
+minus ORDINALS_START, plus 1) and check that
 it can be bound. Without a subcommand, print the port; with `exec`, export
 DHT_PORT=<port> and replace this process with CMD.
 
@@ -104,7 +106,8 @@ class Resolution:
         # None unless the port was computed from a slot: legacy mode and an
         # explicit DHT_PORT ignore the slot, and reporting one would mislead.
         self.slot = slot
-        self.source = source  # "DHT_PORT" | "TASK_SLOT" | "WORKER_ID" | "legacy"
+        # "DHT_PORT" | "TASK_SLOT" | "WORKER_ID" | "POD_INDEX" | "HOSTNAME" | "legacy"
+        self.source = source
         self.role = role
         self.protocol = protocol
         self.bind_host = bind_host
@@ -221,6 +224,38 @@ def _slot_source(env: Mapping[str, str]) -> tuple[str, str] | None:
     return None
 
 
+def _ordinal_slot(env: Mapping[str, str]) -> tuple[str, int] | None:
+    """A Kubernetes StatefulSet pod's slot: its ordinal, counted from ``ORDINALS_START``.
+
+    The ordinal comes from ``POD_INDEX`` (the downward API's
+    ``metadata.labels['apps.kubernetes.io/pod-index']``), else from the pod's
+    host name ``<STATEFULSET_NAME>-<ordinal>`` (clusters older than the
+    label). Ordinal ``ORDINALS_START`` (``.spec.ordinals.start``, default 0)
+    is slot 1, so the first pod gets the range's first port.
+    """
+    raw = _get(env, "POD_INDEX")
+    name = "POD_INDEX"
+    if raw is None:
+        prefix = _get(env, "STATEFULSET_NAME")
+        if prefix is None:
+            return None
+        name = "HOSTNAME"
+        host = (_get(env, "HOSTNAME") or "").strip()
+        head, dash, raw = host.rpartition("-")
+        if not dash or head != prefix.strip():
+            raise ResolverError(
+                f"HOSTNAME={host!r} is not <STATEFULSET_NAME>-<ordinal> with "
+                f"STATEFULSET_NAME={prefix.strip()!r}: set POD_INDEX from the pod's "
+                "apps.kubernetes.io/pod-index label, or fix STATEFULSET_NAME",
+                "STATEFULSET_NAME",
+            )
+    ordinal = _parse_int(name, raw)
+    start = optional_int(env, "ORDINALS_START") or 0
+    if ordinal < start:
+        raise ResolverError(f"{name} gives ordinal {ordinal}, below ORDINALS_START={start}", name)
+    return name, ordinal - start + 1
+
+
 def _looks_like_slot(env: Mapping[str, str], port: int) -> bool:
     """Spot ``DHT_PORT={{.Task.Slot}}``, the mistake this whole tool exists to stop.
 
@@ -305,13 +340,19 @@ def resolve(env: Mapping[str, str]) -> Resolution:
         return done(base, None, "legacy")
 
     found = _slot_source(env)
-    if found is None:
+    ordinal = _ordinal_slot(env) if found is None else None
+    if found is None and ordinal is None:
         raise ResolverError(
             "neither TASK_SLOT nor WORKER_ID is set: set TASK_SLOT={{.Task.Slot}} in the "
-            "stack (WORKER_ID=<n> outside Swarm), or an explicit DHT_PORT"
+            "stack (WORKER_ID=<n> outside Swarm; POD_INDEX or STATEFULSET_NAME on "
+            "Kubernetes), or an explicit DHT_PORT"
         )
-    slot_name, slot_raw = found
-    slot = _parse_int(slot_name, slot_raw)
+    if ordinal is not None:
+        slot_name, slot = ordinal
+    else:
+        assert found is not None
+        slot_name, slot_raw = found
+        slot = _parse_int(slot_name, slot_raw)
     if slot < 1:
         raise ResolverError(f"{slot_name}={slot} must be >= 1 (Swarm slots start at 1)", slot_name)
 

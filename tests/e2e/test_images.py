@@ -113,6 +113,44 @@ def test_the_resolver_entrypoint_still_exports_the_port_for_other_commands(
     assert output.decode().strip() == "7002"
 
 
+@pytest.mark.parametrize(
+    ("hostname", "extra", "port"),
+    [
+        # What a StatefulSet pod has: its host name, and the ordinal label
+        # through the downward API where the cluster sets it.
+        ("cqkd-worker-3", {"STATEFULSET_NAME": "cqkd-worker"}, 7003),
+        ("cqkd-worker-3", {"STATEFULSET_NAME": "cqkd-worker", "POD_INDEX": "4"}, 7004),
+        ("cqkd-worker-1", {"STATEFULSET_NAME": "cqkd-worker", "ORDINALS_START": "1"}, 7000),
+    ],
+)
+def test_the_resolver_in_a_pod_like_container_takes_the_port_from_the_ordinal(
+    docker_client: docker.DockerClient,
+    node_image: str,
+    hostname: str,
+    extra: dict[str, str],
+    port: int,
+) -> None:
+    """The host name is the container's own (Docker sets HOSTNAME, as the kubelet does)."""
+    name = f"cqkdtest_{uuid.uuid4().hex[:8]}"
+    try:
+        output = docker_client.containers.run(
+            node_image,
+            ["python3", "-m", "cqkd_stack.resolver", "--json"],  # with the bind check
+            entrypoint=[],
+            hostname=hostname,
+            environment={"CQKD_ROLE": "worker", "BASE_PORT": "7000", **extra},
+            name=name,
+            read_only=True,
+            cap_drop=["ALL"],
+            remove=True,
+        )
+    finally:
+        remove_container(docker_client, name)
+    found = json.loads(output)
+    assert found["port"] == port
+    assert found["source"] == ("POD_INDEX" if "POD_INDEX" in extra else "HOSTNAME")
+
+
 def test_image_declares_the_health_check(
     docker_client: docker.DockerClient, node_image: str
 ) -> None:

@@ -121,6 +121,38 @@ def test_negative_offset_is_rejected() -> None:
     assert "PORT_OFFSET=-1 must be >= 0" in error_of(worker(TASK_SLOT="1", PORT_OFFSET="-1"))
 
 
+@pytest.mark.parametrize(
+    ("extra", "port", "source"),
+    [
+        ({"POD_INDEX": "0"}, 7000, "POD_INDEX"),  # StatefulSet ordinal 0: the first port
+        ({"POD_INDEX": "5"}, 7005, "POD_INDEX"),
+        ({"POD_INDEX": "1", "ORDINALS_START": "1"}, 7000, "POD_INDEX"),  # .spec.ordinals.start
+        ({"STATEFULSET_NAME": "cqkd-worker", "HOSTNAME": "cqkd-worker-3"}, 7003, "HOSTNAME"),
+        # The label wins over the host name; a Swarm slot wins over both.
+        ({"POD_INDEX": "2", "STATEFULSET_NAME": "x", "HOSTNAME": "x-9"}, 7002, "POD_INDEX"),
+        ({"TASK_SLOT": "4", "POD_INDEX": "9"}, 7003, "TASK_SLOT"),
+    ],
+)
+def test_a_statefulset_pod_s_ordinal_gives_its_port(
+    extra: dict[str, str], port: int, source: str
+) -> None:
+    found = resolve(worker(**extra))
+    assert (found.port, found.source) == (port, source)
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ({"POD_INDEX": "0", "ORDINALS_START": "1"}, "ordinal 0, below ORDINALS_START=1"),
+        ({"STATEFULSET_NAME": "cqkd-worker", "HOSTNAME": "web-3"}, "is not <STATEFULSET_NAME>-"),
+        ({"STATEFULSET_NAME": "cqkd-worker", "HOSTNAME": "cqkd-worker-x"}, "HOSTNAME"),
+        ({"POD_INDEX": "1000"}, "gives port 8000"),
+    ],
+)
+def test_a_bad_ordinal_is_refused_by_name(extra: dict[str, str], fragment: str) -> None:
+    assert fragment in error_of(worker(**extra))
+
+
 def test_no_slot_source_is_an_error() -> None:
     message = error_of(worker())
     assert "TASK_SLOT" in message and "WORKER_ID" in message
