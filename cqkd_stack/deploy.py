@@ -496,9 +496,7 @@ def stack_rm(
     removal then fails ("network ... is in use by task"); so wait for the
     containers, then remove what networks remain ourselves.
     """
-    from docker.errors import APIError, NotFound
-
-    from .dhtcheck import remove_control_volumes, remove_jobs
+    from .dhtcheck import remove_jobs
     from .distribute import other_engines
     from .readiness import remove_probes
 
@@ -509,35 +507,51 @@ def stack_rm(
     remove_probes(client, stack)
     remove_jobs(client, stack)
     with other_engines(client) as others:
-        before = stack_leftovers(client, stack, others)
+        return _remove(client, stack, others, start, timeout, progress, drain_step)
+
+
+def _remove(
+    client: docker.DockerClient,
+    stack: str,
+    others: list[docker.DockerClient],
+    start: float,
+    timeout: float,
+    progress: Progress | None,
+    drain_step: int,
+) -> Teardown:
+    """stack_rm's work, with the other nodes' engines open once for all of it."""
+    from docker.errors import APIError, NotFound
+
+    from .dhtcheck import remove_control_volumes
+
+    before = stack_leftovers(client, stack, others)
     if not any(before.values()):
         raise CqkdError(f"no stack named '{stack}' is deployed; nothing to remove", exit_code=1)
     _drain(client, stack, start + timeout, progress, drain_step)
     done = run([docker_cli(), "stack", "rm", stack], "docker stack rm", check=False)
     if done.returncode != 0 and not _network_still_in_use(done.stderr):
         raise CqkdError(f"docker stack rm failed: {done.stderr.strip()}")
-    with other_engines(client) as others:
-        total = len(before["containers"]) or 1
-        deadline = start + timeout
+    total = len(before["containers"]) or 1
+    deadline = start + timeout
+    left = stack_leftovers(client, stack, others)
+    while time.monotonic() < deadline:
         left = stack_leftovers(client, stack, others)
-        while time.monotonic() < deadline:
+        gone = total - len(left["containers"])
+        if progress is not None:
+            progress(max(gone, 0), total, f"{len(left['containers'])} containers stopping")
+        if left["containers"] and not left["services"]:
+            _remove_orphans(client, stack)
+        if not left["containers"] and not left["services"]:
+            for name in left["networks"]:
+                try:
+                    client.networks.get(name).remove()
+                except NotFound:
+                    pass
+                except APIError:
+                    break  # still in use: a task is being cleaned up; look again
             left = stack_leftovers(client, stack, others)
-            gone = total - len(left["containers"])
-            if progress is not None:
-                progress(max(gone, 0), total, f"{len(left['containers'])} containers stopping")
-            if left["containers"] and not left["services"]:
-                _remove_orphans(client, stack)
-            if not left["containers"] and not left["services"]:
-                for name in left["networks"]:
-                    try:
-                        client.networks.get(name).remove()
-                    except NotFound:
-                        pass
-                    except APIError:
-                        break  # still in use: a task is being cleaned up; look again
-                left = stack_leftovers(client, stack, others)
-                if not any(left.values()):
-                    remove_control_volumes(client, stack, wait=CONTROL_VOLUME_SECONDS)
-                    break
-            time.sleep(POLL_SECONDS)
+            if not any(left.values()):
+                remove_control_volumes(client, stack, others, wait=CONTROL_VOLUME_SECONDS)
+                break
+        time.sleep(POLL_SECONDS)
     return Teardown(time.monotonic() - start, before["services"], left)

@@ -43,6 +43,8 @@ from .nodectl import DEFAULT_SOCKET, DEFAULT_TIMEOUT
 from .swarm import env_of
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import docker
 
 NODECTL = ["python3", "-m", "cqkd_stack.nodectl"]
@@ -288,39 +290,20 @@ def remove_control_volume(client: docker.DockerClient, stack: str, wait: float =
         time.sleep(POLL_SECONDS * 4)
 
 
-def remove_control_volumes(client: docker.DockerClient, stack: str, wait: float = 0.0) -> list[str]:
-    """``<stack>_control`` removed on this engine and on every node whose engine is labelled.
+def remove_control_volumes(
+    client: docker.DockerClient,
+    stack: str,
+    others: Iterable[docker.DockerClient] = (),
+    wait: float = 0.0,
+) -> None:
+    """``<stack>_control`` removed on this engine and on the other nodes' (``others``).
 
-    Nodes are reached as image distribution reaches them (the
-    ``org.cqkd.engine`` label); the host names of nodes that could not be
-    reached are returned, their empty volume is reused by a redeploy.
+    The manager's API removes a local volume on its own node only; teardown
+    passes the engines of the labelled nodes (``distribute.other_engines``).
+    An unlabelled node keeps its empty volume, which a redeploy reuses.
     """
-    from docker.errors import APIError
-
-    from .distribute import engine_client, nodes_that_run_tasks
-
-    remove_control_volume(client, stack, wait)
-    missed = []
-    try:
-        nodes = nodes_that_run_tasks(client)
-    except APIError:
-        return missed
-    for node in nodes:
-        if node.local:
-            continue
-        if not node.engine:
-            missed.append(node.hostname)
-            continue
-        try:
-            remote = engine_client(node.engine)
-        except CqkdError:
-            missed.append(node.hostname)
-            continue
-        try:
-            remove_control_volume(remote, stack, wait)
-        finally:
-            remote.close()
-    return missed
+    for engine in (client, *others):
+        remove_control_volume(engine, stack, wait)
 
 
 def _run_job(

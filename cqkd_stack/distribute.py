@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import CqkdError
+from .swarm import ENGINE_LABEL, SwarmNode, nodes_that_run_tasks
 
 if TYPE_CHECKING:
     import docker
 
-ENGINE_LABEL = "org.cqkd.engine"
 # Loading ~200 MB into a busy engine can take minutes; the default 60 s cuts it off.
 _ENGINE_TIMEOUT = 600
 # Copies run side by side, each its own save stream: bounded so a big
@@ -56,35 +56,6 @@ class NodeImage:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class SwarmNode:
-    """A node that may run tasks, and how to reach its engine (``""``: the one we talk to)."""
-
-    node_id: str
-    hostname: str
-    engine: str
-    local: bool
-
-
-def nodes_that_run_tasks(client: docker.DockerClient) -> list[SwarmNode]:
-    """Ready nodes whose availability is ``active``: drained and down nodes get no tasks."""
-    own = (client.info().get("Swarm") or {}).get("NodeID", "")
-    found = []
-    for node in client.api.nodes():
-        spec, status = node.get("Spec") or {}, node.get("Status") or {}
-        if status.get("State") != "ready" or spec.get("Availability") != "active":
-            continue
-        found.append(
-            SwarmNode(
-                node_id=node["ID"],
-                hostname=(node.get("Description") or {}).get("Hostname", node["ID"]),
-                engine=(spec.get("Labels") or {}).get(ENGINE_LABEL, ""),
-                local=node["ID"] == own,
-            )
-        )
-    return sorted(found, key=lambda n: (not n.local, n.hostname))
 
 
 def engine_client(url: str) -> docker.DockerClient:

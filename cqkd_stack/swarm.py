@@ -130,24 +130,58 @@ def image_source(
             local.close()
 
 
+# A node's engine, for what the manager's API cannot do there (load an image,
+# list its containers, remove its local volumes): docs/operations.md.
+ENGINE_LABEL = "org.cqkd.engine"
+
+
+@dataclass(frozen=True)
+class SwarmNode:
+    """A node that may run tasks: where it is, and how to reach its engine."""
+
+    node_id: str
+    hostname: str
+    address: str
+    # The node's org.cqkd.engine label; "" when it has none.
+    engine: str
+    # The node of the engine we talk to (it needs no label).
+    local: bool
+
+
+def nodes_that_run_tasks(client: docker.DockerClient) -> list[SwarmNode]:
+    """Ready nodes whose availability is ``active`` (drained and down ones get no tasks).
+
+    This engine's node first, then by host name.
+    """
+    own = client.info().get("Swarm") or {}
+    found = []
+    for node in client.api.nodes():
+        spec, status = node.get("Spec") or {}, node.get("Status") or {}
+        if status.get("State") != "ready" or spec.get("Availability") != "active":
+            continue
+        local = node["ID"] == own.get("NodeID")
+        found.append(
+            SwarmNode(
+                node_id=node["ID"],
+                hostname=(node.get("Description") or {}).get("Hostname", node["ID"]),
+                address=(own.get("NodeAddr") if local else status.get("Addr")) or "",
+                engine=(spec.get("Labels") or {}).get(ENGINE_LABEL, ""),
+                local=local,
+            )
+        )
+    return sorted(found, key=lambda n: (not n.local, n.hostname))
+
+
 def bootstrap_node(client: docker.DockerClient) -> tuple[str | None, str]:
     """(node id, address) for a host-network bootstrap: this manager, if it takes tasks.
 
     A drained manager runs nothing, so then the first active, ready node
-    (by hostname) hosts it. A swarm without nodes to ask says 127.0.0.1.
+    (by host name) hosts it. A swarm without such a node says 127.0.0.1.
     """
-    own = client.info().get("Swarm") or {}
-    nodes = []
-    for node in client.api.nodes():
-        spec, status = node.get("Spec") or {}, node.get("Status") or {}
-        if status.get("State") == "ready" and spec.get("Availability") == "active":
-            hostname = (node.get("Description") or {}).get("Hostname", "")
-            addr = own.get("NodeAddr") if node["ID"] == own.get("NodeID") else status.get("Addr")
-            nodes.append((node["ID"] != own.get("NodeID"), hostname, node["ID"], addr))
+    nodes = nodes_that_run_tasks(client)
     if not nodes:
-        return None, own.get("NodeAddr") or "127.0.0.1"
-    _, _, node_id, addr = min(nodes)
-    return node_id, addr or "127.0.0.1"
+        return None, (client.info().get("Swarm") or {}).get("NodeAddr") or "127.0.0.1"
+    return nodes[0].node_id, nodes[0].address or "127.0.0.1"
 
 
 def bootstrap_address(client: docker.DockerClient, stack: str) -> str | None:
