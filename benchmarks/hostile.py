@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cqkd_stack.compose_target import render_compose
+from cqkd_stack.kubernetes import render_kubernetes
 from cqkd_stack.policy import load_policy
 from cqkd_stack.render import RenderOptions, render
 
@@ -44,6 +46,32 @@ def _compose_file(services: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _compose_target(services: int, fields: int) -> str:
+    """A file marked as a compose target, every service distinct, ``fields`` env entries each."""
+    lines = ["x-cqkd-target: compose", "services:"]
+    for i in range(services):
+        env = ", ".join(f"E{j}: '{i}-{j}'" for j in range(fields))
+        lines.append(
+            f"  s{i}: {{image: 'x{i}', environment: {{{env}}}, ports: ['{20000 + i}:80']}}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _compose_aliases() -> str:
+    """One environment of 9,990 entries under an anchor, used by 4 services: ~80,000 nodes."""
+    env = ", ".join(f"E{j}: '{j}'" for j in range(9_990))
+    lines = ["x-cqkd-target: compose", f"x-env: &env {{{env}}}", "services:"]
+    lines += [f"  s{i}: {{image: x, environment: *env}}" for i in range(4)]
+    return "\n".join(lines) + "\n"
+
+
+def _manifests(documents: int, labels: int) -> str:
+    """ConfigMaps, each with ``labels`` distinct data entries."""
+    doc = "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: m{i}}}\ndata: {{{data}}}\n"
+    data = ", ".join(f"k{j}: v{j}" for j in range(labels))
+    return "".join(doc.format(i=i, data=data) for i in range(documents))
+
+
 def _bomb() -> str:
     lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
     for i in range(1, 10):
@@ -56,9 +84,21 @@ def _bomb() -> str:
 
 def inputs() -> dict[str, str]:
     stack = render(load_policy(), RenderOptions(replicas=1000))
+    compose = render_compose(load_policy(), RenderOptions(replicas=1000))
     return {
         "baseline: rendered 1000-worker stack (valid)": stack,
+        "render --target compose, 1000 workers (valid)": compose,
+        # 2048 services of 9 + 2 * 5 nodes: just under the node bound, every value distinct.
+        "compose target: 1500 distinct services at the node bound": _compose_target(1500, 5),
+        "compose target: aliases expanded to the bound": _compose_aliases(),
+        "compose target: 2049 services (over the service bound)": _compose_target(2049, 1),
+        "compose target: 1 MiB of one-line services": _compose_target(30_000, 0)[: 1024 * 1024],
         "1000 services, one per worker (compose-style)": _compose_file(1000),
+        "render --target kubernetes, 1000 workers (valid)": render_kubernetes(load_policy(), 1000),
+        "kubernetes: 16 documents of 10,000 nodes in 1 MiB": _manifests(16, 4_800),
+        # 16 x ~930 nodes: each document just under its share of the node bound.
+        "kubernetes: 16 documents at both bounds": _manifests(16, 460),
+        "kubernetes: 15,000 tiny documents in 1 MiB": _manifests(14_000, 1),
         "billion laughs (9 levels of 9 aliases)": _bomb(),
         "nested 100,000 brackets deep": "services: " + "[" * 100_000 + "]" * 100_000 + "\n",
         "1 MiB of one-line services": _dense(20_000)[: 1024 * 1024 - 64],

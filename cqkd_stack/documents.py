@@ -132,17 +132,27 @@ class ParsedYaml:
 
 
 def parse_yaml_nodes(
-    text: str, file: str, expected: str, loader: type[_BoundedLoader] | None = None
+    text: str,
+    file: str,
+    expected: str,
+    loader: type[_BoundedLoader] | None = None,
+    max_nodes: int = MAX_EXPANDED_NODES,
+    max_expanded: int | None = None,
 ) -> ParsedYaml:
     """``parse_yaml`` keeping the composed nodes, one pass: no second parse for lines.
 
     ``loader`` may be a subclass of the bounded loader (a stack file is read
     with Docker's scalar rules); every limit of the bounded loader still holds.
-    Each problem has the line where it was found, when there is one.
+    ``max_nodes`` bounds the nodes written in the file (each costs ~10 us to
+    read), ``max_expanded`` (default: the same) the nodes once aliases are
+    expanded; a kind of file that is large by design (a compose file with
+    one service per worker, its shared keys merged from an anchor) sets its
+    own. Each problem has the line where it was found, when there is one.
     """
     bounded = (loader or _BoundedLoader)(text)
+    bounded.max_nodes = max_nodes if max_expanded is None else max_expanded
     try:
-        _check_events(text)
+        _check_events(text, max_nodes)
         root = bounded.get_single_node()
         data = None if root is None else bounded.construct_document(root)
     except _TooLarge as exc:
@@ -192,8 +202,10 @@ class _BoundedLoader(_SafeLoader):  # type: ignore[misc,valid-type]
     is a shared node, before any object is built: linear in the file's size.
     """
 
+    max_nodes = MAX_EXPANDED_NODES
+
     def construct_document(self, node: yaml.Node) -> Any:
-        _check_expansion(node)
+        _check_expansion(node, self.max_nodes)
         return super().construct_document(node)
 
 
@@ -202,23 +214,23 @@ _CLOSES = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
 _NODES = (yaml.ScalarEvent, yaml.AliasEvent, *_OPENS)
 
 
-def _check_events(text: str) -> None:
+def _check_events(text: str, max_nodes: int) -> None:
     """Refuse a document too deep or too large before anything is composed.
 
     libyaml's composer recurses in C: 100,000 nested brackets crashed the
     process (SIGSEGV) before any Python check could run. Its parser does
     not recurse, so the events are counted first, stopping at the first
     limit crossed: a hostile file costs ~2 microseconds an event, at most
-    MAX_EXPANDED_NODES of them.
+    ``max_nodes`` of them.
     """
     depth = nodes = 0
     for event in yaml.parse(text, Loader=_SafeLoader):
         if isinstance(event, _NODES):
             nodes += 1
-            if nodes > MAX_EXPANDED_NODES:
+            if nodes > max_nodes:
                 line = event.start_mark.line + 1
                 raise _TooLarge(
-                    f"more than {MAX_EXPANDED_NODES:,} YAML nodes (at line {line}); "
+                    f"more than {max_nodes:,} YAML nodes (at line {line}); "
                     "refused as too large to check",
                     line,
                 )
@@ -233,7 +245,7 @@ def _check_events(text: str) -> None:
             depth -= 1
 
 
-def _check_expansion(root: yaml.Node) -> None:
+def _check_expansion(root: yaml.Node, max_nodes: int) -> None:
     sizes: dict[int, int] = {}
     on_path: set[int] = set()
     stack: list[tuple[yaml.Node, bool, int]] = [(root, False, 1)]
@@ -248,10 +260,10 @@ def _check_expansion(root: yaml.Node) -> None:
         if children_done:
             on_path.discard(key)
             total = 1 + sum(sizes[id(child)] for child in _children(node))
-            if total > MAX_EXPANDED_NODES:
+            if total > max_nodes:
                 line = node.start_mark.line + 1
                 raise _TooLarge(
-                    f"aliases expand to more than {MAX_EXPANDED_NODES:,} YAML nodes "
+                    f"aliases expand to more than {max_nodes:,} YAML nodes "
                     f"(from line {line}); refused as a YAML bomb",
                     line,
                 )

@@ -11,6 +11,8 @@ from . import __version__
 from .tasks import ns
 
 TASKS_WITH_FILES = {"validate"}
+# validate's options that take a value: the word after one is not a file.
+VALUE_FLAGS = ("--policy", "-p", "--format", "-f", "--file", "--target")
 
 
 class CqkdProgram(Program):
@@ -116,7 +118,7 @@ def _files_as_flags(argv: list[str], task_names: set[str]) -> list[str]:
                 continue
             else:
                 seen_positional = True
-        expects_value = in_files_task and word in ("--policy", "-p", "--format", "-f", "--file")
+        expects_value = in_files_task and word in VALUE_FLAGS
         out.append(word)
     return out
 

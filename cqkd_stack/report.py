@@ -37,7 +37,7 @@ def as_json(results: Results) -> str:
         "files": [
             {
                 "file": file,
-                "kind": "policy" if file in results.notes else "stack",
+                "kind": results.kinds.get(file, "stack"),
                 "valid": not problems,
                 # "line" is always present (null when unknown): a program reading
                 # the report should not have to test for the key.

@@ -69,6 +69,8 @@ class Results:
     # Files recognised as something other than a stack, and what they were taken for.
     skipped: dict[str, str] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    # What each noted file was read as: policy, compose or kubernetes (default: stack).
+    kinds: dict[str, str] = field(default_factory=dict)
     # What Docker accepts silently but is probably a mistake (an unset ${VAR}).
     warnings: list[Problem] = field(default_factory=list)
 
@@ -84,9 +86,10 @@ class Results:
         """Reported, never failing: the file is still valid."""
         self.warnings.extend(problems)
 
-    def note(self, file: str, what: str) -> None:
-        """Judged, but as something other than a stack (a port policy)."""
+    def note(self, file: str, what: str, kind: str = "policy") -> None:
+        """Judged, but as something other than a Swarm stack (a port policy, a compose file...)."""
         self.notes[file] = what
+        self.kinds[file] = kind
 
     def add(self, problem: Problem) -> None:
         self.files.setdefault(problem.file, []).append(problem)

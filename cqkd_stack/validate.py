@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .compose import LoadedStack, load_stack
+from .compose_target import compose_problems, is_compose_target, load_compose
 from .contract import (
     DOCKER_DEFAULT_SUBNET,
     ROLE_LABEL,
@@ -523,9 +524,17 @@ def check_service(
 
 
 def check_services(
-    doc: dict[str, Any], file: str, policy: Policy, taken: Sequence[TakenSubnet] = ()
+    doc: dict[str, Any],
+    file: str,
+    policy: Policy,
+    taken: Sequence[TakenSubnet] = (),
+    swarm: bool = True,
 ) -> tuple[list[Problem], list[ServicePorts]]:
-    """The project's rules on a document Docker's schema accepts."""
+    """The project's rules on a document Docker's schema accepts.
+
+    ``swarm`` False: a docker-compose file, whose networks are bridges on one
+    host (``compose_target`` has their rules), not Swarm overlays.
+    """
     problems: list[Problem] = []
     claims: list[ServicePorts] = []
     if not doc.get("services"):
@@ -536,7 +545,10 @@ def check_services(
         found, claimed = check_service(file, name, service, policy, _on_host_network(doc, service))
         problems += found
         claims += claimed
-    problems += _network_problems(file, doc, taken)
+    if swarm:
+        problems += _network_problems(file, doc, taken)
+    else:
+        problems += compose_problems(doc, file)
     return problems, claims
 
 
@@ -600,21 +612,33 @@ def _collision(claim: ServicePorts, other: ServicePorts) -> Problem:
 
 
 _POLICY_KEYS = re.compile(r"^roles\s*:", re.MULTILINE)
+_MANIFEST_KEYS = (
+    re.compile(r"^apiVersion\s*:", re.MULTILINE),
+    re.compile(r"^kind\s*:", re.MULTILINE),
+)
 _SERVICES_KEY = re.compile(r"^services\s*:", re.MULTILINE)
 
 
-def _kind(file: str, text: str) -> str:
-    """What a file given to the linter is: a stack, a stack template or a port policy.
+def _kind(file: str, text: str, target: str | None = None) -> str:
+    """What a file given to the linter is: a stack, a compose file, a template or a policy.
 
     Templates are named ``*.tmpl.yml`` or carry the template's own slot
     spelling (``<<.Task.Slot>>``), which only ``render`` turns into Swarm's.
-    A policy has top-level ``roles`` and no ``services``. Decided on the
-    text, so a file is parsed once, by the reader that suits it.
+    A policy has top-level ``roles`` and no ``services``. A compose-target
+    file says so (``x-cqkd-target: compose``), or ``target`` says it for a
+    file written by hand. Kubernetes manifests have top-level ``apiVersion``
+    and ``kind``. Decided on the text, so a file is parsed once, by
+    the reader that suits it.
     """
     if file.endswith(TEMPLATE_SUFFIXES) or TEMPLATE_PLACEHOLDER in text:
         return "template"
     if _POLICY_KEYS.search(text) and not _SERVICES_KEY.search(text):
         return "policy"
+    if target == "compose" or (target is None and is_compose_target(text)):
+        return "compose"
+    manifests = all(key.search(text) for key in _MANIFEST_KEYS) and not _SERVICES_KEY.search(text)
+    if target == "kubernetes" or (target is None and manifests):
+        return "kubernetes"
     return "stack"
 
 
@@ -643,6 +667,7 @@ def validate_texts(
     together: bool = False,
     environ: Mapping[str, str] | None = None,
     loaded: Mapping[str, LoadedStack] | None = None,
+    target: str | None = None,
 ) -> Results:
     """Validate (file name, text) pairs; each is its own stack unless ``together``.
 
@@ -654,7 +679,8 @@ def validate_texts(
     given among the files are checked as policies; stack templates are
     skipped (render them, then lint the result). ``loaded`` are stacks the
     caller has already read with ``compose.load_stack``, by file name, so
-    that nothing is parsed twice.
+    that nothing is parsed twice. ``target`` ("swarm" or "compose") says how
+    to read the stack files; by default each file's text decides.
     """
     environ = os.environ if environ is None else environ
     results = Results()
@@ -662,7 +688,7 @@ def validate_texts(
     loaded_by_file: dict[str, LoadedStack] = {}
     for file, text in sources:
         results.checked(file)
-        kind = _kind(file, text)
+        kind = _kind(file, text, target)
         if kind == "template":
             results.skip(file, "a stack template: lint what `cqkd-stack render` makes of it")
             continue
@@ -671,13 +697,24 @@ def validate_texts(
             doc, problems = parse_yaml(text, file, "a port policy with roles")
             results.extend(problems if doc is None else policy_problems(doc, file))
             continue
-        stack = (loaded or {}).get(file) or load_stack(text, file, environ)
+        if kind == "kubernetes":
+            from .kubernetes import DEFAULT_KUBERNETES_VERSION, manifest_problems
+
+            version = DEFAULT_KUBERNETES_VERSION
+            results.note(file, f"Kubernetes manifests, checked against Kubernetes {version}", kind)
+            results.extend(manifest_problems(text, file, policy=policy))
+            continue
+        stack = (loaded or {}).get(file) or (
+            load_compose(text, file) if kind == "compose" else load_stack(text, file, environ)
+        )
         loaded_by_file[file] = stack
         results.warn(stack.warnings)
         if stack.doc is None:
             results.extend([_explain_template(p) for p in stack.problems])
             continue
-        problems, found = check_services(stack.doc, file, policy, taken)
+        if kind == "compose":
+            results.note(file, "a docker-compose file (compose target), checked as one", kind)
+        problems, found = check_services(stack.doc, file, policy, taken, kind == "stack")
         if together:
             claims += found
         else:

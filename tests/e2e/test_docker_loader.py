@@ -15,7 +15,10 @@ from cqkd_stack.policy import load_policy
 from cqkd_stack.render import RenderOptions, render
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
-POSITIVE = sorted(p for p in (CASES / "positive").iterdir() if p.is_dir())
+# compose-* cases are docker-compose files: docker-compose reads them in test_compose_target.py.
+POSITIVE = sorted(
+    p for p in (CASES / "positive").iterdir() if p.is_dir() and not p.name.startswith("compose-")
+)
 
 
 @pytest.mark.parametrize("case", POSITIVE, ids=lambda p: p.name)

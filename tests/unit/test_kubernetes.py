@@ -8,7 +8,6 @@ server would hold the manifests to.
 from __future__ import annotations
 
 import copy
-import time
 from typing import Any
 
 import pytest
@@ -18,6 +17,8 @@ from cqkd_stack.errors import UsageError
 from cqkd_stack.kubernetes import (
     DEFAULT_KUBERNETES_VERSION,
     HEALTH_COMMAND,
+    MAX_DOCUMENTS,
+    MAX_MANIFEST_NODES,
     POD_INDEX_FIELD,
     manifest_problems,
     render_kubernetes,
@@ -188,11 +189,9 @@ def test_every_pod_runs_with_least_privilege_and_bounded_memory() -> None:
         ({"replicas": 3, "image": "has space:1"}, "--image"),
     ],
 )
-def test_bad_input_is_refused_fast(options: dict[str, Any], message: str) -> None:
-    began = time.perf_counter()
+def test_bad_input_is_refused(options: dict[str, Any], message: str) -> None:
     with pytest.raises(UsageError) as info:
         render_manifests(POLICY, **options)
-    assert time.perf_counter() - began < 0.2
     assert message in info.value.message
     assert info.value.exit_code == 2
 
@@ -296,3 +295,15 @@ def test_empty_documents_and_comments_are_skipped() -> None:
 def test_an_unknown_kubernetes_version_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match=r"no schemas for Kubernetes 9\.99"):
         manifest_problems(render_kubernetes(POLICY, 1), "k8s.yaml", kubernetes_version="9.99")
+
+
+def test_more_documents_or_nodes_than_a_check_can_afford_are_refused_before_any_check() -> None:
+    # Their cost is measured in benchmarks/hostile.py; here, that they are refused.
+    config_map = "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: m{i}}}\n{data}"
+    many = "".join(config_map.format(i=i, data="") for i in range(MAX_DOCUMENTS + 1))
+    [problem] = manifest_problems(many, "many.yaml")
+    assert f"{MAX_DOCUMENTS + 1} YAML documents" in problem.message
+    data = "data: {" + ", ".join(f"k{j}: v" for j in range(MAX_MANIFEST_NODES // 4)) + "}\n"
+    big = config_map.format(i=0, data=data) + config_map.format(i=1, data="")
+    problems = manifest_problems(big, "big.yaml")
+    assert problems and "YAML nodes" in problems[0].message
