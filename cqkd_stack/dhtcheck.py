@@ -34,6 +34,7 @@ import json
 import posixpath
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -340,7 +341,7 @@ def _run_job(
     return reply
 
 
-def _exec(client: docker.DockerClient, control: Control, *args: str) -> dict[str, Any]:
+def exec_nodectl(client: docker.DockerClient, control: Control, *args: str) -> dict[str, Any]:
     """nodectl by ``docker exec``: only for a socket no job can reach, on this engine."""
     container = client.containers.get(control.container_id)
     code, output = container.exec_run([*NODECTL, "--socket", control.socket, *args])
@@ -362,7 +363,7 @@ def _request(
     if control.mount is not None:
         return _run_job(client, stack, control, *args)
     if control.node_id == nodes.local:
-        return _exec(client, control, *args)
+        return exec_nodectl(client, control, *args)
     raise CqkdError(unreachable(control, nodes.name(control.node_id)))
 
 
@@ -401,33 +402,50 @@ def read_value(client: docker.DockerClient, stack: str, service: str, key: str) 
     return got.get("value")
 
 
-def dht_check(
-    client: docker.DockerClient, stack: str, alice: str = "alice", bob: str = "bob"
-) -> DhtCheck:
+Request = Callable[..., dict[str, Any]]
+
+
+def round_trip(writer: Control, reader: Control, request: Request) -> DhtCheck:
+    """``writer`` stores a random value and ``reader`` reads it back through the DHT.
+
+    ``request(control, *nodectl_args)`` carries each request to its node:
+    a Swarm job or ``docker exec`` here, ``docker exec`` for a compose project.
+    """
     key = f"cqkd-check-{secrets.token_hex(6)}"
     value = secrets.token_hex(16)
-    writer, reader = _control(client, stack, alice), _control(client, stack, bob)
-    nodes = Nodes(client)
     start = time.monotonic()
-    stored = _request(client, stack, nodes, writer, "set", key, value)
+    stored = request(writer, "set", key, value)
     if not stored.get("ok") or stored["exit_code"] != 0:
-        raise CqkdError(f"{alice} could not store {key}: {stored.get('error', stored)}")
-    got = _request(client, stack, nodes, reader, "get", key)
+        raise CqkdError(f"{writer.service} could not store {key}: {stored.get('error', stored)}")
+    got = request(reader, "get", key)
     elapsed = time.monotonic() - start
     if got.get("value") != value:
         raise CqkdError(
-            f"{bob} read {key} back as {got.get('value')!r}, expected {value!r} "
+            f"{reader.service} read {key} back as {got.get('value')!r}, expected {value!r} "
             f"({got.get('error', 'the value did not travel through the DHT')})"
         )
     return DhtCheck(
         key=key,
         value=value,
-        stored_by=alice,
-        read_by=bob,
+        stored_by=writer.service,
+        read_by=reader.service,
         set_seconds=float(stored.get("seconds", 0.0)),
         get_seconds=float(got.get("seconds", 0.0)),
         round_trip_seconds=elapsed,
-        stored_on=nodes.name(writer.node_id),
-        read_on=nodes.name(reader.node_id),
         via="+".join(sorted({_via(writer), _via(reader)}, reverse=True)),
     )
+
+
+def dht_check(
+    client: docker.DockerClient, stack: str, alice: str = "alice", bob: str = "bob"
+) -> DhtCheck:
+    writer, reader = _control(client, stack, alice), _control(client, stack, bob)
+    nodes = Nodes(client)
+
+    def request(control: Control, *args: str) -> dict[str, Any]:
+        return _request(client, stack, nodes, control, *args)
+
+    check = round_trip(writer, reader, request)
+    check.stored_by, check.read_by = alice, bob
+    check.stored_on, check.read_on = nodes.name(writer.node_id), nodes.name(reader.node_id)
+    return check

@@ -88,9 +88,16 @@ def _which(command: str) -> str | None:
 # --- install -----------------------------------------------------------------
 
 
-# What only the end-to-end tests use: a private registry for ``--registry``
-# and the tool that makes its certificate.
-TEST_COMMANDS = {"docker-registry": "docker-registry", "openssl": "openssl"}
+# What only the end-to-end tests use: a private registry for ``--registry``,
+# the tool that makes its certificate, and docker-compose for the compose target.
+TEST_COMMANDS = {
+    "docker-registry": "docker-registry",
+    "openssl": "openssl",
+    # The compose target's tests run the file with Debian's docker-compose
+    # (1.29.2, system Python): pip would put it in the project's environment
+    # and downgrade the libraries the project needs there.
+    "docker-compose": "docker-compose",
+}
 
 
 def missing_packages(commands: dict[str, str] | None = None) -> list[str]:

@@ -31,6 +31,9 @@ from .validate import read_sources, validate_texts
 F = TypeVar("F", bound=Callable[..., Any])
 UNEXPECTED = 3
 TEXT_OR_JSON = ("text", "json")
+# Where a rendered network runs: one Swarm stack (the project's purpose), one
+# docker-compose file with a service per worker, or Kubernetes manifests.
+TARGETS = ("swarm", "compose", "kubernetes")
 # One short flag, one meaning, in every task that has the option.
 SHORT_FLAGS = {
     "stack": "s",
@@ -115,6 +118,12 @@ def _format(value: str, allowed: tuple[str, ...] = TEXT_OR_JSON) -> str:
     return value
 
 
+def _target(value: str, allowed: tuple[str, ...] = TARGETS) -> str:
+    if value not in allowed:
+        raise UsageError(f"--target must be one of {', '.join(allowed)}, got '{value}'")
+    return value
+
+
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
@@ -145,6 +154,10 @@ def _refused(results: Results, format: str, what: str) -> Exit:
         "subnet": "overlay subnet (default: sized for the task count)",
         "join-stack": "for a batch: the deployed stack whose DHT it joins",
         "healthcheck": "add Docker's per-task health check (off: readiness is probed)",
+        "target": "swarm (default: a stack for docker stack deploy), compose (a "
+        "docker-compose file, one service per worker) or kubernetes (StatefulSets)",
+        "namespace": "kubernetes: the namespace of every object (default: none, kubectl's)",
+        "ordinals-start": "kubernetes: the workers' .spec.ordinals.start (its pod gets 7000)",
     }
 )
 @operator_errors
@@ -159,8 +172,16 @@ def render_stack(
     subnet: str = "",
     join_stack: str = "",
     healthcheck: bool = False,
+    target: str = "swarm",
+    namespace: str = "",
+    ordinals_start: int = 0,
 ) -> None:
-    """Render the CQKD stack (bootstrap, Alice, Bob, N workers) for docker stack deploy."""
+    """Render the CQKD stack (bootstrap, Alice, Bob, N workers) for docker stack deploy.
+
+    With --target compose, a docker-compose file; with --target kubernetes,
+    manifests. Each is checked as `validate` would before it is written.
+    """
+    _target(target)
     rules = _policy(c, policy)
     options = RenderOptions(
         replicas=replicas,
@@ -171,9 +192,17 @@ def render_stack(
         join_stack=_setting(c, "stack", join_stack),
         healthcheck=healthcheck,
     )
-    text = render(rules, options)
+    if target != "kubernetes" and (namespace or ordinals_start):
+        raise UsageError("--namespace and --ordinals-start apply to --target kubernetes")
+    if target == "kubernetes":
+        from .kubernetes import render_kubernetes
+
+        _swarm_only(options, network=network, subnet=subnet, healthcheck=healthcheck)
+        text = render_kubernetes(rules, replicas, image, namespace or None, ordinals_start)
+    else:
+        text = _rendered(target, rules, options)
     name = output or "<rendered>"
-    results = validate_texts([(name, text)], rules)
+    results = validate_texts([(name, text)], rules, target=target)
     if not results.ok:
         # Never hand out a stack that would be refused: say why instead.
         raise Exit(report.text(results), code=1)
@@ -182,6 +211,27 @@ def render_stack(
         print(f"wrote {output}: {replicas} workers", file=sys.stderr)
     else:
         sys.stdout.write(text)
+
+
+def _rendered(target: str, rules: Policy, options: RenderOptions) -> str:
+    if target == "compose":
+        from .compose_target import render_compose
+
+        return render_compose(rules, options)
+    return render(rules, options)
+
+
+def _swarm_only(options: RenderOptions, **given: Any) -> None:
+    """Options that mean nothing to Kubernetes are refused, not silently dropped."""
+    used = [
+        f"--{name.replace('_', '-')}"
+        for name, value in given.items()
+        if value not in ("", False, "overlay", None)
+    ]
+    if options.is_batch:
+        used.append("--port-offset")
+    if used:
+        raise UsageError(f"{', '.join(used)}: Swarm options; --target kubernetes has none")
 
 
 @cqkd_task(
@@ -193,6 +243,8 @@ def render_stack(
         "policy": "port policy file (default: the shipped stacks/port-policy.yml)",
         "format": "text (default), json or github",
         "together": "judge the files as one deployment (ports must not collide across them)",
+        "target": "read every stack file as swarm (docker stack), compose (docker-compose) "
+        "or kubernetes (manifests); default: what each file says it is",
     },
 )
 @operator_errors
@@ -203,6 +255,7 @@ def validate(
     policy: str = "",
     format: str = "text",
     together: bool = False,
+    target: str = "",
 ) -> None:
     """Check stack files against Docker's schema and the port policy (exit 0/1/2).
 
@@ -214,7 +267,10 @@ def validate(
     if not names:
         raise UsageError("give at least one stack file to validate ('-' for standard input)")
     _format(format, tuple(report.FORMATS))
-    results = validate_texts(read_sources(names), _policy(c, policy), together=together)
+    sources = read_sources(names)
+    results = validate_texts(
+        sources, _policy(c, policy), together=together, target=_target(target) if target else None
+    )
     print(report.FORMATS[format](results))
     if not results.ok:
         raise Exit(code=1)
@@ -327,6 +383,8 @@ def _spread_image(image: str, say: Callable[[str], None]) -> list[str]:
         "healthcheck": "add Docker's per-task health check (off: readiness is probed)",
         "registry": "push the image to HOST/REPO and deploy it from there (default: copy "
         "the image to every node whose engine has the org.cqkd.engine label)",
+        "target": "swarm (default) or compose: docker-compose on this host, one service "
+        "and one published port per worker (the stack name is the compose project)",
     }
 )
 @operator_errors
@@ -346,6 +404,7 @@ def deploy(
     subnet: str = "",
     healthcheck: bool = False,
     registry: str = "",
+    target: str = "swarm",
 ) -> None:
     """Validate, deploy the DHT stack, and wait until every task answers in the DHT."""
     from . import swarm
@@ -355,11 +414,18 @@ def deploy(
 
     _format(format)
     name = _setting(c, "stack", stack)
-    if registry and file:
-        raise UsageError(
-            "--registry applies to a rendered stack; with --file, write the "
-            "registry reference into the file's image: lines"
+    if _target(target, ("swarm", "compose")) == "compose":
+        if registry:
+            raise UsageError("--registry is for Swarm nodes; the compose target runs on this host")
+        options = RenderOptions(
+            replicas=replicas,
+            image=image,
+            network=network,
+            port_offset=port_offset,
+            healthcheck=healthcheck,
         )
+        _deploy_compose(name, _policy(c, policy), options, file, timeout, not no_wait, format)
+        return
     if registry and file:
         raise UsageError(
             "--registry applies to a rendered stack; with --file, write the "
@@ -458,18 +524,26 @@ def _probe_dict(result: Any) -> dict[str, Any]:
         "stack": "stack name",
         "format": "text (default) or json",
         "all": "also probe every DHT task at its address and port (as the probe task)",
+        "target": "swarm (default) or compose (the stack name is the compose project)",
     },
 )
 @operator_errors
-def dht_check(c: Context, stack: str = "", format: str = "text", all: bool = False) -> None:
+def dht_check(
+    c: Context, stack: str = "", format: str = "text", all: bool = False, target: str = "swarm"
+) -> None:
     """Alice stores a value in the DHT and Bob reads it back through the network."""
     from . import swarm
     from .console import probe_text
     from .dhtcheck import dht_check as check
 
     _format(format)
+    compose = _target(target, ("swarm", "compose")) == "compose"
+    if compose and all:
+        raise UsageError("--all probes a Swarm stack; deploy --target compose probes every node")
     name = _setting(c, "stack", stack)
     client = swarm.connect()
+    if compose:
+        from .compose_project import dht_check as check
     result = check(client, name)
     probed = _probe(client, name) if all else None
     if format == "json":
@@ -478,9 +552,11 @@ def dht_check(c: Context, stack: str = "", format: str = "text", all: bool = Fal
             out["probe"] = _probe_dict(probed)
         _print_json(out)
     else:
+        stored_on = f" (node {result.stored_on})" if result.stored_on else ""
+        read_on = f" (node {result.read_on})" if result.read_on else ""
         print(
-            f"ok: {result.stored_by} stored {result.key} (node {result.stored_on}), "
-            f"{result.read_by} read it back through the DHT (node {result.read_on}); "
+            f"ok: {result.stored_by} stored {result.key}{stored_on}, "
+            f"{result.read_by} read it back through the DHT{read_on}; "
             f"round trip {result.round_trip_seconds * 1000:.0f} ms "
             f"(set {result.set_seconds * 1000:.0f} ms, get {result.get_seconds * 1000:.0f} ms "
             f"in the nodes; by {result.via})"
@@ -573,10 +649,14 @@ def scale(
         "stack": "stack name",
         "timeout": "seconds to wait for containers and network to go",
         "format": "text (default) or json",
+        "target": "swarm (default) or compose: remove the compose project of that name "
+        "(its containers, networks and volumes, found by docker-compose's labels)",
     }
 )
 @operator_errors
-def teardown(c: Context, stack: str = "", timeout: int = 600, format: str = "text") -> None:
+def teardown(
+    c: Context, stack: str = "", timeout: int = 600, format: str = "text", target: str = "swarm"
+) -> None:
     """Remove the stack, wait until its tasks are gone, then remove its network."""
     from . import deploy as live
     from . import swarm
@@ -586,6 +666,19 @@ def teardown(c: Context, stack: str = "", timeout: int = 600, format: str = "tex
     console = stderr_console()
     name = _setting(c, "stack", stack)
     client = swarm.connect()
+    if _target(target, ("swarm", "compose")) == "compose":
+        from .compose_project import check_project_name, down
+
+        removed = down(client, check_project_name(name))
+        if format == "json":
+            _print_json({"project": name, "target": "compose"} | asdict(removed))
+        else:
+            console.print(
+                f"[green]project '{name}' removed: {removed.containers} containers, "
+                f"networks {', '.join(removed.networks) or '-'}, volumes "
+                f"{', '.join(removed.volumes) or '-'} in {removed.seconds:.1f} s[/green]"
+            )
+        return
     result = with_progress(
         console,
         "removing",
@@ -604,6 +697,60 @@ def teardown(c: Context, stack: str = "", timeout: int = 600, format: str = "tex
             f"[green]stack '{name}' removed ({len(result.removed_services)} services) "
             f"in {result.seconds:.1f} s; no container or network left[/green]"
         )
+
+
+def _deploy_compose(
+    project: str,
+    rules: Policy,
+    options: RenderOptions,
+    file: str,
+    timeout: int,
+    wait: bool,
+    format: str,
+) -> None:
+    from . import compose_project, swarm
+    from .compose_target import render_compose
+    from .console import stderr_console, with_progress
+    from .stack import NotDeployed
+
+    if file:
+        [(name, text)] = read_sources([file])
+    else:
+        name, text = "<rendered>", render_compose(rules, options)
+    console = stderr_console()
+    client = swarm.connect()
+    try:
+        outcome = with_progress(
+            console,
+            "starting",
+            lambda progress: compose_project.deploy(
+                client, text, name, project, rules, timeout, wait, console.log, progress
+            ),
+        )
+    except NotDeployed as refused:
+        raise _refused(refused.results, format, refused.what) from None
+    summary = outcome.summary()
+    if format == "json":
+        _print_json(summary)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"project {project}: {len(outcome.nodes)} DHT nodes")
+    for column in ("service", "role", "host port"):
+        table.add_column(column)
+    for node in outcome.nodes:
+        table.add_row(node.service, node.role, f"{node.port}/{node.protocol}")
+    console.print(table)
+    ready = (
+        ""
+        if outcome.ready is None
+        else (f", all answering at their host ports after {outcome.ready.seconds:.1f} s")
+    )
+    console.print(
+        f"[green]project '{project}': {len(outcome.nodes)} nodes up in "
+        f"{outcome.up_seconds:.1f} s{ready}[/green]; take it down with "
+        f"cqkd-stack teardown --target compose -s {project}"
+    )
 
 
 # --- a multi-node swarm on this machine ------------------------------------------

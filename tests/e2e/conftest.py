@@ -8,6 +8,8 @@ engine means the setup is broken and skipping would hide it.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +50,19 @@ def docker_cli() -> str:
             pytest.fail("the docker CLI is not installed on CI")
         pytest.skip("docker CLI not installed")
     return path
+
+
+@pytest.fixture(scope="session")
+def compose_cli(docker_client: docker.DockerClient) -> str:
+    """Debian's docker-compose 1.29.2, which runs the compose target's files."""
+    found = shutil.which("docker-compose")
+    if found is None:
+        if on_ci():
+            pytest.fail("docker-compose is not installed on CI (invoke test installs it)")
+        pytest.skip("docker-compose not installed: apt-get install docker-compose")
+    version = subprocess.run([found, "version", "--short"], capture_output=True, text=True)
+    assert version.stdout.strip() == "1.29.2", version.stdout
+    return found
 
 
 @pytest.fixture(scope="session")

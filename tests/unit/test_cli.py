@@ -203,3 +203,41 @@ def test_collision_reports_grow_linearly_with_the_services(cli) -> None:
     collisions = [p for p in problems if "overlaps service" in p["message"]]
     assert len(collisions) == 299
     assert len(problems) - len(collisions) == 1  # and 300 tasks do not fit Docker's /24
+
+
+def test_render_writes_each_target_and_validate_reads_each_back(cli, tmp_path: Path) -> None:
+    written = {}
+    for target, name in (("swarm", "s.yml"), ("compose", "c.yml"), ("kubernetes", "k.yaml")):
+        out = tmp_path / name
+        done = cli("render", "--target", target, "-r", "30", "-o", str(out))
+        assert done.code == 0, done.err
+        written[target] = out
+    result = cli("validate", *(str(p) for p in written.values()), "-f", "json")
+    assert result.code == 0, result.out
+    kinds = [f["kind"] for f in json.loads(result.out)["files"]]
+    assert kinds == ["stack", "compose", "kubernetes"]
+    # The compose file names its 30 workers; the manifests, a StatefulSet of 30.
+    assert "worker-30:" in written["compose"].read_text()
+    assert "replicas: 30" in written["kubernetes"].read_text()
+
+
+def test_a_file_read_as_another_target_is_checked_as_that_target(cli, tmp_path: Path) -> None:
+    compose = tmp_path / "c.yml"
+    assert cli("render", "--target", "compose", "-r", "2", "-o", str(compose)).code == 0
+    as_stack = cli("validate", str(compose), "--target", "swarm")
+    assert as_stack.code == 1
+    assert "mem_limit" in as_stack.out + as_stack.err
+
+
+def test_target_options_are_refused_where_they_mean_nothing(cli) -> None:
+    for args, message in (
+        (("render", "--target", "helm"), "--target must be one of swarm, compose, kubernetes"),
+        (("render", "--target", "compose", "--network", "host"), "--network host is a Swarm"),
+        (("render", "--target", "kubernetes", "--port-offset", "5"), "--port-offset"),
+        (("render", "--ordinals-start", "1"), "apply to --target kubernetes"),
+        (("deploy", "--target", "kubernetes"), "--target must be one of swarm, compose"),
+        (("dht-check", "--target", "compose", "--all"), "--all probes a Swarm stack"),
+    ):
+        done = cli(*args)
+        assert done.code == 2, (args, done.err)
+        assert message in done.err, (args, done.err)
