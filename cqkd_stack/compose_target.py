@@ -96,6 +96,16 @@ def _check_options(options: RenderOptions) -> None:
             "--port-offset makes a Swarm batch; with --target compose render one file "
             "with every worker (--replicas N)"
         )
+    if options.subnet:
+        raise UsageError(
+            "--subnet sizes a Swarm overlay; the compose target's bridge network takes "
+            "a subnet from Docker's default pools"
+        )
+    if options.healthcheck:
+        raise UsageError(
+            "--healthcheck: the compose target always checks the bootstrap (workers wait "
+            "for it) and no other node"
+        )
 
 
 def render_compose_document(policy: Policy, options: RenderOptions) -> dict[str, Any]:

@@ -422,6 +422,7 @@ def deploy(
             image=image,
             network=network,
             port_offset=port_offset,
+            subnet=subnet or None,
             healthcheck=healthcheck,
         )
         _deploy_compose(name, _policy(c, policy), options, file, timeout, not no_wait, format)

@@ -97,6 +97,10 @@ def test_host_networking_and_batches_are_swarm_options() -> None:
         _doc_with(network="host")
     with pytest.raises(UsageError, match="--port-offset makes a Swarm batch"):
         _doc_with(port_offset=100)
+    with pytest.raises(UsageError, match="--subnet sizes a Swarm overlay"):
+        _doc_with(subnet="10.9.0.0/16")
+    with pytest.raises(UsageError, match="--healthcheck: the compose target always checks"):
+        _doc_with(healthcheck=True)
 
 
 def _doc_with(**options: object) -> dict:
