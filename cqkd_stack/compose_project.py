@@ -11,6 +11,7 @@ container, network or volume of the project behind.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import socket
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import DEFAULT_NODE_IMAGE
+from .compose_target import parallel_limit
 from .console import compact
 from .contract import ROLE_LABEL, key_values, resolve_slot
 from .dhtcheck import Control, DhtCheck, exec_nodectl, round_trip
@@ -137,18 +139,22 @@ def published_by(client: docker.DockerClient, project: str) -> set[int]:
     return ports
 
 
-def up(compose: list[str], file: Path, project: str, timeout: float, say: Say) -> float:
+def up(
+    compose: list[str], file: Path, project: str, services: int, timeout: float, say: Say
+) -> float:
     """``docker-compose -p PROJECT -f FILE up -d``; its output only when it fails.
 
-    Bounded by the deploy's timeout: once here, with 100 workers, docker-compose
-    1.29.2 stopped after 27 containers with every thread waiting and never
-    returned (not seen again in 4 runs).
+    Bounded by the deploy's timeout all the same, should it hang another way.
     """
     command = [*compose, "-p", project, "-f", str(file), "up", "-d", "--remove-orphans"]
-    say(" ".join(command))
+    limit = parallel_limit(services)
+    say(f"COMPOSE_PARALLEL_LIMIT={limit} {' '.join(command)}")
+    env = os.environ | {"COMPOSE_PARALLEL_LIMIT": str(limit)}
     start = time.monotonic()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout)
+        done = subprocess.run(
+            command, capture_output=True, text=True, check=False, timeout=timeout, env=env
+        )
     except subprocess.TimeoutExpired:
         raise CqkdError(
             f"docker-compose up did not return within {timeout:.0f} s; what it created is "
@@ -369,7 +375,7 @@ def deploy(
         )
     folder, path = write_file(text)
     with folder:
-        seconds = up(command, path, project, timeout, say)
+        seconds = up(command, path, project, len(loaded.doc["services"]), timeout, say)
     say(f"project '{project}': {len(nodes)} DHT nodes up in {seconds:.1f} s")
     left = max(1.0, timeout - seconds)  # one budget for the whole deploy
     ready = wait_until_ready(client, project, nodes, left, progress) if wait else None

@@ -54,14 +54,19 @@ def docker_cli() -> str:
 
 @pytest.fixture(scope="session")
 def compose_cli(docker_client: docker.DockerClient) -> str:
-    """Debian's docker-compose 1.29.2, which runs the compose target's files."""
+    """The distribution's docker-compose, which runs the compose target's files.
+
+    Debian 12 and Ubuntu package the Python 1.29.2 that the target's schema
+    comes from; Debian 13 packages the Go rewrite (2.x), which reads the same
+    files. Either is used as installed.
+    """
     found = shutil.which("docker-compose")
     if found is None:
         if on_ci():
             pytest.fail("docker-compose is not installed on CI (invoke test installs it)")
         pytest.skip("docker-compose not installed: apt-get install docker-compose")
     version = subprocess.run([found, "version", "--short"], capture_output=True, text=True)
-    assert version.stdout.strip() == "1.29.2", version.stdout
+    assert version.returncode == 0 and version.stdout.strip()[:2] in ("1.", "2."), version
     return found
 
 
