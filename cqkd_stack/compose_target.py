@@ -48,12 +48,13 @@ TARGET = "compose"
 SCHEMA = "compose-v1/compose_spec.json"
 EXPECTED = "a compose file with services"
 # A compose-target file has one service per worker. Reading YAML costs ~10
-# us a node written in the file (1 MiB of distinct one-line services took
-# ~1 s), so the nodes written are bounded as for a stack (MAX_EXPANDED_NODES)
-# while aliases may expand further: `render` writes what every worker
-# shares once, under an anchor merged into each worker (15,270 nodes
-# written for 1000 workers, ~57,000 expanded). A file written without
-# anchors holds ~500 services.
+# us a node written in the file, and checking a distinct service ~0.3 ms:
+# 1500 distinct services took ~1 s to refuse. So the nodes written are
+# bounded lower than a stack's (MAX_EXPANDED_NODES) while aliases may expand
+# further: `render` writes what every worker shares once, under an anchor
+# merged into each worker (15,270 nodes written for 1000 workers, ~57,000
+# expanded). A file written without anchors holds ~400 services.
+MAX_COMPOSE_NODES = 20_000
 MAX_COMPOSE_EXPANDED = 100_000
 # Services, checked before the schema: each distinct service costs ~0.3 ms
 # of schema and port checks, so a file of small services under the node
@@ -323,7 +324,9 @@ class _ServiceSchema:
 
 def load_compose(text: str, file: str) -> LoadedStack:
     """A compose file as docker-compose 1.29.2's schema sees it; lines kept for problems."""
-    parsed = parse_yaml_nodes(text, file, EXPECTED, max_expanded=MAX_COMPOSE_EXPANDED)
+    parsed = parse_yaml_nodes(
+        text, file, EXPECTED, max_nodes=MAX_COMPOSE_NODES, max_expanded=MAX_COMPOSE_EXPANDED
+    )
     if parsed.data is None:
         return LoadedStack(None, parsed.problems, _root=parsed.root)
     loaded = LoadedStack(None, [], _root=parsed.root)

@@ -65,8 +65,8 @@ _DOCUMENT_START = re.compile(r"^---(?=\s|$)", re.MULTILINE)
 # 1 MiB file of 18,000 tiny ConfigMaps took 5 minutes, 32 documents of 7,000
 # nodes 2.4 s. The rendered network is 8 documents and ~700 nodes; more
 # documents than this, or more nodes in all, are refused before any check.
-MAX_DOCUMENTS = 16
-MAX_MANIFEST_NODES = 15_000
+MAX_DOCUMENTS = 12
+MAX_MANIFEST_NODES = 10_000
 
 
 def _check_inputs(

@@ -8,12 +8,12 @@ import yaml
 from cqkd_stack import compose_target
 from cqkd_stack.compose_target import (
     BRIDGE_MAX_CONTAINERS,
+    MAX_COMPOSE_NODES,
     compose_problems,
     load_compose,
     render_compose,
     render_compose_document,
 )
-from cqkd_stack.documents import MAX_EXPANDED_NODES
 from cqkd_stack.errors import UsageError
 from cqkd_stack.policy import load_policy
 from cqkd_stack.render import RenderOptions
@@ -153,4 +153,4 @@ def test_a_compose_file_past_the_node_bound_is_refused_before_it_is_built() -> N
     text = "services:\n" + "".join(service.format(i) for i in range(20_000))
     loaded = load_compose(text, "big.yml")
     assert loaded.doc is None
-    assert f"more than {MAX_EXPANDED_NODES:,} YAML nodes" in loaded.problems[0].message
+    assert f"more than {MAX_COMPOSE_NODES:,} YAML nodes" in loaded.problems[0].message
