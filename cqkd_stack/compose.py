@@ -67,7 +67,7 @@ class LoadedStack:
         A path that does not exist (a missing key is reported on its parent)
         gets the line of its nearest existing ancestor; None without a document.
         """
-        return _line_of(self._root, _parse_path(path))
+        return line_of(self._root, _parse_path(path))
 
 
 def load_stack(text: str, file: str, environ: Mapping[str, str]) -> LoadedStack:
@@ -84,7 +84,7 @@ def load_stack(text: str, file: str, environ: Mapping[str, str]) -> LoadedStack:
     stack = LoadedStack(None, [], _root=root)
 
     def problem(parts: PathParts, message: str) -> Problem:
-        return Problem(file, json_path(parts), message, _line_of(root, parts))
+        return Problem(file, json_path(parts), message, line_of(root, parts))
 
     keys = list(_non_string_keys(raw, ()))
     stack.problems += [problem(*found) for found in keys]
@@ -112,9 +112,7 @@ def load_stack(text: str, file: str, environ: Mapping[str, str]) -> LoadedStack:
         for error in _schema_errors(_without_forbidden(doc), version):
             path, message, where = _explain(error)
             if not any(path[: len(r)] == r for r in refused):
-                stack.problems.append(
-                    Problem(file, json_path(path), message, _line_of(root, where))
-                )
+                stack.problems.append(Problem(file, json_path(path), message, line_of(root, where)))
         stack.problems += [problem(*found) for found in _loader_rules(doc)]
     stack.problems.sort(key=lambda p: p.line or 0)
     stack.warnings.sort(key=lambda p: p.line or 0)
@@ -231,7 +229,7 @@ def _parse_path(path: str) -> list[str | int]:
     return parts
 
 
-def _line_of(root: yaml.Node | None, parts: Iterable[str | int]) -> int | None:
+def line_of(root: yaml.Node | None, parts: Iterable[str | int]) -> int | None:
     """The line of the key (or list item) at ``parts``, or of its deepest existing ancestor.
 
     Merged keys (``<<: *base``) were moved into each mapping's node while it

@@ -25,12 +25,12 @@ from typing import Any
 import yaml
 
 from . import DEFAULT_NODE_IMAGE, __version__
-from .compose import _line_of
+from .compose import line_of
 from .contract import ROLE_LABEL
 from .documents import MAX_BYTES, parse_yaml_nodes
 from .errors import UsageError
 from .policy import Policy, PortRange, load_policy
-from .render import _NoAliasDumper, _port_environment, health_interval
+from .render import NoAliasDumper, health_interval, port_environment
 from .resolver import ResolverError, resolve
 from .results import Problem, json_path
 
@@ -286,13 +286,13 @@ def render_manifests(
         probe_period=health_interval(replicas + 1 + len(SPECIAL_NODES)),
     )
     bootstrap = f"{name_prefix}-bootstrap"
-    env = _port_environment(policy, "bootstrap", 0)
+    env = port_environment(policy, "bootstrap", 0)
     port = _first_port(bootstrap, env)
     docs = make(name=bootstrap, role="bootstrap", replicas=1, env=env, port=port)
     joins = {"BOOTSTRAP_NODES": f"{bootstrap}:{port}"}
     for node, offset in SPECIAL_NODES.items():
         name = f"{name_prefix}-{node}"
-        env = _port_environment(policy, "special", offset) | {
+        env = port_environment(policy, "special", offset) | {
             "CQKD_NODE_NAME": node,
             # Reached with `kubectl exec`, so no volume shared with other pods.
             "CQKD_CONTROL_SOCKET": f"/tmp/cqkd-{node}.sock",
@@ -304,7 +304,7 @@ def render_manifests(
         name=f"{name_prefix}-worker",
         role="worker",
         replicas=replicas,
-        env=_port_environment(policy, "worker", 0) | joins,
+        env=port_environment(policy, "worker", 0) | joins,
         port=None,
         ordinals_start=ordinals_start,
     )
@@ -338,7 +338,7 @@ def render_kubernetes(
         f"(schemas {DEFAULT_KUBERNETES_VERSION}), policy {policy.source}.\n"
         f"# Check: cqkd-stack validate --target kubernetes FILE; deploy: {apply}\n"
     )
-    body = yaml.dump_all(docs, Dumper=_NoAliasDumper, sort_keys=False, default_flow_style=False)
+    body = yaml.dump_all(docs, Dumper=NoAliasDumper, sort_keys=False, default_flow_style=False)
     return header + body
 
 
@@ -394,7 +394,7 @@ def manifest_problems(
             kubernetes_validate.validate(data, kubernetes_version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             parts = [index, *exc.absolute_path]
-            line = _line_of(parsed.root, list(exc.absolute_path))
+            line = line_of(parsed.root, list(exc.absolute_path))
             message = f"{_kind_name(data)}: {exc.message} (Kubernetes {exc.version} schema)"
             problems.append(Problem(file, json_path(parts), message, line and line + first_line))
             continue

@@ -95,7 +95,7 @@ class RenderOptions:
         return self.port_offset > 0
 
 
-class _NoAliasDumper(yaml.SafeDumper):
+class NoAliasDumper(yaml.SafeDumper):
     """Template anchors are shared objects; the output should spell them out."""
 
     def ignore_aliases(self, data: Any) -> bool:
@@ -170,7 +170,7 @@ def render_document(
         offset = int(extension.get("port-offset", 0))
         if role == "worker":
             offset += options.port_offset
-        _environment(service).update(_port_environment(policy, role, offset))
+        _environment(service).update(port_environment(policy, role, offset))
         service["image"] = options.image
         if role == "bootstrap":
             host = name if options.network == "overlay" else options.bootstrap_host
@@ -227,7 +227,7 @@ def _keep_workers_only(doc: dict[str, Any], policy: Policy, options: RenderOptio
         service["image"] = options.image
         service.setdefault("deploy", {})["replicas"] = options.replicas
         _environment(service).update(
-            _port_environment(policy, "worker", options.port_offset),
+            port_environment(policy, "worker", options.port_offset),
             BOOTSTRAP_NODES=f"{host}:{bootstrap}",
         )
     doc["services"] = workers
@@ -245,7 +245,8 @@ def _role(service: dict[str, Any]) -> str | None:
     return (service.get("deploy", {}).get("labels") or {}).get(ROLE_LABEL)
 
 
-def _port_environment(policy: Policy, role: str, offset: int) -> dict[str, str]:
+def port_environment(policy: Policy, role: str, offset: int) -> dict[str, str]:
+    """The resolver's inputs for a role, from the policy: every target sets the same ones."""
     rng = policy.role_range(role)
     return {
         "CQKD_ROLE": role,
@@ -301,5 +302,5 @@ def render(
         f"network {options.network}, policy {policy.source}.\n"
         "# Validate before deploying: cqkd-stack validate FILE\n"
     )
-    body = yaml.dump(doc, Dumper=_NoAliasDumper, sort_keys=False, default_flow_style=False)
+    body = yaml.dump(doc, Dumper=NoAliasDumper, sort_keys=False, default_flow_style=False)
     return header + body
