@@ -15,7 +15,7 @@ from cqkd_stack.policy import load_policy
 from cqkd_stack.render import RenderOptions, render
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
-# compose-* cases are docker-compose files: docker-compose reads them in test_compose_target.py.
+# compose-* cases are docker-compose files: docker-compose reads them in test_compose_up.py.
 POSITIVE = sorted(
     p for p in (CASES / "positive").iterdir() if p.is_dir() and not p.name.startswith("compose-")
 )

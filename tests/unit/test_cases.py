@@ -5,7 +5,7 @@ expected.yml (exit code, message fragments that must all appear, and
 optional extra ``args`` such as ``--together``).
 positive/<case>/ must validate cleanly (that Docker's own loader accepts its
 stacks too is checked in tests/e2e/test_docker_loader.py: it runs docker;
-docker-compose reads the compose-* cases in tests/e2e/test_compose_target.py).
+docker-compose reads the compose-* cases in tests/e2e/test_compose_up.py).
 A bug found later becomes a new directory here.
 """
 
