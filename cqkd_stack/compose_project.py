@@ -262,7 +262,9 @@ def dht_check(
 ) -> DhtCheck:
     """Alice stores a random value, Bob reads it back through the DHT (``docker exec``)."""
     writer, reader = _control(client, project, alice), _control(client, project, bob)
-    return round_trip(writer, reader, lambda control, *args: exec_nodectl(client, control, *args))
+    return round_trip(
+        writer, reader, lambda control, *args: exec_nodectl(client, control, *args), alice, bob
+    )
 
 
 @dataclass

@@ -28,7 +28,7 @@ from jsonschema.exceptions import ValidationError
 
 from . import __version__
 from .compose import LoadedStack, _non_string_keys
-from .contract import ROLE_LABEL, env_for_slot, key_values, resolve_slot
+from .contract import ROLE_LABEL, env_for_slot, fill_slot, key_values, resolve_slot
 from .documents import (
     _closest_branch,
     _humanise,
@@ -151,7 +151,7 @@ def _container(
     """One task of a Swarm service as a compose service, its slot written in."""
     out = {k: copy.deepcopy(v) for k, v in service.items() if k != "deploy"}
     if "hostname" in out:
-        out["hostname"] = env_for_slot({"h": str(out["hostname"])}, slot)["h"]
+        out["hostname"] = fill_slot(str(out["hostname"]), slot)
     env = env_for_slot(key_values(service.get("environment")), slot)
     if role is None:
         out["environment"] = env

@@ -62,9 +62,14 @@ def is_slot_template(value: str) -> bool:
     return _SLOT_TEMPLATE.fullmatch(value.strip()) is not None
 
 
+def fill_slot(text: str, slot: int) -> str:
+    """``text`` as task ``slot`` sees it: Swarm fills in the slot template."""
+    return _SLOT_TEMPLATE.sub(str(slot), text)
+
+
 def env_for_slot(env: Mapping[str, str], slot: int) -> dict[str, str]:
-    """The environment task ``slot`` will see: Swarm fills in the slot template."""
-    return {k: _SLOT_TEMPLATE.sub(str(slot), v) for k, v in env.items()}
+    """The environment task ``slot`` will see."""
+    return {k: fill_slot(v, slot) for k, v in env.items()}
 
 
 def resolve_slot(env: Mapping[str, str], slot: int) -> Resolution:

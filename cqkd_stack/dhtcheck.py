@@ -405,8 +405,10 @@ def read_value(client: docker.DockerClient, stack: str, service: str, key: str) 
 Request = Callable[..., dict[str, Any]]
 
 
-def round_trip(writer: Control, reader: Control, request: Request) -> DhtCheck:
-    """``writer`` stores a random value and ``reader`` reads it back through the DHT.
+def round_trip(
+    writer: Control, reader: Control, request: Request, alice: str, bob: str
+) -> DhtCheck:
+    """``writer`` (named ``alice``) stores a random value, ``reader`` (``bob``) reads it back.
 
     ``request(control, *nodectl_args)`` carries each request to its node:
     a Swarm job or ``docker exec`` here, ``docker exec`` for a compose project.
@@ -416,19 +418,19 @@ def round_trip(writer: Control, reader: Control, request: Request) -> DhtCheck:
     start = time.monotonic()
     stored = request(writer, "set", key, value)
     if not stored.get("ok") or stored["exit_code"] != 0:
-        raise CqkdError(f"{writer.service} could not store {key}: {stored.get('error', stored)}")
+        raise CqkdError(f"{alice} could not store {key}: {stored.get('error', stored)}")
     got = request(reader, "get", key)
     elapsed = time.monotonic() - start
     if got.get("value") != value:
         raise CqkdError(
-            f"{reader.service} read {key} back as {got.get('value')!r}, expected {value!r} "
+            f"{bob} read {key} back as {got.get('value')!r}, expected {value!r} "
             f"({got.get('error', 'the value did not travel through the DHT')})"
         )
     return DhtCheck(
         key=key,
         value=value,
-        stored_by=writer.service,
-        read_by=reader.service,
+        stored_by=alice,
+        read_by=bob,
         set_seconds=float(stored.get("seconds", 0.0)),
         get_seconds=float(got.get("seconds", 0.0)),
         round_trip_seconds=elapsed,
@@ -445,7 +447,6 @@ def dht_check(
     def request(control: Control, *args: str) -> dict[str, Any]:
         return _request(client, stack, nodes, control, *args)
 
-    check = round_trip(writer, reader, request)
-    check.stored_by, check.read_by = alice, bob
+    check = round_trip(writer, reader, request, alice, bob)
     check.stored_on, check.read_on = nodes.name(writer.node_id), nodes.name(reader.node_id)
     return check

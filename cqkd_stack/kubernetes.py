@@ -30,7 +30,7 @@ from .contract import ROLE_LABEL
 from .documents import MAX_BYTES, parse_yaml_nodes
 from .errors import UsageError
 from .policy import Policy, PortRange, load_policy
-from .render import NoAliasDumper, health_interval, port_environment
+from .render import NoAliasDumper, RenderOptions, health_interval, port_environment
 from .resolver import ResolverError, resolve
 from .results import Problem, json_path
 
@@ -320,6 +320,22 @@ def _first_port(name: str, values: Mapping[str, str]) -> int:
         return resolve(_pod_env(_env(name, values, 0), name, 0)).port
     except ResolverError as exc:
         raise UsageError(f"{name}: {exc}") from None
+
+
+def refuse_swarm_options(options: RenderOptions) -> None:
+    """Options that mean nothing to Kubernetes are refused, not silently dropped."""
+    used = [
+        flag
+        for flag, given in (
+            ("--network", options.network != "overlay"),
+            ("--subnet", bool(options.subnet)),
+            ("--healthcheck", options.healthcheck),
+            ("--port-offset", options.is_batch),
+        )
+        if given
+    ]
+    if used:
+        raise UsageError(f"{', '.join(used)}: Swarm options; --target kubernetes has none")
 
 
 def render_kubernetes(

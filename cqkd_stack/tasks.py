@@ -183,24 +183,22 @@ def render_stack(
     """
     _target(target)
     rules = _policy(c, policy)
-    options = RenderOptions(
-        replicas=replicas,
-        image=image,
-        network=network,
-        port_offset=port_offset,
-        subnet=subnet or None,
-        join_stack=_setting(c, "stack", join_stack),
-        healthcheck=healthcheck,
+    options = _render_options(
+        c, replicas, image, network, port_offset, subnet, join_stack, healthcheck
     )
     if target != "kubernetes" and (namespace or ordinals_start):
         raise UsageError("--namespace and --ordinals-start apply to --target kubernetes")
     if target == "kubernetes":
-        from .kubernetes import render_kubernetes
+        from .kubernetes import refuse_swarm_options, render_kubernetes
 
-        _swarm_only(options, network=network, subnet=subnet, healthcheck=healthcheck)
+        refuse_swarm_options(options)
         text = render_kubernetes(rules, replicas, image, namespace or None, ordinals_start)
+    elif target == "compose":
+        from .compose_target import render_compose
+
+        text = render_compose(rules, options)
     else:
-        text = _rendered(target, rules, options)
+        text = render(rules, options)
     name = output or "<rendered>"
     results = validate_texts([(name, text)], rules, target=target)
     if not results.ok:
@@ -213,25 +211,26 @@ def render_stack(
         sys.stdout.write(text)
 
 
-def _rendered(target: str, rules: Policy, options: RenderOptions) -> str:
-    if target == "compose":
-        from .compose_target import render_compose
-
-        return render_compose(rules, options)
-    return render(rules, options)
-
-
-def _swarm_only(options: RenderOptions, **given: Any) -> None:
-    """Options that mean nothing to Kubernetes are refused, not silently dropped."""
-    used = [
-        f"--{name.replace('_', '-')}"
-        for name, value in given.items()
-        if value not in ("", False, "overlay", None)
-    ]
-    if options.is_batch:
-        used.append("--port-offset")
-    if used:
-        raise UsageError(f"{', '.join(used)}: Swarm options; --target kubernetes has none")
+def _render_options(
+    c: Context,
+    replicas: int,
+    image: str,
+    network: str,
+    port_offset: int,
+    subnet: str,
+    join_stack: str,
+    healthcheck: bool,
+) -> RenderOptions:
+    """The options `render` and `deploy` share, as every target reads them."""
+    return RenderOptions(
+        replicas=replicas,
+        image=image,
+        network=network,
+        port_offset=port_offset,
+        subnet=subnet or None,
+        join_stack=_setting(c, "stack", join_stack),
+        healthcheck=healthcheck,
+    )
 
 
 @cqkd_task(
@@ -414,33 +413,21 @@ def deploy(
 
     _format(format)
     name = _setting(c, "stack", stack)
-    if _target(target, ("swarm", "compose")) == "compose":
-        if registry:
-            raise UsageError("--registry is for Swarm nodes; the compose target runs on this host")
-        options = RenderOptions(
-            replicas=replicas,
-            image=image,
-            network=network,
-            port_offset=port_offset,
-            subnet=subnet or None,
-            healthcheck=healthcheck,
-        )
-        _deploy_compose(name, _policy(c, policy), options, file, timeout, not no_wait, format)
-        return
+    compose = _target(target, ("swarm", "compose")) == "compose"
+    if registry and compose:
+        raise UsageError("--registry is for Swarm nodes; the compose target runs on this host")
     if registry and file:
         raise UsageError(
             "--registry applies to a rendered stack; with --file, write the "
             "registry reference into the file's image: lines"
         )
-    options = RenderOptions(
-        replicas=replicas,
-        image=registry_reference(registry, image) if registry else image,
-        network=network,
-        port_offset=port_offset,
-        subnet=subnet or None,
-        join_stack=_setting(c, "stack", join_stack),
-        healthcheck=healthcheck,
+    pushed = registry_reference(registry, image) if registry else image
+    options = _render_options(
+        c, replicas, pushed, network, port_offset, subnet, join_stack, healthcheck
     )
+    if compose:
+        _deploy_compose(name, _policy(c, policy), options, file, timeout, not no_wait, format)
+        return
     request = DeployRequest(
         name, _policy(c, policy), options, file, timeout, not no_wait, registry, image
     )

@@ -7,11 +7,15 @@ engine means the setup is broken and skipping would hide it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -94,6 +98,40 @@ def node_image(docker_client: docker.DockerClient) -> str:
     except CqkdError as exc:
         pytest.fail(f"cannot build the node image: {exc.message}", pytrace=False)
     return result.node_image
+
+
+@pytest.fixture
+def resolver_in_container(
+    docker_client: docker.DockerClient, node_image: str
+) -> Callable[..., dict[str, Any]]:
+    """Run the node image's resolver (with its bind check) as a pod would; its JSON answer.
+
+    ``run(hostname, environment, **options)``: the container gets that host
+    name (Docker sets HOSTNAME from it, as the kubelet's runtime does), a
+    read-only root and no capability unless ``options`` say otherwise.
+    """
+
+    def run(hostname: str, environment: dict[str, str], **options: Any) -> dict[str, Any]:
+        name = f"cqkdtest_{uuid.uuid4().hex[:8]}"
+        settings = {"read_only": True, "cap_drop": ["ALL"], **options}
+        try:
+            output = docker_client.containers.run(
+                node_image,
+                ["python3", "-m", "cqkd_stack.resolver", "--json"],
+                entrypoint=[],
+                hostname=hostname,
+                environment=environment,
+                name=name,
+                remove=True,
+                **settings,
+            )
+        finally:
+            # `remove=True` removes it once it exits; this covers a run that failed to start.
+            with suppress(docker.errors.NotFound):
+                docker_client.containers.get(name).remove(force=True)
+        return json.loads(output)
+
+    return run
 
 
 @pytest.fixture(scope="session")

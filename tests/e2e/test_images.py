@@ -12,8 +12,10 @@ import ipaddress
 import json
 import shutil
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -124,29 +126,13 @@ def test_the_resolver_entrypoint_still_exports_the_port_for_other_commands(
     ],
 )
 def test_the_resolver_in_a_pod_like_container_takes_the_port_from_the_ordinal(
-    docker_client: docker.DockerClient,
-    node_image: str,
+    resolver_in_container: Callable[..., dict[str, Any]],
     hostname: str,
     extra: dict[str, str],
     port: int,
 ) -> None:
     """The host name is the container's own (Docker sets HOSTNAME, as the kubelet does)."""
-    name = f"cqkdtest_{uuid.uuid4().hex[:8]}"
-    try:
-        output = docker_client.containers.run(
-            node_image,
-            ["python3", "-m", "cqkd_stack.resolver", "--json"],  # with the bind check
-            entrypoint=[],
-            hostname=hostname,
-            environment={"CQKD_ROLE": "worker", "BASE_PORT": "7000", **extra},
-            name=name,
-            read_only=True,
-            cap_drop=["ALL"],
-            remove=True,
-        )
-    finally:
-        remove_container(docker_client, name)
-    found = json.loads(output)
+    found = resolver_in_container(hostname, {"CQKD_ROLE": "worker", "BASE_PORT": "7000", **extra})
     assert found["port"] == port
     assert found["source"] == ("POD_INDEX" if "POD_INDEX" in extra else "HOSTNAME")
 

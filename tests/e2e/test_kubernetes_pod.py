@@ -10,13 +10,9 @@ resolver then answers with its bind check, as the node would at start.
 
 from __future__ import annotations
 
-import json
-import uuid
-from contextlib import suppress
+from collections.abc import Callable
 from typing import Any
 
-import docker
-import docker.errors
 import pytest
 
 from cqkd_stack.kubernetes import POD_INDEX_FIELD, render_manifests
@@ -55,8 +51,7 @@ def pod_environment(container: dict[str, Any], ordinal: int, label: bool) -> dic
     ],
 )
 def test_a_worker_pod_resolves_its_port_from_its_ordinal(
-    docker_client: docker.DockerClient,
-    node_image: str,
+    resolver_in_container: Callable[..., dict[str, Any]],
     replicas: int,
     ordinals_start: int,
     ordinal: int,
@@ -67,30 +62,16 @@ def test_a_worker_pod_resolves_its_port_from_its_ordinal(
     pod = statefulset["spec"]["template"]["spec"]
     [container] = pod["containers"]
     security = container["securityContext"]
-    user = f"{security['runAsUser']}:{security['runAsGroup']}"
     [mount] = container["volumeMounts"]
-    hostname = f"{statefulset['metadata']['name']}-{ordinal}"
-    name = f"cqkdtest_{uuid.uuid4().hex[:8]}"
-    try:
-        output = docker_client.containers.run(
-            node_image,
-            ["python3", "-m", "cqkd_stack.resolver", "--json"],  # with the bind check
-            entrypoint=[],
-            hostname=hostname,
-            environment=pod_environment(container, ordinal, label),
-            name=name,
-            user=user,
-            read_only=security["readOnlyRootFilesystem"],
-            cap_drop=security["capabilities"]["drop"],
-            security_opt=["no-new-privileges"],  # allowPrivilegeEscalation: false
-            tmpfs={mount["mountPath"]: ""},
-            remove=True,
-        )
-    finally:
-        # `remove=True` removes it once it exits; this covers a run that failed to start.
-        with suppress(docker.errors.NotFound):
-            docker_client.containers.get(name).remove(force=True)
-    found = json.loads(output)
+    found = resolver_in_container(
+        f"{statefulset['metadata']['name']}-{ordinal}",
+        pod_environment(container, ordinal, label),
+        user=f"{security['runAsUser']}:{security['runAsGroup']}",
+        read_only=security["readOnlyRootFilesystem"],
+        cap_drop=security["capabilities"]["drop"],
+        security_opt=["no-new-privileges"],  # allowPrivilegeEscalation: false
+        tmpfs={mount["mountPath"]: ""},
+    )
     assert found["port"] == port
     assert found["source"] == ("POD_INDEX" if label else "HOSTNAME")
     assert found["role"] == "worker"
