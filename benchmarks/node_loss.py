@@ -41,6 +41,7 @@ from cqkd_stack import DEFAULT_NODE_IMAGE, dhtcheck
 from cqkd_stack.cluster import Cluster, cluster_down, cluster_up
 from cqkd_stack.deploy import wait_until_ready
 from cqkd_stack.distribute import copy_image, engine_client
+from cqkd_stack.documents import write_atomically
 from cqkd_stack.swarm import port_map
 
 CLUSTER = "cqkd-bench-cluster"
@@ -203,7 +204,7 @@ def main() -> int:
     survived = sum(bool(r.get("value_survived")) for r in project_runs)
     print(f"{'runs where Bob read the value Alice stored':44} {'-':>10} {survived:>7}/{args.runs}")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        write_atomically(args.json, json.dumps(results, indent=2) + "\n")
     return 0
 
 

@@ -50,6 +50,7 @@ import docker
 
 from cqkd_stack import sysctls
 from cqkd_stack.deploy import stack_rm
+from cqkd_stack.documents import write_atomically
 from cqkd_stack.images import host_base_image
 from cqkd_stack.swarm import STACK_LABEL, stack_filter, stack_leftovers
 
@@ -833,7 +834,7 @@ def main() -> int:
         stacks.clean(args.timeout)
         results["targets"] = judge(results)
         if args.json is not None:
-            args.json.write_text(json.dumps(results, indent=2) + "\n")
+            write_atomically(args.json, json.dumps(results, indent=2) + "\n")
             log(f"figures written to {args.json}")
     print(table(results))
     return 0 if all(v["pass"] is not False for v in results["targets"]) else 1

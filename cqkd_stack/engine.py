@@ -24,6 +24,7 @@ import docker
 import docker.errors
 import requests
 
+from .documents import write_atomically
 from .errors import CqkdError
 from .process import Progress, run, say, tail
 
@@ -410,17 +411,15 @@ def dropin_text() -> str:
 def write_dropin(path: Path = DROPIN_PATH) -> bool:
     """Write the drop-in unless it already says the same; True when it changed.
 
-    Written to a temporary file and renamed, so systemd never reads half of it.
+    Written whole or not at all, so systemd never reads half of it; a link
+    (a drop-in managed elsewhere) stays a link, an existing file keeps its mode.
     """
     text = dropin_text()
     with suppress(OSError):
         if path.read_text() == text:
             return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o644)
-    tmp.replace(path)
+    write_atomically(path, text, new_mode=0o644)
     return True
 
 

@@ -28,6 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .documents import write_atomically
+from .errors import CqkdError
+
 MINIMUMS: dict[str, int] = {
     # A /20 overlay holds 4094 tasks; room for four of its broadcasts at once.
     "net.core.netdev_max_backlog": 16384,
@@ -112,13 +115,13 @@ def _write_conf(conf: Path, values: dict[str, int], report: SysctlReport) -> Non
             return
     except OSError:
         pass  # missing or unreadable: write it
-    tmp = conf.with_name(conf.name + ".tmp")
     try:
         conf.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        tmp.replace(conf)
+        write_atomically(conf, text, new_mode=0o644)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         report.warnings.append(f"cannot write {conf} ({exc.strerror or exc}); lost on reboot")
+        return
+    except CqkdError as exc:
+        report.warnings.append(f"{exc.message}; lost on reboot")
         return
     report.changed.append(f"wrote {conf} (kept across reboots)")

@@ -199,16 +199,16 @@ def render_stack(
         text = render_compose(rules, options)
     else:
         text = render(rules, options)
-    name = output or "<rendered>"
+    name = "<rendered>" if output in ("", "-") else output
     results = validate_texts([(name, text)], rules, target=target)
     if not results.ok:
         # Never hand out a stack that would be refused: say why instead.
         raise Exit(report.text(results), code=1)
-    if output:
+    if output in ("", "-"):
+        sys.stdout.write(text)
+    else:
         write_atomically(Path(output), text)
         print(f"wrote {output}: {replicas} workers", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
 
 
 def _render_options(
