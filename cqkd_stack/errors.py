@@ -1,24 +1,53 @@
-"""The one error type modules raise; only the task layer turns it into output."""
+"""The one error type modules raise, and the exit codes it maps to.
+
+Every task and every target follows one rule, the linters' (check-jsonschema,
+pre-commit): what went wrong decides the code, not which task or target
+found it. ``EXIT_CODES`` is that rule as the command's ``--help`` prints it.
+"""
 
 from __future__ import annotations
 
+OK = 0
+# The input was read and fails its checks (a stack, policy or file that is
+# invalid, a port-policy refusal such as 1001 workers in a 1000-port range),
+# or the swarm did not do what was asked (a wait timed out, the engine refused).
+INVALID = 1
+# The command was called wrongly or its input cannot be read: an unknown task
+# or option, a bad option value, a missing or unreadable file, a directory
+# given as a file, an output that cannot be written, a broken invoke.yaml.
+USAGE = 2
+# A bug in cqkd-stack: an error none of the above explains.
+BUG = 3
+
+EXIT_CODES = (
+    (OK, "done: what was asked holds (valid, deployed, answering)"),
+    (
+        INVALID,
+        "refused or failed: the input is invalid (a stack, policy or file that fails its "
+        "checks, a port-policy refusal) or the swarm did not do it (a timeout, the "
+        "engine's error); a refusal changes nothing",
+    ),
+    (
+        USAGE,
+        "usage or unreadable input: an unknown task or option, a bad option value, a "
+        "missing or unreadable file, a directory given as a file, an output that cannot "
+        "be written (a full disk), a broken invoke.yaml; nothing is changed",
+    ),
+    (BUG, "a bug in cqkd-stack: please report it"),
+)
+
 
 class CqkdError(Exception):
-    """A known failure with a message meant for the operator.
+    """A known failure with a message meant for the operator (exit ``INVALID`` by default)."""
 
-    ``exit_code`` follows the linter convention the CLI uses everywhere:
-    1 for invalid input or a failed operation, 2 for a usage problem (a missing
-    file, an unreadable policy) that says nothing about the stack itself.
-    """
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
+    def __init__(self, message: str, exit_code: int = INVALID) -> None:
         super().__init__(message)
         self.message = message
         self.exit_code = exit_code
 
 
 class UsageError(CqkdError):
-    """The command was called wrongly: exit 2, whatever the stacks contain."""
+    """The command was called wrongly, or its input cannot be read: exit ``USAGE``."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, exit_code=2)
+        super().__init__(message, exit_code=USAGE)

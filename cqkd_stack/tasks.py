@@ -10,6 +10,7 @@ SHORT_FLAGS); every task that reports takes ``--format text|json``.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import sys
@@ -18,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
-from invoke import Collection, Context, Exit, Task, task
+from invoke import Argument, Collection, Context, Exit, Task, task
 
 from . import DEFAULT_NODE_IMAGE, report
 from .documents import write_atomically
@@ -34,6 +35,15 @@ TEXT_OR_JSON = ("text", "json")
 # Where a rendered network runs: one Swarm stack (the project's purpose), one
 # docker-compose file with a service per worker, or Kubernetes manifests.
 TARGETS = ("swarm", "compose", "kubernetes")
+# Options several tasks share say the same, default included.
+STACK_HELP = "stack name (default: cqkd, or cqkd.stack in invoke.yaml)"
+POLICY_HELP = (
+    "port policy file (default: cqkd.policy in invoke.yaml, else the shipped "
+    "stacks/port-policy.yml)"
+)
+JOIN_STACK_HELP = (
+    "for a batch: the deployed stack whose DHT it joins (default: the stack name's default)"
+)
 # One short flag, one meaning, in every task that has the option.
 SHORT_FLAGS = {
     "stack": "s",
@@ -52,11 +62,28 @@ class CqkdTask(Task):
 
     Invoke's automatic short flags depend on the other options of the same
     task: ``-p`` was --policy in one task and --port-offset in another.
+
+    ``variadic`` names a list parameter that the installed command fills with
+    every word after the task's options (``cqkd-stack validate a.yml b.yml``);
+    Invoke, which has no such thing, sees the task's ``positional`` one and
+    the list as a repeatable option.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, variadic: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.auto_shortflags = False
+        self.variadic = variadic
+        self._arguments: list[Argument] | None = None
+
+    def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[Argument]:
+        """The task's arguments, a fresh copy each call.
+
+        Invoke builds them once per run and consumes the help texts doing so;
+        the installed command asks again (for a task's --help, for completion).
+        """
+        if self._arguments is None:
+            self._arguments = super().get_arguments(ignore_unknown_help)
+        return copy.deepcopy(self._arguments)
 
     def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
         opts = super().arg_opts(name, default, taken_names)
@@ -146,13 +173,14 @@ def _refused(results: Results, format: str, what: str) -> Exit:
 @cqkd_task(
     help={
         "replicas": "number of worker tasks (ports 7000 + slot - 1)",
-        "output": "write the stack here instead of standard output",
+        "output": "write the stack to this file, '-' for standard output "
+        "(default: standard output)",
         "image": "image of every DHT service (any image with Python 3 and cqkd-stack)",
         "network": "overlay (default) or host: on host, the unique port keeps workers apart",
         "port-offset": "a second batch of workers beside a first: only workers, shifted ports",
-        "policy": "port policy file (default: the shipped stacks/port-policy.yml)",
+        "policy": POLICY_HELP,
         "subnet": "overlay subnet (default: sized for the task count)",
-        "join-stack": "for a batch: the deployed stack whose DHT it joins",
+        "join-stack": JOIN_STACK_HELP,
         "healthcheck": "add Docker's per-task health check (off: readiness is probed)",
         "target": "swarm (default: a stack for docker stack deploy), compose (a "
         "docker-compose file, one service per worker) or kubernetes (StatefulSets)",
@@ -236,10 +264,11 @@ def _render_options(
 @cqkd_task(
     positional=["files"],
     iterable=["file"],
+    variadic="file",
     help={
         "files": "stack file to check ('-' reads standard input); more may follow",
         "file": "another stack file (repeatable)",
-        "policy": "port policy file (default: the shipped stacks/port-policy.yml)",
+        "policy": POLICY_HELP,
         "format": "text (default), json or github",
         "together": "judge the files as one deployment (ports must not collide across them)",
         "target": "read every stack file as swarm (docker stack), compose (docker-compose) "
@@ -369,14 +398,14 @@ def _spread_image(image: str, say: Callable[[str], None]) -> list[str]:
     help={
         "replicas": "number of worker tasks",
         "network": "overlay (default) or host",
-        "stack": "stack name (default: cqkd, or cqkd.stack in invoke.yaml)",
+        "stack": STACK_HELP,
         "timeout": "seconds to wait for every task to be running and in the DHT",
         "no-wait": "return once docker stack deploy has accepted the stack",
-        "file": "deploy this stack file instead of rendering one",
+        "file": "deploy this stack file instead of rendering one (default: none: render)",
         "image": "image of every DHT service",
         "port-offset": "deploy a batch of workers beside the stack given by --join-stack",
-        "join-stack": "for a batch: the deployed stack whose DHT it joins",
-        "policy": "port policy file",
+        "join-stack": JOIN_STACK_HELP,
+        "policy": POLICY_HELP,
         "format": "summary as text (default) or json",
         "subnet": "overlay subnet (default: the first free one in 10.213.0.0/16)",
         "healthcheck": "add Docker's per-task health check (off: readiness is probed)",
@@ -461,10 +490,10 @@ def deploy(
 
 @cqkd_task(
     help={
-        "stack": "stack name",
+        "stack": STACK_HELP,
         "format": "text (default; 'table' too), json, or prometheus (the text exposition "
         "format; exits 0, the health is in cqkd_port_map_healthy)",
-        "policy": "port policy file",
+        "policy": POLICY_HELP,
     }
 )
 @operator_errors
@@ -509,7 +538,7 @@ def _probe_dict(result: Any) -> dict[str, Any]:
 @cqkd_task(
     name="dht-check",
     help={
-        "stack": "stack name",
+        "stack": STACK_HELP,
         "format": "text (default) or json",
         "all": "also probe every DHT task at its address and port (as the probe task)",
         "target": "swarm (default) or compose (the stack name is the compose project)",
@@ -557,7 +586,7 @@ def dht_check(
 
 @cqkd_task(
     help={
-        "stack": "stack name",
+        "stack": STACK_HELP,
         "format": "text (default) or json",
     }
 )
@@ -583,10 +612,10 @@ def probe(c: Context, stack: str = "", format: str = "text") -> None:
 @cqkd_task(
     help={
         "replicas": "new number of worker tasks",
-        "stack": "stack name",
+        "stack": STACK_HELP,
         "service": "service to scale (default: worker)",
         "timeout": "seconds to wait for the new tasks",
-        "policy": "port policy file",
+        "policy": POLICY_HELP,
         "format": "text (default) or json",
     }
 )
@@ -634,7 +663,7 @@ def scale(
 
 @cqkd_task(
     help={
-        "stack": "stack name",
+        "stack": STACK_HELP,
         "timeout": "seconds to wait for containers and network to go",
         "format": "text (default) or json",
         "target": "swarm (default) or compose: remove the compose project of that name "
@@ -834,7 +863,7 @@ def cluster_down(c: Context, name: str = "cqkd-cluster", format: str = "text") -
     )
 
 
-@cqkd_task(help={"pytest-args": "extra arguments for pytest, e.g. '-k render'"})
+@cqkd_task(help={"pytest-args": "extra arguments for pytest, e.g. '-k render' (default: none)"})
 def test(c: Context, pytest_args: str = "") -> None:
     """Lint, set up the engine and images, then run the unit and end-to-end tests."""
     from . import engine

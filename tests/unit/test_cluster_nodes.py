@@ -9,7 +9,6 @@ import pytest
 from cqkd_stack import cluster
 from cqkd_stack.errors import CqkdError
 from cqkd_stack.images import BaseRelease
-from cqkd_stack.main import _dotted
 
 net = ipaddress.IPv4Network
 
@@ -102,22 +101,3 @@ def test_the_dind_image_hash_follows_its_recipe(monkeypatch: pytest.MonkeyPatch)
     assert first != cluster.dind_inputs_hash(BaseRelease("debian", "trixie"))
     monkeypatch.setattr(cluster, "DIND_PACKAGES", (*cluster.DIND_PACKAGES, "strace"))
     assert first != cluster.dind_inputs_hash(bookworm)
-
-
-TASKS = {"deploy", "cluster.up", "cluster.down"}
-
-
-@pytest.mark.parametrize(
-    ("argv", "expected"),
-    [
-        (["x", "cluster", "up", "--nodes", "3"], ["x", "cluster.up", "--nodes", "3"]),
-        (["x", "cluster", "down"], ["x", "cluster.down"]),
-        (["x", "cluster.up"], ["x", "cluster.up"]),
-        (["x", "--help", "cluster", "up"], ["x", "--help", "cluster.up"]),
-        # Only a joined name that is a task is joined.
-        (["x", "deploy", "--stack", "cluster"], ["x", "deploy", "--stack", "cluster"]),
-        (["x", "cluster", "sideways"], ["x", "cluster", "sideways"]),
-    ],
-)
-def test_two_words_name_a_sub_collection_task(argv: list[str], expected: list[str]) -> None:
-    assert _dotted(argv, TASKS) == expected
