@@ -36,7 +36,7 @@ from .documents import (
     load_schema,
     parse_yaml_nodes,
 )
-from .errors import UsageError
+from .errors import InvalidInput, UsageError
 from .interpolation import PathParts
 from .policy import Policy
 from .render import RenderOptions, render_document
@@ -125,7 +125,7 @@ def render_compose_document(policy: Policy, options: RenderOptions) -> dict[str,
             except ResolverError as exc:
                 # Each service has a fixed port, so what Swarm would refuse
                 # at scale time is refused here, before any file is written.
-                raise UsageError(f"--replicas {options.replicas}: service {own}: {exc}") from None
+                raise InvalidInput(f"--replicas {options.replicas}: service {own}: {exc}") from None
     return {
         TARGET_KEY: TARGET,
         "services": services,

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import UsageError
+from .errors import InvalidInput
 from .resolver import Resolution, resolve
 
 ROLE_LABEL = "cqkd.role"
@@ -93,4 +93,4 @@ def subnet_for(tasks: int, base: str = DEFAULT_SUBNET_BASE) -> ipaddress.IPv4Net
         network = ipaddress.IPv4Network(f"{base}/{prefix}", strict=False)
         if subnet_capacity(network) >= need:
             return network
-    raise UsageError(f"{tasks} tasks do not fit in one overlay subnet of /16 or smaller")
+    raise InvalidInput(f"{tasks} tasks do not fit in one overlay subnet of /16 or smaller")

@@ -23,7 +23,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from .errors import UsageError
+from .errors import InvalidInput, UsageError
 from .results import Problem, json_path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -67,25 +67,38 @@ MAX_DEPTH = 64
 
 
 def read_text(path: Path) -> str:
-    """Read a file or raise a usage error: a missing file says nothing about stacks.
+    """Read a file: a usage error if it cannot be read, invalid input if it is no text file.
 
-    At most MAX_BYTES are read: ``/dev/zero`` given as a file is refused,
-    not read until memory runs out.
+    A missing or unreadable file says nothing about stacks (exit 2); one that
+    was read and is not UTF-8 text, or is too large to be one, fails its
+    checks like an empty or unparsable one (exit 1). At most MAX_BYTES are
+    read: ``/dev/zero`` given as a file is refused, not read until memory runs out.
     """
     try:
         with path.open("rb") as handle:
             raw = handle.read(MAX_BYTES + 1)
-        if len(raw) > MAX_BYTES:
-            raise UsageError(
-                f"{path}: larger than {MAX_BYTES // (1024 * 1024)} MiB; not a stack or policy file"
-            )
-        return raw.decode()
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise UsageError(f"{path}: is a directory, expected a YAML file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return decode_text(raw, str(path))
+
+
+def decode_text(raw: bytes, name: str) -> str:
+    """A file's bytes as text, or InvalidInput naming it (too large, not UTF-8)."""
+    if len(raw) > MAX_BYTES:
+        raise InvalidInput(
+            f"{name}: larger than {MAX_BYTES // (1024 * 1024)} MiB; not a stack or policy file"
+        )
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            f"{name}: not UTF-8 text (byte {exc.start}: {raw[exc.start : exc.start + 1]!r}); "
+            "stack and policy files are YAML in UTF-8"
+        ) from None
 
 
 def write_atomically(path: Path, text: str, new_mode: int | None = None) -> None:

@@ -46,6 +46,17 @@ class CqkdError(Exception):
         self.exit_code = exit_code
 
 
+class InvalidInput(CqkdError):
+    """The input was read and fails its checks, or the policy refuses it: exit ``INVALID``.
+
+    The same refusal exits the same whatever finds it: 1001 workers in a
+    1000-port range is this from ``render`` for Swarm, compose and Kubernetes.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exit_code=INVALID)
+
+
 class UsageError(CqkdError):
     """The command was called wrongly, or its input cannot be read: exit ``USAGE``."""
 

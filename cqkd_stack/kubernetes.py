@@ -28,7 +28,7 @@ from . import DEFAULT_NODE_IMAGE, __version__
 from .compose import line_of
 from .contract import ROLE_LABEL
 from .documents import MAX_BYTES, parse_yaml_nodes
-from .errors import UsageError
+from .errors import InvalidInput, UsageError
 from .policy import Policy, PortRange, load_policy
 from .render import NoAliasDumper, RenderOptions, health_interval, port_environment
 from .resolver import ResolverError, resolve
@@ -268,12 +268,13 @@ def render_manifests(
 
     Workers join through the bootstrap Service's short name, which resolves in
     the namespace the manifests are applied to, whatever the cluster domain.
-    Raises UsageError for input Kubernetes or the port policy would refuse.
+    Raises UsageError for options Kubernetes would refuse, InvalidInput for
+    what the port policy refuses (as the Swarm and compose targets do).
     """
     _check_inputs(replicas, image, namespace, ordinals_start, name_prefix)
     workers = policy.role_range("worker")
     if replicas > len(workers):
-        raise UsageError(
+        raise InvalidInput(
             f"{replicas} workers do not fit the worker range {workers} of {policy.source}: "
             f"at most {len(workers)} fit (one port each); widen the range in the port policy"
         )
@@ -310,7 +311,7 @@ def render_manifests(
     )
     problems = _port_problems(docs, policy, "<rendered>")
     if problems:
-        raise UsageError(problems[0].message)
+        raise InvalidInput(problems[0].message)
     return docs
 
 
@@ -319,7 +320,7 @@ def _first_port(name: str, values: Mapping[str, str]) -> int:
     try:
         return resolve(_pod_env(_env(name, values, 0), name, 0)).port
     except ResolverError as exc:
-        raise UsageError(f"{name}: {exc}") from None
+        raise InvalidInput(f"{name}: {exc}") from None
 
 
 def refuse_swarm_options(options: RenderOptions) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .documents import data_file, parse_yaml, read_text, schema_problems
-from .errors import UsageError
+from .errors import InvalidInput
 from .results import Problem
 
 SCHEMA = "port-policy.schema.json"
@@ -42,8 +42,12 @@ class PortRange:
         return self.start <= other.end and other.start <= self.end
 
 
-class PolicyError(UsageError):
-    """The policy itself is wrong: no stack can be judged against it (exit 2)."""
+class PolicyError(InvalidInput):
+    """The policy itself is wrong: no stack can be judged against it.
+
+    Exit 1, as for the same file given among ``validate``'s files: a policy
+    that was read and fails its checks is invalid input, not a usage error.
+    """
 
     def __init__(self, problems: list[Problem]) -> None:
         lines = "\n".join(f"  {p}" for p in problems)
@@ -66,7 +70,9 @@ class Policy:
             return self.roles[role]
         except KeyError:
             known = ", ".join(self.roles)
-            raise UsageError(f"unknown role '{role}'; the policy defines: {known}") from None
+            raise InvalidInput(
+                f"{self.source}: no role '{role}'; the policy defines: {known}"
+            ) from None
 
     def role_of_port(self, port: int) -> str | None:
         return next((name for name, rng in self.roles.items() if port in rng), None)

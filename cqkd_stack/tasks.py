@@ -23,14 +23,13 @@ from invoke import Argument, Collection, Context, Exit, Task, task
 
 from . import DEFAULT_NODE_IMAGE, report
 from .documents import write_atomically
-from .errors import CqkdError, UsageError
+from .errors import BUG, INVALID, CqkdError, UsageError
 from .policy import Policy, load_policy
 from .render import RenderOptions, render
 from .results import Results
 from .validate import read_sources, validate_texts
 
 F = TypeVar("F", bound=Callable[..., Any])
-UNEXPECTED = 3
 TEXT_OR_JSON = ("text", "json")
 # Where a rendered network runs: one Swarm stack (the project's purpose), one
 # docker-compose file with a service per worker, or Kubernetes manifests.
@@ -110,20 +109,23 @@ def operator_errors(func: F) -> F:
             return func(*args, **kwargs)
         except CqkdError as exc:
             raise Exit(f"cqkd-stack: error: {exc.message}", code=exc.exit_code) from None
-        except (Exit, KeyboardInterrupt):
-            raise
+        except (Exit, KeyboardInterrupt, BrokenPipeError):
+            raise  # a closed pipe (`| head`) is the Program's to end quietly
         except OSError as exc:
-            # A file or device the operator named (or the engine's socket).
+            # The engine's socket, a node's engine: the operation failed (files
+            # the operator names are read and written by documents, which say so).
             where = f" ({exc.filename})" if exc.filename else ""
-            raise Exit(f"cqkd-stack: error: {exc.strerror or exc}{where}", code=1) from None
+            raise Exit(f"cqkd-stack: error: {exc.strerror or exc}{where}", code=INVALID) from None
         except Exception as exc:  # the boundary: report, never swallow
             if type(exc).__module__.startswith(("docker.", "requests.")):
                 # The engine refused or went away: the environment, not a bug of ours.
-                raise Exit(f"cqkd-stack: error: the Docker engine said: {exc}", code=1) from None
+                raise Exit(
+                    f"cqkd-stack: error: the Docker engine said: {exc}", code=INVALID
+                ) from None
             raise Exit(
                 f"cqkd-stack: unexpected error ({type(exc).__name__}: {exc}); "
                 "this is a bug in cqkd-stack, please report it",
-                code=UNEXPECTED,
+                code=BUG,
             ) from exc
 
     return wrapper  # type: ignore[return-value]
@@ -233,10 +235,21 @@ def render_stack(
         # Never hand out a stack that would be refused: say why instead.
         raise Exit(report.text(results), code=1)
     if output in ("", "-"):
-        sys.stdout.write(text)
+        _to_stdout(text)
     else:
         write_atomically(Path(output), text)
         print(f"wrote {output}: {replicas} workers", file=sys.stderr)
+
+
+def _to_stdout(text: str) -> None:
+    """The result on standard output, flushed here so a full disk is an error with its exit code."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise UsageError(f"standard output: cannot write: {exc.strerror or exc}") from None
 
 
 def _render_options(

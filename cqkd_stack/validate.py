@@ -36,8 +36,7 @@ from .contract import (
     role_of,
     subnet_capacity,
 )
-from .documents import MAX_BYTES, parse_yaml, read_text
-from .errors import UsageError
+from .documents import MAX_BYTES, decode_text, parse_yaml, read_text
 from .policy import Policy, PortRange, policy_problems
 from .published import PublishedPort, published_ports
 from .resolver import MIN_PORT, Resolution, ResolverError, optional_int
@@ -734,15 +733,15 @@ def read_sources(names: Sequence[str]) -> list[tuple[str, str]]:
     """(name, text) of every file, ``-`` being standard input, all read before judging.
 
     A missing or unreadable file is a usage error before any judgement; each
-    read is bounded like a file's (MAX_BYTES).
+    read is bounded like a file's (MAX_BYTES), standard input's bytes too,
+    and decoded as a file's are (not UTF-8: invalid input, exit 1).
     """
     sources = []
     for name in names:
         if name == STDIN:
-            text = sys.stdin.read(MAX_BYTES + 1)
-            if len(text) > MAX_BYTES:
-                raise UsageError(f"<stdin>: more than {MAX_BYTES} bytes; not a stack file")
-            sources.append(("<stdin>", text))
+            stream = getattr(sys.stdin, "buffer", None)
+            raw = stream.read(MAX_BYTES + 1) if stream else sys.stdin.read(MAX_BYTES + 1).encode()
+            sources.append(("<stdin>", decode_text(raw, "<stdin>")))
         else:
             sources.append((name, read_text(Path(name))))
     return sources

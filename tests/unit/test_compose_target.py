@@ -14,7 +14,7 @@ from cqkd_stack.compose_target import (
     render_compose,
     render_compose_document,
 )
-from cqkd_stack.errors import UsageError
+from cqkd_stack.errors import InvalidInput, UsageError
 from cqkd_stack.policy import load_policy
 from cqkd_stack.render import RenderOptions
 from cqkd_stack.resolver import resolve
@@ -108,7 +108,7 @@ def _doc_with(**options: object) -> dict:
 
 
 def test_more_workers_than_the_range_holds_are_refused_before_anything_is_written() -> None:
-    with pytest.raises(UsageError, match=r"--replicas 1001: service worker-1001: .*7000-7999"):
+    with pytest.raises(InvalidInput, match=r"--replicas 1001: service worker-1001: .*7000-7999"):
         render_compose(POLICY, RenderOptions(replicas=1001))
 
 

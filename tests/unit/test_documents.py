@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cqkd_stack.documents import MAX_BYTES, parse_yaml, read_text
-from cqkd_stack.errors import UsageError
+from cqkd_stack.errors import InvalidInput
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
 
@@ -17,7 +17,7 @@ CASES = Path(__file__).resolve().parent.parent / "cases"
 def test_an_endless_file_is_refused_not_read_to_the_end() -> None:
     tracemalloc.start()
     try:
-        with pytest.raises(UsageError, match=r"/dev/zero: larger than 1 MiB"):
+        with pytest.raises(InvalidInput, match=r"/dev/zero: larger than 1 MiB"):
             read_text(Path("/dev/zero"))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -30,7 +30,7 @@ def test_a_file_just_within_the_limit_is_read(tmp_path: Path) -> None:
     path.write_bytes(b"#" * MAX_BYTES)
     assert len(read_text(path)) == MAX_BYTES
     path.write_bytes(b"#" * (MAX_BYTES + 1))
-    with pytest.raises(UsageError, match=r"big\.yml: larger than"):
+    with pytest.raises(InvalidInput, match=r"big\.yml: larger than"):
         read_text(path)
 
 

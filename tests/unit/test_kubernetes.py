@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cqkd_stack.errors import UsageError
+from cqkd_stack.errors import InvalidInput, UsageError
 from cqkd_stack.kubernetes import (
     DEFAULT_KUBERNETES_VERSION,
     HEALTH_COMMAND,
@@ -179,7 +179,6 @@ def test_every_pod_runs_with_least_privilege_and_bounded_memory() -> None:
     [
         ({"replicas": 0}, "at least 1"),
         ({"replicas": -3}, "at least 1"),
-        ({"replicas": 1001}, "at most 1000 fit"),
         ({"replicas": 3, "ordinals_start": -1}, "0 or more"),
         ({"replicas": 3, "namespace": "Prod_NS"}, "DNS-1123"),
         ({"replicas": 3, "namespace": "a" * 64}, "DNS-1123"),
@@ -206,8 +205,14 @@ def test_a_blocked_port_in_the_worker_range_is_refused(tmp_path: Any) -> None:
     policy_file.write_text(text)
     policy = load_policy(policy_file)
     assert render_manifests(policy, 4)  # 7000-7003 stay clear of it
-    with pytest.raises(UsageError, match="7004, blocked"):
+    with pytest.raises(InvalidInput, match="7004, blocked"):
         render_manifests(policy, 5)
+
+
+def test_more_workers_than_the_range_holds_is_invalid_input_as_for_every_target() -> None:
+    with pytest.raises(InvalidInput, match="at most 1000 fit") as info:
+        render_manifests(POLICY, 1001)
+    assert info.value.exit_code == 1
 
 
 def test_an_unknown_field_and_a_wrong_type_are_reported_with_document_and_path() -> None:

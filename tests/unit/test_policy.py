@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from cqkd_stack.contract import env_for_slot, is_slot_template, resolve_slot
-from cqkd_stack.errors import UsageError
+from cqkd_stack.errors import InvalidInput, UsageError
 from cqkd_stack.policy import Policy, PolicyError, PortRange, load_policy
 
 
@@ -47,9 +47,10 @@ def test_role_of_port() -> None:
     assert policy.role_of_port(8000) is None
 
 
-def test_unknown_role_is_a_usage_error() -> None:
-    with pytest.raises(UsageError, match="unknown role 'observer'"):
+def test_a_role_the_policy_lacks_is_invalid_input() -> None:
+    with pytest.raises(InvalidInput, match="no role 'observer'; the policy defines") as info:
         load_policy().role_range("observer")
+    assert info.value.exit_code == 1
 
 
 def test_blocked_ports_inside_a_range() -> None:
@@ -67,7 +68,7 @@ def test_every_policy_problem_is_reported_at_once(tmp_path: Path) -> None:
         load_policy(path)
     paths = sorted(p.path for p in caught.value.problems)
     assert paths == ["$", "$.roles.bootstrap.end", "$.roles.bootstrap.start", "$.roles.worker.end"]
-    assert caught.value.exit_code == 2
+    assert caught.value.exit_code == 1  # read, and invalid: as among validate's files
 
 
 def test_missing_policy_file_is_a_usage_error(tmp_path: Path) -> None:
