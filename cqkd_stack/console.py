@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
+    from .plan import Plan, ServicePlan
     from .readiness import ProbeReport
     from .swarm import PortMap
 
@@ -106,3 +107,89 @@ def probe_text(result: ProbeReport) -> str:
         for service, slots in sorted(by_service.items()):
             lines.append(f"{label}: {service} slots {compact(slots)}")
     return "\n".join(lines)
+
+
+_DONE = {"deploy": "deployed", "scale": "scaled", "teardown": "removed"}
+_IMAGE_ACTIONS = {
+    "present": "present on",
+    "copy": "copied to",
+    "pull": "pulled on",
+    "cannot": "cannot reach",
+    "left to swarm": "left to Swarm's own pull on",
+}
+
+
+def plan_text(plan: Plan) -> str:
+    """A dry run's plan: one line per service, then networks, images, tasks; why it would refuse."""
+    lines = [
+        f"dry run: {plan.operation} of stack '{plan.stack}' (nothing was {_DONE[plan.operation]})"
+    ]
+    width = max((len(s.service) for s in plan.services), default=0)
+    lines += [
+        f"  {s.action:<9}  {s.service:<{width}}  {_service_line(s)}".rstrip() for s in plan.services
+    ]
+    if plan.networks_created:
+        lines.append(f"networks to create: {', '.join(plan.networks_created)}")
+    if plan.networks_removed:
+        lines.append(f"networks to remove: {', '.join(plan.networks_removed)}")
+    if plan.volumes_removed:
+        lines.append(f"volumes to remove: {', '.join(plan.volumes_removed)}")
+    if plan.containers_removed:
+        lines.append(f"containers to remove: {plan.containers_removed}")
+    if plan.pushed:
+        lines.append(f"push to: {plan.pushed} (then deployed pinned by digest)")
+    by_image: dict[str, dict[str, list[str]]] = {}
+    for entry in plan.images:
+        by_image.setdefault(entry.image, {}).setdefault(entry.action, []).append(entry.node)
+    for image, actions in by_image.items():
+        said = "; ".join(
+            f"{_IMAGE_ACTIONS.get(action, action)} {', '.join(nodes)}"
+            for action, nodes in actions.items()
+        )
+        lines.append(f"image {image}: {said}")
+    if plan.bootstrap_first:
+        lines.append("a new stack: its bootstrap node is deployed first, then the rest")
+    totals = plan.totals()
+    lines.append(
+        f"tasks: {totals['starting']} start, {totals['stopping']} stop, "
+        f"{totals['replaced']} replaced"
+    )
+    lines += [f"would refuse: {problem}" for problem in plan.problems]
+    return "\n".join(lines)
+
+
+def _service_line(service: ServicePlan) -> str:
+    if service.action == "kept":
+        return "not in the file: docker stack deploy leaves it as it is"
+    if service.replicas is None and service.current is not None:
+        count = _replicas(service.current)
+    elif service.current is not None and service.current != service.replicas:
+        count = f"{service.current} -> {_replicas(service.replicas)}"
+    else:
+        count = _replicas(service.replicas)
+    parts = [count]
+    ports = service.ports + service.published
+    if ports:
+        parts.append(
+            ("port " if len(ports) == 1 and "-" not in ports[0] else "ports ") + ", ".join(ports)
+        )
+    if service.changed:
+        parts.append(f"{' and '.join(service.changed)} changed:")
+    for number, what in (
+        (service.starting, "start"),
+        (service.stopping, "stop"),
+        (service.replaced, "replaced"),
+    ):
+        if number:
+            parts.append(f"{number} task{'s' if number != 1 else ''} {what}")
+    if service.stepped:
+        from .deploy import DRAIN_STEP
+
+        parts.append(f"stepped down {DRAIN_STEP} tasks at a time first")
+    return "  ".join(parts)
+
+
+def _replicas(count: int | None) -> str:
+    if count is None:
+        return "global"
+    return f"{count} replica{'s' if count != 1 else ''}"

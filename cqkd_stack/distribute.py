@@ -20,13 +20,14 @@ deployed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import CqkdError
+from .errors import CqkdError, UsageError
 from .swarm import ENGINE_LABEL, SwarmNode, nodes_that_run_tasks
 
 if TYPE_CHECKING:
@@ -219,6 +220,56 @@ def _local(
     return outcome
 
 
+@dataclass(frozen=True)
+class NodeImageId:
+    """What one node holds of one image, and what the engine it would be copied from holds.
+
+    Read without changing anything: the input of a dry run's image plan.
+    """
+
+    image: str
+    node: str
+    node_id: str
+    local: bool
+    # The id on the engine the image would be copied from; None: on neither
+    # this machine's engine nor the manager.
+    source_id: str | None
+    # The id on the node; None: absent, or not known (see ``error``).
+    image_id: str | None
+    reachable: bool
+    error: str = ""
+
+
+def image_ids_on_nodes(
+    manager: docker.DockerClient, image: str, source: docker.DockerClient | None
+) -> list[NodeImageId]:
+    """The image's id on every node that may run a task, read as ``ensure_on_nodes`` reads it."""
+    source_id = image_id(source, image) if source is not None else None
+
+    def check(node: SwarmNode) -> NodeImageId:
+        found = NodeImageId(image, node.hostname, node.node_id, node.local, source_id, None, True)
+        if node.local:
+            return dataclasses.replace(found, image_id=image_id(manager, image))
+        if not node.engine:
+            return dataclasses.replace(
+                found,
+                reachable=False,
+                error=f"no {ENGINE_LABEL} label, so the image cannot be checked or copied there",
+            )
+        try:
+            target = engine_client(node.engine)
+        except CqkdError as exc:
+            return dataclasses.replace(found, reachable=False, error=exc.message)
+        try:
+            return dataclasses.replace(found, image_id=image_id(target, image))
+        finally:
+            target.close()
+
+    nodes = nodes_that_run_tasks(manager)
+    with ThreadPoolExecutor(max_workers=_PARALLEL_COPIES) as pool:
+        return list(pool.map(check, nodes))
+
+
 def names_a_registry(image: str) -> bool:
     """``registry.example:5000/x`` or ``localhost/x``: a name nodes can pull, as Docker reads it."""
     first, sep, _ = image.partition("/")
@@ -231,9 +282,9 @@ def registry_reference(registry: str, image: str) -> str:
     Docker rules: a tag is what follows the last colon after the last slash.
     """
     if not registry or "@" in registry or ":" in registry.rsplit("/", 1)[-1]:
-        raise CqkdError(f"--registry takes HOST/REPO without a tag or digest, not {registry!r}")
+        raise UsageError(f"--registry takes HOST/REPO without a tag or digest, not {registry!r}")
     if "/" not in registry:
-        raise CqkdError(
+        raise UsageError(
             f"--registry takes HOST/REPO, e.g. registry.example:5000/cqkd, not {registry!r}"
         )
     name = image.split("@", 1)[0]

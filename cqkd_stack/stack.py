@@ -22,6 +22,7 @@ from . import distribute, swarm
 from .compose import load_stack
 from .documents import read_text
 from .errors import CqkdError
+from .plan import Plan, deploy_plan, scale_plan, teardown_plan
 from .policy import Policy
 from .render import RenderOptions, render
 from .results import Results
@@ -164,6 +165,8 @@ class CheckedStack:
     source: str
     text: str
     images: tuple[str, ...] = ()
+    # The document as Docker will read it (interpolated from this environment).
+    doc: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
 
 def stack_images(doc: dict[str, Any]) -> tuple[str, ...]:
@@ -184,7 +187,32 @@ def check_stack(client: docker.DockerClient, request: DeployRequest) -> CheckedS
     results, doc = check_against_swarm(client, request.stack, source, text, request.policy, taken)
     if not results.ok or doc is None:
         raise NotDeployed(results)
-    return CheckedStack(source, text, stack_images(doc))
+    return CheckedStack(source, text, stack_images(doc), doc)
+
+
+def node_image_ids(
+    client: docker.DockerClient, images: tuple[str, ...]
+) -> list[distribute.NodeImageId]:
+    """Each image's id on every node and on the engine it would come from (read-only)."""
+    with swarm.image_source(client) as find:
+        return [
+            found
+            for image in images
+            for found in distribute.image_ids_on_nodes(client, image, find(image))
+        ]
+
+
+def plan_deploy(client: docker.DockerClient, request: DeployRequest, checked: CheckedStack) -> Plan:
+    """What ``deploy_stack`` would change: the swarm read once, nothing changed."""
+    images = (request.local_image,) if request.registry else checked.images
+    return deploy_plan(
+        request.stack,
+        checked.doc,
+        swarm.stack_state(client, request.stack),
+        request.policy,
+        node_image_ids(client, images),
+        request.registry,
+    )
 
 
 def images_on_nodes(
@@ -279,6 +307,20 @@ def check_scale(
     results = swarm.scale_problems(client, stack, service, replicas, policy)
     if not results.ok:
         raise NotDeployed(results, "nothing was changed")
+
+
+def plan_scale(client: docker.DockerClient, stack: str, service: str, replicas: int) -> Plan:
+    """What ``scale_stack`` would change (after ``check_scale``): nothing is changed."""
+    state = swarm.stack_state(client, stack)
+    live = next((s for s in state.services if s["Spec"]["Name"] == f"{stack}_{service}"), None)
+    image = live["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] if live else ""
+    found = node_image_ids(client, (image,)) if image else []
+    return scale_plan(stack, service, replicas, state, found)
+
+
+def plan_teardown(client: docker.DockerClient, stack: str) -> Plan:
+    """What ``teardown`` would remove; nothing is removed."""
+    return teardown_plan(stack, swarm.stack_state(client, stack))
 
 
 def scale_stack(

@@ -686,6 +686,41 @@ def stack_leftovers(
     }
 
 
+@dataclass(frozen=True)
+class StackState:
+    """A stack as the swarm holds it now, read once (one call per kind): what plans work on."""
+
+    stack: str
+    services: list[dict[str, Any]]
+    # The tasks Swarm wants running.
+    tasks: list[dict[str, Any]]
+    networks: list[dict[str, Any]]
+    volumes: list[str]
+    # Containers of the stack on the engine asked (stopped ones included).
+    containers: list[str]
+
+    def running_per_service(self) -> dict[str, int]:
+        """Running tasks by service name."""
+        names = {s["ID"]: s["Spec"]["Name"] for s in self.services}
+        counts = running_counts(self.tasks)
+        return {names[sid]: n for sid, n in counts.items() if sid in names}
+
+
+def stack_state(client: docker.DockerClient, stack: str) -> StackState:
+    """Services, tasks, networks, volumes and containers of a stack: five list calls."""
+    flt = stack_filter(stack)
+    api = client.api
+    volumes = (api.volumes(filters=flt) or {}).get("Volumes") or []
+    return StackState(
+        stack=stack,
+        services=api.services(filters=flt),
+        tasks=api.tasks(filters={**flt, "desired-state": "running"}),
+        networks=api.networks(filters=flt),
+        volumes=[v["Name"] for v in volumes],
+        containers=[c["Names"][0].lstrip("/") for c in api.containers(all=True, filters=flt)],
+    )
+
+
 def running_counts(tasks: Iterable[dict[str, Any]]) -> Counter[str]:
     """Running tasks per service ID; Swarm reports a task with a health check as
     running only once it is healthy, so this is also the healthy count."""

@@ -162,6 +162,28 @@ def _files(files: str | None, file: list[str]) -> list[str]:
     return ([files] if files else []) + list(file)
 
 
+_NO_COMPOSE_DRY_RUN = (
+    "--dry-run plans a Swarm stack; for --target compose, `cqkd-stack render --target "
+    "compose` shows the file docker-compose would run, and nothing else is planned"
+)
+
+
+def _dry(what: str, dry_run: bool) -> str:
+    return f"dry run: {what}; the real run would refuse too" if dry_run else what
+
+
+def _show_plan(plan: Any, format: str) -> None:
+    """The plan on standard output; exit 1 when the real run would refuse (and say why)."""
+    from .console import plan_text
+
+    if format == "json":
+        _print_json(plan.as_dict())
+    else:
+        print(plan_text(plan))
+    if not plan.ok:
+        raise Exit(code=INVALID)
+
+
 def _refused(results: Results, format: str, what: str) -> Exit:
     """Say why and what was not done; exit 1. JSON is the result (stdout), text a diagnosis."""
     if format == "json":
@@ -426,6 +448,8 @@ def _spread_image(image: str, say: Callable[[str], None]) -> list[str]:
         "the image to every node whose engine has the org.cqkd.engine label)",
         "target": "swarm (default) or compose: docker-compose on this host, one service "
         "and one published port per worker (the stack name is the compose project)",
+        "dry-run": "render and validate against the live swarm, print what would change "
+        "(services, replicas, ports, images to copy, tasks that stop) and change nothing",
     }
 )
 @operator_errors
@@ -446,12 +470,17 @@ def deploy(
     healthcheck: bool = False,
     registry: str = "",
     target: str = "swarm",
+    dry_run: bool = False,
 ) -> None:
-    """Validate, deploy the DHT stack, and wait until every task answers in the DHT."""
+    """Validate, deploy the DHT stack, and wait until every task answers in the DHT.
+
+    With --dry-run, the same rendering and checks against the live swarm, then
+    the plan instead of the deploy: nothing on the swarm changes.
+    """
     from . import swarm
     from .console import print_port_map, stderr_console, with_progress
     from .distribute import registry_reference
-    from .stack import DeployRequest, NotDeployed, check_stack, deploy_stack
+    from .stack import DeployRequest, NotDeployed, check_stack, deploy_stack, plan_deploy
 
     _format(format)
     name = _setting(c, "stack", stack)
@@ -468,6 +497,8 @@ def deploy(
         c, replicas, pushed, network, port_offset, subnet, join_stack, healthcheck
     )
     if compose:
+        if dry_run:
+            raise UsageError(_NO_COMPOSE_DRY_RUN)
         _deploy_compose(name, _policy(c, policy), options, file, timeout, not no_wait, format)
         return
     request = DeployRequest(
@@ -478,7 +509,10 @@ def deploy(
     try:
         checked = check_stack(client, request)
     except NotDeployed as refused:
-        raise _refused(refused.results, format, refused.what) from None
+        raise _refused(refused.results, format, _dry(refused.what, dry_run)) from None
+    if dry_run:
+        _show_plan(plan_deploy(client, request, checked), format)
+        return
     outcome = with_progress(
         console,
         "starting",
@@ -630,6 +664,8 @@ def probe(c: Context, stack: str = "", format: str = "text") -> None:
         "timeout": "seconds to wait for the new tasks",
         "policy": POLICY_HELP,
         "format": "text (default) or json",
+        "dry-run": "render and validate against the live swarm, print what would change "
+        "(services, replicas, ports, images to copy, tasks that stop) and change nothing",
     }
 )
 @operator_errors
@@ -641,11 +677,15 @@ def scale(
     timeout: int = 600,
     policy: str = "",
     format: str = "text",
+    dry_run: bool = False,
 ) -> None:
-    """Scale the workers after checking the new count against the policy; existing ports stay."""
+    """Scale the workers after checking the new count against the policy; existing ports stay.
+
+    With --dry-run, the same checks, then the plan: nothing is scaled.
+    """
     from . import swarm
     from .console import stderr_console, with_progress
-    from .stack import NotDeployed, check_scale, scale_stack
+    from .stack import NotDeployed, check_scale, plan_scale, scale_stack
 
     _format(format)
     if replicas < 1:
@@ -657,7 +697,10 @@ def scale(
     try:
         check_scale(client, name, service, replicas, rules)
     except NotDeployed as refused:
-        raise _refused(refused.results, format, refused.what) from None
+        raise _refused(refused.results, format, _dry(refused.what, dry_run)) from None
+    if dry_run:
+        _show_plan(plan_scale(client, name, service, replicas), format)
+        return
     outcome = with_progress(
         console,
         "scaling",
@@ -681,22 +724,39 @@ def scale(
         "format": "text (default) or json",
         "target": "swarm (default) or compose: remove the compose project of that name "
         "(its containers, networks and volumes, found by docker-compose's labels)",
+        "dry-run": "print what would be removed (services, tasks that stop, networks, "
+        "volumes) and remove nothing",
     }
 )
 @operator_errors
 def teardown(
-    c: Context, stack: str = "", timeout: int = 600, format: str = "text", target: str = "swarm"
+    c: Context,
+    stack: str = "",
+    timeout: int = 600,
+    format: str = "text",
+    target: str = "swarm",
+    dry_run: bool = False,
 ) -> None:
-    """Remove the stack, wait until its tasks are gone, then remove its network."""
+    """Remove the stack, wait until its tasks are gone, then remove its network.
+
+    With --dry-run, what would be removed: nothing is.
+    """
     from . import deploy as live
     from . import swarm
     from .console import stderr_console, with_progress
+    from .stack import plan_teardown
 
     _format(format)
+    compose = _target(target, ("swarm", "compose")) == "compose"
+    if compose and dry_run:
+        raise UsageError(_NO_COMPOSE_DRY_RUN)
     console = stderr_console()
     name = _setting(c, "stack", stack)
     client = swarm.connect()
-    if _target(target, ("swarm", "compose")) == "compose":
+    if dry_run:
+        _show_plan(plan_teardown(client, name), format)
+        return
+    if compose:
         from .compose_project import check_project_name, down
 
         removed = down(client, check_project_name(name))
