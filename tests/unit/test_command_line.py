@@ -225,6 +225,11 @@ def test_a_bad_option_value_names_the_option_and_the_value(
         ["deploy", "--no-wait=1"],
         ["validate", "--target", "swarm", "--target", "compose", "x"],
         ["\x00"],
+        # Tracebacks on f6d6f43: Invoke's -f (--config), -T and -D took these.
+        ["-f", "json", "validate", "x.yml"],
+        ["--config", "x.json", "validate"],
+        ["-T", "abc", "validate"],
+        ["-D", "x", "--list"],
     ],
     ids=repr,
 )
