@@ -270,7 +270,8 @@ class CqkdProgram(Program):
             self.print_help()
             raise Exit
         if asked:
-            self.print_task_help(asked)
+            known = asked in self.collection.task_names
+            self.print_task_help(asked if known else self._task_name([asked])[0])
             raise Exit
         if self.args.list.value:
             self.list_tasks()
