@@ -8,6 +8,8 @@ input that was not UTF-8 was a bug (exit 3).
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -93,9 +95,13 @@ def test_a_bug_exits_3_with_its_own_message(cli, monkeypatch: pytest.MonkeyPatch
     assert "unexpected error (KeyError: 'boom'); this is a bug in cqkd-stack" in done.err
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
-def test_standard_output_on_a_full_disk_exits_2() -> None:
-    with open("/dev/full", "w") as full:
+def test_standard_output_on_a_full_disk_exits_2(tmp_path: Path) -> None:
+    device = tmp_path / "full"
+    try:
+        os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 7))  # what /dev/full is
+    except PermissionError:
+        pytest.skip("creating a device node needs CAP_MKNOD")
+    with open(device, "w") as full:
         done = subprocess.run(
             [str(Path(sys.executable).parent / "cqkd-stack"), "render", "-r", "3"],
             stdout=full,

@@ -46,12 +46,24 @@ def test_a_link_to_a_file_not_yet_there_creates_the_target(cli, tmp_path: Path) 
     assert link.is_symlink() and "replicas: 3" in (tmp_path / "envs" / "new.yml").read_text()
 
 
-@pytest.mark.skipif(not os.access("/dev/full", os.W_OK), reason="no writable /dev/full")
-def test_a_full_device_is_an_error_naming_it_and_stays_a_device(cli) -> None:
-    done = cli("render", "--output", "/dev/full")
+@pytest.fixture
+def full_device(tmp_path: Path) -> Path:
+    """A node of the "full" device (1, 7) of our own, so that code which replaces
+    devices (f6d6f43 did) replaces this one, never the machine's /dev/full."""
+    path = tmp_path / "full"
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 7))
+    except PermissionError:
+        pytest.skip("creating a device node needs CAP_MKNOD")
+    return path
+
+
+def test_a_full_device_is_an_error_naming_it_and_stays_a_device(cli, full_device: Path) -> None:
+    done = cli("render", "--output", str(full_device))
     assert done.code == 2, (done.code, done.err)
-    assert "/dev/full: cannot write: No space left on device" in done.err
-    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+    assert f"{full_device}: cannot write: No space left on device" in done.err
+    assert stat.S_ISCHR(os.stat(full_device).st_mode)
+    assert _files(full_device.parent) == ["full"]
 
 
 def test_a_fifo_is_written_into(cli, tmp_path: Path) -> None:
