@@ -15,6 +15,10 @@ Usage::
 
     python -m cqkd_stack.resolver [--json] [--no-bind-check]
     python -m cqkd_stack.resolver [--no-bind-check] exec -- CMD [ARG ...]
+
+or from Python: ``get_dynamic_port()`` (the environment of this process) and
+``resolve(env)`` (any mapping, with the reasons); see docs/ports.md. The file
+is self-contained: an image that is not ours may copy it alone.
 """
 
 from __future__ import annotations
@@ -370,6 +374,21 @@ def resolve(env: Mapping[str, str]) -> Resolution:
             slot_name,
         )
     return done(port, slot, slot_name)
+
+
+def get_dynamic_port(env: Mapping[str, str] | None = None) -> int:
+    """This task's DHT port, from ``os.environ`` as it is at the time of the call.
+
+    The design's Python API (its ``scripts/worker_node.py`` calls it): the
+    same rules and the same refusals (:class:`ResolverError`, a
+    ``ValueError``) as ``python -m cqkd_stack.resolver``, because it is the
+    same :func:`resolve`. ``os.environ`` is read at each call, not at import,
+    so a process (or a test) that changes it gets the port of what it set.
+    It does not try to bind the port, which the caller is about to do
+    itself: use :func:`check_bindable` for the command line's bind check.
+    ``env`` replaces ``os.environ``, for callers that hold their own mapping.
+    """
+    return resolve(os.environ if env is None else env).port
 
 
 def check_bindable(port: int, protocol: str = "udp", host: str = "0.0.0.0") -> None:
