@@ -103,5 +103,20 @@ class Results:
         return [p for found in self.files.values() for p in found]
 
     @property
+    def nothing_checked(self) -> bool:
+        """No file was judged (only templates, say): such a run proves nothing.
+
+        A linter that says "ok" about files it skipped would pass a CI job
+        whose glob matches no stack; so this is a failure, not a success.
+        """
+        return not self.files
+
+    @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.nothing_checked and not self.problems
+
+
+NOTHING_CHECKED = (
+    "no stack, port policy or manifest was checked: give the files you deploy "
+    "(a template is linted once rendered: cqkd-stack render -o cqkd.yml)"
+)
