@@ -37,6 +37,7 @@ from .contract import (
     subnet_capacity,
 )
 from .documents import MAX_BYTES, parse_yaml, read_text
+from .env_files import EnvOrigin
 from .errors import UsageError
 from .policy import Policy, PortRange, policy_problems
 from .published import PublishedPort, published_ports
@@ -107,16 +108,29 @@ class _ServiceCheck:
         service: dict[str, Any],
         policy: Policy,
         on_host: bool = False,
+        origins: Mapping[str, EnvOrigin] | None = None,
     ) -> None:
         self.file, self.name, self.service, self.policy = file, name, service, policy
         self.on_host = on_host
+        self.origins = origins or {}
         self.deploy: dict[str, Any] = service.get("deploy") or {}
         self.env = key_values(service.get("environment"))
         self.labels = key_values(self.deploy.get("labels"))
         self.problems: list[Problem] = []
 
     def problem(self, where: Iterable[str | int], message: str) -> None:
-        path = json_path(["services", self.name, *where])
+        """A problem at ``where`` in the service; a variable set in an env file is shown there.
+
+        The stack file has no line for it, so the problem points at the
+        ``env_file`` entry and names the env file's line.
+        """
+        parts = list(where)
+        variable = str(parts[1]) if len(parts) == 2 and parts[0] == "environment" else None
+        origin = self.origins.get(variable) if variable else None
+        if origin is not None:
+            parts = list(origin.parts)
+            message = f"{message} ({variable} is set in env file {origin})"
+        path = json_path(["services", self.name, *parts])
         self.problems.append(Problem(self.file, path, message))
 
     @property
@@ -513,9 +527,13 @@ def check_service(
     service: dict[str, Any],
     policy: Policy,
     on_host: bool = False,
+    origins: Mapping[str, EnvOrigin] | None = None,
 ) -> tuple[list[Problem], list[ServicePorts]]:
-    """One service's problems and the ports it claims (DHT port range, published ports)."""
-    check = _ServiceCheck(file, name, service, policy, on_host)
+    """One service's problems and the ports it claims (DHT port range, published ports).
+
+    ``origins``: the variables of its environment that an env file set.
+    """
+    check = _ServiceCheck(file, name, service, policy, on_host, origins)
     check.deploy_modes()
     own = check.dht_ports() if check.is_dht else None
     claims = [own] if own is not None else []
@@ -529,11 +547,13 @@ def check_services(
     policy: Policy,
     taken: Sequence[TakenSubnet] = (),
     swarm: bool = True,
+    origins: Mapping[str, Mapping[str, EnvOrigin]] | None = None,
 ) -> tuple[list[Problem], list[ServicePorts]]:
     """The project's rules on a document Docker's schema accepts.
 
     ``swarm`` False: a docker-compose file, whose networks are bridges on one
     host (``compose_target`` has their rules), not Swarm overlays.
+    ``origins``: per service, the variables an env file set (``LoadedStack.env_origins``).
     """
     problems: list[Problem] = []
     claims: list[ServicePorts] = []
@@ -542,7 +562,9 @@ def check_services(
         problems.append(Problem(file, "$.services", "no services: a stack needs at least one"))
         return problems, claims
     for name, service in doc["services"].items():
-        found, claimed = check_service(file, name, service, policy, _on_host_network(doc, service))
+        found, claimed = check_service(
+            file, name, service, policy, _on_host_network(doc, service), (origins or {}).get(name)
+        )
         problems += found
         claims += claimed
     if swarm:
@@ -714,7 +736,9 @@ def validate_texts(
             continue
         if kind == "compose":
             results.note(file, "a docker-compose file (compose target), checked as one", kind)
-        problems, found = check_services(stack.doc, file, policy, taken, kind == "stack")
+        problems, found = check_services(
+            stack.doc, file, policy, taken, kind == "stack", stack.env_origins
+        )
         if together:
             claims += found
         else:
