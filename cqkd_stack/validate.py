@@ -26,9 +26,11 @@ from .compose import LoadedStack, load_stack
 from .compose_target import compose_problems, is_compose_target, load_compose
 from .contract import (
     DOCKER_DEFAULT_SUBNET,
+    FIXED_VARIABLES,
     ROLE_LABEL,
     SLOT_PLACEHOLDER,
     SLOT_VARIABLES,
+    has_placeholder,
     is_dht,
     is_slot_template,
     key_values,
@@ -39,6 +41,7 @@ from .contract import (
 from .documents import MAX_BYTES, parse_yaml, read_text
 from .env_files import EnvOrigin
 from .errors import UsageError
+from .placeholders import placeholder_problems
 from .policy import Policy, PortRange, policy_problems
 from .published import PublishedPort, published_ports
 from .resolver import MIN_PORT, Resolution, ResolverError, optional_int
@@ -224,6 +227,17 @@ class _ServiceCheck:
                     ["environment", name],
                     f"{name}='{value}' is not exactly '{SLOT_PLACEHOLDER}': Swarm would "
                     "render the text around it too, and the slot would be wrong or no number",
+                )
+                ok = False
+        for name in FIXED_VARIABLES:
+            value = self.env.get(name, "")
+            if has_placeholder(value):
+                self.problem(
+                    ["environment", name],
+                    f"{name}='{value}' would differ from task to task (Swarm fills the "
+                    f"placeholder in for each), but the port contract needs one {name} for "
+                    f"every task of the service: write the value itself; only TASK_SLOT "
+                    f"takes '{SLOT_PLACEHOLDER}'",
                 )
                 ok = False
         dht_port = self.env.get("DHT_PORT", "")
@@ -739,6 +753,9 @@ def validate_texts(
         problems, found = check_services(
             stack.doc, file, policy, taken, kind == "stack", stack.env_origins
         )
+        if kind == "stack":
+            shown = placeholder_problems(stack.doc)
+            problems += [Problem(file, json_path(parts), message) for parts, message in shown]
         if together:
             claims += found
         else:
