@@ -13,7 +13,6 @@ them on top of a document this module accepts.
 
 from __future__ import annotations
 
-import ast
 import ipaddress
 import math
 import re
@@ -37,7 +36,7 @@ from .documents import (
 )
 from .env_files import EnvOrigin, resolve_environments, working_dir_of
 from .interpolation import PathParts, interpolate
-from .results import Problem, json_path
+from .results import Problem, json_path, parse_json_path
 
 EXPECTED = "a stack with services"
 DOCKER_CLI_TAG = "v28.2.2"
@@ -71,7 +70,7 @@ class LoadedStack:
         A path that does not exist (a missing key is reported on its parent)
         gets the line of its nearest existing ancestor; None without a document.
         """
-        return line_of(self._root, _parse_path(path))
+        return line_of(self._root, parse_json_path(path))
 
 
 def load_stack(
@@ -216,31 +215,6 @@ _DockerYamlLoader.add_constructor(_TAG + "timestamp", yaml.SafeLoader.construct_
 
 
 # --- line numbers from the composed nodes ---
-
-_STEP = re.compile(
-    r"\.(?P<name>[A-Za-z_][A-Za-z0-9_-]*)|\[(?P<index>[0-9]+)\]"
-    r"|\[(?P<quoted>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\]"
-)
-
-
-def _parse_path(path: str) -> list[str | int]:
-    """``results.json_path`` read back into parts; stops where it cannot read on."""
-    parts: list[str | int] = []
-    if not path.startswith("$"):
-        return parts
-    at = 1
-    while at < len(path):
-        step = _STEP.match(path, at)
-        if step is None:
-            break
-        if step["name"] is not None:
-            parts.append(step["name"])
-        elif step["index"] is not None:
-            parts.append(int(step["index"]))
-        else:
-            parts.append(ast.literal_eval(step["quoted"]))
-        at = step.end()
-    return parts
 
 
 def line_of(root: yaml.Node | None, parts: Iterable[str | int]) -> int | None:

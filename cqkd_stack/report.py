@@ -46,8 +46,15 @@ def as_json(results: Results) -> str:
                 "valid": not problems,
                 # "line" is always present (null when unknown): a program reading
                 # the report should not have to test for the key.
+                # "services": those one problem at one source line (an anchor) stands for.
                 "problems": [
-                    {"path": p.path, "line": p.line, "message": p.message} for p in problems
+                    {
+                        "path": p.path,
+                        "line": p.line,
+                        "message": p.message,
+                        "services": [*p.services],
+                    }
+                    for p in problems
                 ],
             }
             for file, problems in results.files.items()

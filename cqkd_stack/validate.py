@@ -45,7 +45,7 @@ from .placeholders import placeholder_problems
 from .policy import Policy, PortRange, policy_problems
 from .published import PublishedPort, published_ports
 from .resolver import MIN_PORT, Resolution, ResolverError, optional_int
-from .results import Problem, Results, json_path
+from .results import Problem, Results, json_path, one_per_location
 
 TakenSubnet = tuple[str, ipaddress.IPv4Network]
 # Parts of a file name that mark a stack template (rendered by `render`, not deployed).
@@ -744,9 +744,10 @@ def validate_texts(
             load_compose(text, file) if kind == "compose" else load_stack(text, file, environ)
         )
         loaded_by_file[file] = stack
-        results.warn(stack.warnings)
+        # One line per source location: an anchor shared by 1000 services is one mistake.
+        results.warn(one_per_location(stack.warnings))
         if stack.doc is None:
-            results.extend([_explain_template(p) for p in stack.problems])
+            results.extend(one_per_location([_explain_template(p) for p in stack.problems]))
             continue
         if kind == "compose":
             results.note(file, "a docker-compose file (compose target), checked as one", kind)
@@ -760,7 +761,7 @@ def validate_texts(
             claims += found
         else:
             problems += collision_problems(found, existing)
-        results.extend(_with_lines(problems, stack))
+        results.extend(one_per_location(_with_lines(problems, stack)))
     if together:
         for problem in collision_problems(claims, existing):
             found_in = loaded_by_file.get(problem.file)
