@@ -328,7 +328,8 @@ def resolve(env: Mapping[str, str]) -> Resolution:
     if raw_port is not None:
         return done(_explicit_port(env, raw_port, base, end, role), None, "DHT_PORT")
 
-    if base is None and end is None:
+    default_range = base is None and end is None
+    if default_range:
         # An explicit DHT_PORT (above) keeps its old freedom; only the formula
         # and legacy mode fall back to the default worker range.
         base, end = DEFAULT_BASE_PORT, DEFAULT_RANGE_END
@@ -367,10 +368,17 @@ def resolve(env: Mapping[str, str]) -> Resolution:
     port = base + (slot - 1) + offset
     high = end if end is not None else MAX_PORT
     if port > high:
+        # The range is the environment's (the port policy's, as render wrote
+        # it): widening the policy alone would leave PORT_RANGE_END behind.
+        widen = (
+            "set BASE_PORT and PORT_RANGE_END to a wider range (the port policy's)"
+            if default_range
+            else "raise PORT_RANGE_END together with the role's range in the port policy"
+        )
         raise ResolverError(
             f"slot {slot} ({slot_name}) with PORT_OFFSET={offset} gives port {port}, outside "
             f"the {_describe_range(role, base, high)} (BASE_PORT + (slot - 1) + PORT_OFFSET): "
-            "scale the service down or widen the range in the port policy",
+            f"scale the service down or {widen}",
             slot_name,
         )
     return done(port, slot, slot_name)
