@@ -116,7 +116,11 @@ def _env_file_entries(value: Any) -> list[tuple[int | None, str]] | None:
 
 
 class _Refused(Exception):
-    """Why Docker (or the linter's bounds) will not read an env file."""
+    """Why Docker will not read an env file, or (``bound``) why the linter does not."""
+
+    def __init__(self, reason: str, bound: bool = False) -> None:
+        super().__init__(reason)
+        self.bound = bound
 
 
 class _Reader:
@@ -130,6 +134,11 @@ class _Reader:
     def path_of(self, name: str) -> Path:
         """As Go's filepath.Join: an absolute name stays absolute, ``..`` is folded."""
         return Path(os.path.normpath(self.working_dir / name))
+
+    @property
+    def exhausted(self) -> bool:
+        """The budget is spent: one problem said so, and no further file is read."""
+        return self.budget < 0
 
     def variables(self, name: str) -> list[tuple[str, str, int]]:
         path = self.path_of(name)
@@ -156,15 +165,20 @@ class _Reader:
             if stat.S_ISDIR(info.st_mode):
                 raise _Refused("a directory, not an env file")
             if not stat.S_ISREG(info.st_mode):
-                raise _Refused("not a regular file (a device, FIFO or socket)")
+                raise _Refused(
+                    "not a regular file (a device, FIFO or socket): not read, since it may "
+                    "never end",
+                    bound=True,
+                )
             data = os.read(fd, self.budget + 1) if info.st_size <= self.budget else b""
         finally:
             os.close(fd)
         self.budget -= max(len(data), info.st_size)
         if self.budget < 0:
             raise _Refused(
-                f"the stack's env files hold more than {MAX_ENV_BYTES // 1024} KiB together; "
-                "not env files"
+                f"the stack's env files hold more than {MAX_ENV_BYTES // 1024} KiB together: "
+                "refused as too large to judge (no other env file is read)",
+                bound=True,
             )
         return data
 
@@ -222,6 +236,8 @@ def resolve_environments(
         if entries is None or not isinstance(environment, dict | list | None):
             continue
         variables, origins = _merge(name, entries, _own(environment), reader, environ, done)
+        if reader.exhausted:
+            return done
         total += len(variables)
         if total > MAX_VARIABLES:
             done.problems.append(
@@ -249,14 +265,16 @@ def _merge(
 ) -> tuple[dict[str, str | None], dict[str, EnvOrigin]]:
     from_files: dict[str, tuple[str, EnvOrigin]] = {}
     for entry, name in entries:
+        if reader.exhausted:
+            break
         where = ("services", service, "env_file") + (() if entry is None else (entry,))
         try:
             for key, value, line in reader.variables(name):
                 from_files[key] = (value, EnvOrigin(entry, name, line))
         except _Refused as exc:
             path = reader.path_of(name)
-            message = f"env file '{name}' ({path}): {exc}; docker stack deploy refuses the stack"
-            done.problems.append((where, message))
+            tail = "" if exc.bound else "; docker stack deploy refuses the stack"
+            done.problems.append((where, f"env file '{name}' ({path}): {exc}{tail}"))
     variables: dict[str, str | None] = {}
     origins: dict[str, EnvOrigin] = {}
     for key, (value, origin) in from_files.items():

@@ -117,9 +117,12 @@ def test_env_files_are_bounded_together(tmp_path: Path) -> None:
     line = b"A=" + b"x" * 98 + b"\n"
     (tmp_path / "big.env").write_bytes(line * (MAX_ENV_BYTES // 100 + 1))
     assert f"more than {MAX_ENV_BYTES // 1024} KiB" in refusal(tmp_path, "big.env")
-    for half in ("a.env", "b.env"):  # each under the bound, not both
+    for half in ("a.env", "b.env", "c.env"):  # each under the bound, not together
         (tmp_path / half).write_bytes(line * (MAX_ENV_BYTES // 200 + 1))
-    assert f"more than {MAX_ENV_BYTES // 1024} KiB" in refusal(tmp_path, "[a.env, b.env]")
+    # One problem, then nothing more is read.
+    message = refusal(tmp_path, "[a.env, b.env, c.env]")
+    assert f"more than {MAX_ENV_BYTES // 1024} KiB together" in message
+    assert "docker stack deploy refuses" not in message  # the linter's bound, not Docker's
 
 
 def test_one_env_file_shared_by_thousands_of_services_is_bounded(tmp_path: Path) -> None:
