@@ -13,6 +13,7 @@ baseline to refuse.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -82,7 +83,37 @@ def _bomb() -> str:
     return "\n".join(lines) + "\n"
 
 
-def inputs() -> dict[str, str]:
+Files = dict[str, bytes | None]  # beside the stack: name -> content, None for a FIFO
+
+
+def _env_files(services: int, size: int) -> tuple[str, Files]:
+    """Services with an env file of ``size`` bytes each (16-byte lines)."""
+    line = b"V" + b"x" * 6 + b"=" + b"1" * 8 + b"\n"  # 16 bytes
+    body = line * (size // len(line))
+    lines = ["services:"] + [f"  s{i}: {{image: x, env_file: e{i}.env}}" for i in range(services)]
+    lines.append("networks: {default: {ipam: {config: [{subnet: 10.9.0.0/20}]}}}")
+    return "\n".join(lines) + "\n", {f"e{i}.env": body for i in range(services)}
+
+
+def _unreadable_env_files() -> tuple[str, Files]:
+    text = "services:\n  s: {image: x, env_file: [/dev/zero, fifo.env, /dev/stdin]}\n"
+    return text, {"fifo.env": None}
+
+
+def _shared_bad_anchor(services: int) -> str:
+    lines = ["x-s: &s {image: x, stop_grace_period: 5 seconds}", "services:"]
+    return "\n".join([*lines, *(f"  s{i}: *s" for i in range(services))]) + "\n"
+
+
+def _many_variables(services: int, variables: int) -> tuple[str, Files]:
+    """One env file of ``variables`` lines shared by ``services``: copies past the bound."""
+    lines = ["x-s: &s {image: x, env_file: shared.env}", "services:"]
+    lines += [f"  s{i}: *s" for i in range(services)]
+    env = "".join(f"V{j}=1\n" for j in range(variables)).encode()
+    return "\n".join(lines) + "\n", {"shared.env": env}
+
+
+def inputs() -> dict[str, str | tuple[str, Files]]:
     stack = render(load_policy(), RenderOptions(replicas=1000))
     compose = render_compose(load_policy(), RenderOptions(replicas=1000))
     return {
@@ -103,6 +134,20 @@ def inputs() -> dict[str, str]:
         "nested 100,000 brackets deep": "services: " + "[" * 100_000 + "]" * 100_000 + "\n",
         "1 MiB of one-line services": _dense(20_000)[: 1024 * 1024 - 64],
         "4 MiB of one-line services (over the size limit)": _dense(95_000),
+        "an anchor with a bad value shared by 1000 services (one problem)": _shared_bad_anchor(
+            1000
+        ),
+        # 480 x 62 variables: just under the bound of 30,000 variables.
+        "env_file: 480 services, one 1000-byte env file each (valid, at the bound)": (
+            _env_files(480, 1000)
+        ),
+        "env_file: 1100 services, one 1000-byte env file each (over 1 MiB together)": (
+            _env_files(1100, 1000)
+        ),
+        "env_file: /dev/zero, a FIFO, /dev/stdin": _unreadable_env_files(),
+        "env_file: one file of 100 variables shared by 2000 services (over the bound)": (
+            _many_variables(2000, 100)
+        ),
     }
 
 
@@ -126,8 +171,16 @@ def main() -> None:
     print(f"| input | exit | median s ({args.runs} runs) | peak MB |")
     print("| --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, text in inputs().items():
-            path = Path(tmp) / "stack.yml"
+        for number, (name, given) in enumerate(inputs().items()):
+            folder = Path(tmp) / str(number)
+            folder.mkdir()
+            text, files = given if isinstance(given, tuple) else (given, {})
+            for file, content in files.items():
+                if content is None:
+                    os.mkfifo(folder / file)
+                else:
+                    (folder / file).write_bytes(content)
+            path = folder / "stack.yml"
             path.write_text(text)
             seconds, peak_kb, code = measure(path, args.runs)
             print(f"| {name} | {code} | {seconds:.2f} | {peak_kb / 1024:.0f} |")

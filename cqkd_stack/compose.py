@@ -13,7 +13,6 @@ them on top of a document this module accepts.
 
 from __future__ import annotations
 
-import ast
 import ipaddress
 import math
 import re
@@ -21,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -34,8 +34,9 @@ from .documents import (
     load_schema,
     parse_yaml_nodes,
 )
+from .env_files import EnvOrigin, resolve_environments, working_dir_of
 from .interpolation import PathParts, interpolate
-from .results import Problem, json_path
+from .results import Problem, json_path, parse_json_path
 
 EXPECTED = "a stack with services"
 DOCKER_CLI_TAG = "v28.2.2"
@@ -59,6 +60,8 @@ class LoadedStack:
     problems: list[Problem]
     warnings: list[Problem] = field(default_factory=list)
     version: str | None = None
+    # Per service, the variables its env files set (and where), for messages.
+    env_origins: dict[str, dict[str, EnvOrigin]] = field(default_factory=dict)
     _root: yaml.Node | None = field(default=None, repr=False)
 
     def locate(self, path: str) -> int | None:
@@ -67,15 +70,19 @@ class LoadedStack:
         A path that does not exist (a missing key is reported on its parent)
         gets the line of its nearest existing ancestor; None without a document.
         """
-        return line_of(self._root, _parse_path(path))
+        return line_of(self._root, parse_json_path(path))
 
 
-def load_stack(text: str, file: str, environ: Mapping[str, str]) -> LoadedStack:
+def load_stack(
+    text: str, file: str, environ: Mapping[str, str], working_dir: Path | None = None
+) -> LoadedStack:
     """Read one stack file (its text) as ``docker stack deploy`` would.
 
     ``environ`` is the environment Docker would substitute from (the caller
     passes ``os.environ``). All problems are collected, where Docker stops at
-    the first; each has its line.
+    the first; each has its line. Env files are read from ``working_dir``
+    (default: the directory of ``file``, as Docker does), and each service's
+    ``environment`` in ``doc`` is what its tasks get (``env_files``).
     """
     parsed = parse_yaml_nodes(text, file, EXPECTED, loader=_DockerYamlLoader)
     if parsed.data is None:
@@ -114,6 +121,12 @@ def load_stack(text: str, file: str, environ: Mapping[str, str]) -> LoadedStack:
             if not any(path[: len(r)] == r for r in refused):
                 stack.problems.append(Problem(file, json_path(path), message, line_of(root, where)))
         stack.problems += [problem(*found) for found in _loader_rules(doc)]
+        where = working_dir if working_dir is not None else working_dir_of(file)
+        environments = resolve_environments(_services(doc), where, environ)
+        stack.problems += [problem(*found) for found in environments.problems]
+        for name, variables in environments.variables.items():
+            doc["services"][name]["environment"] = variables
+        stack.env_origins = environments.origins
     stack.problems.sort(key=lambda p: p.line or 0)
     stack.warnings.sort(key=lambda p: p.line or 0)
     if not stack.problems:
@@ -202,31 +215,6 @@ _DockerYamlLoader.add_constructor(_TAG + "timestamp", yaml.SafeLoader.construct_
 
 
 # --- line numbers from the composed nodes ---
-
-_STEP = re.compile(
-    r"\.(?P<name>[A-Za-z_][A-Za-z0-9_-]*)|\[(?P<index>[0-9]+)\]"
-    r"|\[(?P<quoted>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\]"
-)
-
-
-def _parse_path(path: str) -> list[str | int]:
-    """``results.json_path`` read back into parts; stops where it cannot read on."""
-    parts: list[str | int] = []
-    if not path.startswith("$"):
-        return parts
-    at = 1
-    while at < len(path):
-        step = _STEP.match(path, at)
-        if step is None:
-            break
-        if step["name"] is not None:
-            parts.append(step["name"])
-        elif step["index"] is not None:
-            parts.append(int(step["index"]))
-        else:
-            parts.append(ast.literal_eval(step["quoted"]))
-        at = step.end()
-    return parts
 
 
 def line_of(root: yaml.Node | None, parts: Iterable[str | int]) -> int | None:

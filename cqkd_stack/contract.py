@@ -35,6 +35,16 @@ _SLOT_TEMPLATE = re.compile(r"\{\{-?\s*\.Task\.Slot\s*-?\}\}")
 # A service that sets any of these takes part in the DHT port contract.
 CONTRACT_VARIABLES = ("CQKD_ROLE", "DHT_PORT", "BASE_PORT", "TASK_SLOT", "WORKER_ID")
 SLOT_VARIABLES = ("TASK_SLOT", "WORKER_ID")
+# The resolver's inputs that must be one value for every task of a service:
+# a placeholder there (PORT_OFFSET: "{{.Task.Slot}}") gives each task another rule.
+FIXED_VARIABLES = (
+    "CQKD_ROLE",
+    "BASE_PORT",
+    "PORT_RANGE_END",
+    "PORT_OFFSET",
+    "LEGACY_PORT_MODE",
+    "PORT_PROTOCOL",
+)
 
 
 def key_values(value: Any) -> dict[str, str]:
@@ -55,6 +65,11 @@ def role_of(env: Mapping[str, str], labels: Mapping[str, str]) -> str | None:
 def is_dht(env: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     """Whether a service takes part in the DHT (and so must follow the contract)."""
     return ROLE_LABEL in labels or any(name in env for name in CONTRACT_VARIABLES)
+
+
+def has_placeholder(value: str) -> bool:
+    """Whether Swarm would render something in ``value`` (any ``{{...}}``)."""
+    return "{{" in value
 
 
 def is_slot_template(value: str) -> bool:

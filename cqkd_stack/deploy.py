@@ -45,24 +45,22 @@ def docker_cli() -> str:
     return path
 
 
-def stack_deploy(stack_file: Path, stack: str, resolve_image: str = "never") -> None:
+def stack_deploy(
+    stack_file: Path, stack: str, resolve_image: str = "never", working_dir: Path | None = None
+) -> None:
     """``docker stack deploy``; by default without registry lookups (images are copied).
 
     ``resolve_image="always"`` pins a registry image to its digest, so every
-    node pulls the same bytes.
+    node pulls the same bytes. The file goes in on standard input from
+    ``working_dir``: Docker resolves env files and relative bind mounts from
+    there, as it would from the folder of the file the operator named (which
+    is what the linter read; ``stack_file`` is a temporary copy elsewhere).
     """
     run(
-        [
-            docker_cli(),
-            "stack",
-            "deploy",
-            "--resolve-image",
-            resolve_image,
-            "-c",
-            str(stack_file),
-            stack,
-        ],
+        [docker_cli(), "stack", "deploy", "--resolve-image", resolve_image, "-c", "-", stack],
         "docker stack deploy",
+        input=stack_file.read_text(),
+        cwd=working_dir,
     )
 
 
@@ -108,26 +106,28 @@ def deploy_bootstrap_first(
     say: Callable[[str], None] | None = None,
     wait: float = BOOTSTRAP_FIRST_SECONDS,
     resolve_image: str = "never",
+    working_dir: Path | None = None,
 ) -> None:
     """``docker stack deploy``, bootstrap nodes first when the stack is new (see bootstrap_only).
 
     A stack that already exists is deployed in one step: its bootstrap runs.
     The first phase is made from the file as written (not as interpolated),
     so that Docker interpolates it exactly once, as it does the whole file.
+    ``working_dir``: where the stack's relative paths start (see stack_deploy).
     """
     if client.api.services(filters=stack_filter(stack)):
-        stack_deploy(stack_file, stack, resolve_image)
+        stack_deploy(stack_file, stack, resolve_image, working_dir)
         return
     import yaml
 
     first = bootstrap_only(yaml.safe_load(stack_file.read_text()))
     if first is None:
-        stack_deploy(stack_file, stack, resolve_image)
+        stack_deploy(stack_file, stack, resolve_image, working_dir)
         return
     phase = stack_file.with_name(f"{stack_file.stem}.bootstrap-first{stack_file.suffix}")
     phase.write_text(yaml.safe_dump(first, sort_keys=False))
     start = time.monotonic()
-    stack_deploy(phase, stack, resolve_image)
+    stack_deploy(phase, stack, resolve_image, working_dir)
     names = [
         f"{stack}_{name}" for name, s in first["services"].items() if _role_of(s) == "bootstrap"
     ]
@@ -140,7 +140,7 @@ def deploy_bootstrap_first(
     else:
         if say is not None:
             say(f"bootstrap running after {time.monotonic() - start:.1f} s; deploying the rest")
-    stack_deploy(stack_file, stack, resolve_image)
+    stack_deploy(stack_file, stack, resolve_image, working_dir)
 
 
 def _all_running(client: docker.DockerClient, services: list[str]) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .errors import CqkdError
 
@@ -30,10 +31,20 @@ def run(
     *,
     env: dict[str, str] | None = None,
     check: bool = True,
+    input: str | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv``; with ``check``, a non-zero exit becomes a CqkdError naming ``what``."""
     try:
-        done = subprocess.run(list(argv), env=env, capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            list(argv),
+            env=env,
+            input=input,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     except OSError as exc:
         raise CqkdError(f"cannot run {what}: {exc}") from exc
     if check and done.returncode != 0:

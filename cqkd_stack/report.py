@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from .results import Results
+from .results import NOTHING_CHECKED, Results
 
 
 def text(results: Results) -> str:
@@ -20,7 +20,9 @@ def text(results: Results) -> str:
     bad = sum(1 for found in results.files.values() if found)
     total = len(results.files)
     skipped = f" ({len(results.skipped)} skipped)" if results.skipped else ""
-    if results.ok:
+    if results.nothing_checked:
+        lines.append(f"invalid: {NOTHING_CHECKED}")
+    elif results.ok:
         lines.append(f"ok: {total} file{'s' if total != 1 else ''} valid{skipped}")
     else:
         count = len(results.problems)
@@ -34,6 +36,9 @@ def text(results: Results) -> str:
 def as_json(results: Results) -> str:
     document = {
         "valid": results.ok,
+        # 0 files checked is invalid: the run proved nothing (see Results.nothing_checked).
+        "checked": len(results.files),
+        "error": NOTHING_CHECKED if results.nothing_checked else None,
         "files": [
             {
                 "file": file,
@@ -41,8 +46,15 @@ def as_json(results: Results) -> str:
                 "valid": not problems,
                 # "line" is always present (null when unknown): a program reading
                 # the report should not have to test for the key.
+                # "services": those one problem at one source line (an anchor) stands for.
                 "problems": [
-                    {"path": p.path, "line": p.line, "message": p.message} for p in problems
+                    {
+                        "path": p.path,
+                        "line": p.line,
+                        "message": p.message,
+                        "services": [*p.services],
+                    }
+                    for p in problems
                 ],
             }
             for file, problems in results.files.items()
@@ -72,6 +84,8 @@ def github(results: Results) -> str:
         lines.append(f"::warning {where}::{_data(f'{w.path}: {w.message}')}")
     for file, reason in results.skipped.items():
         lines.append(f"::notice file={_property(file)}::{_data(f'skipped: {reason}')}")
+    if results.nothing_checked:
+        lines.append(f"::error::{_data(NOTHING_CHECKED)}")
     return "\n".join([*lines, text(results).splitlines()[-1]])
 
 

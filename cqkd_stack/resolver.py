@@ -15,6 +15,10 @@ Usage::
 
     python -m cqkd_stack.resolver [--json] [--no-bind-check]
     python -m cqkd_stack.resolver [--no-bind-check] exec -- CMD [ARG ...]
+
+or from Python: ``get_dynamic_port()`` (the environment of this process) and
+``resolve(env)`` (any mapping, with the reasons); see docs/ports.md. The file
+is self-contained: an image that is not ours may copy it alone.
 """
 
 from __future__ import annotations
@@ -324,7 +328,8 @@ def resolve(env: Mapping[str, str]) -> Resolution:
     if raw_port is not None:
         return done(_explicit_port(env, raw_port, base, end, role), None, "DHT_PORT")
 
-    if base is None and end is None:
+    default_range = base is None and end is None
+    if default_range:
         # An explicit DHT_PORT (above) keeps its old freedom; only the formula
         # and legacy mode fall back to the default worker range.
         base, end = DEFAULT_BASE_PORT, DEFAULT_RANGE_END
@@ -363,13 +368,35 @@ def resolve(env: Mapping[str, str]) -> Resolution:
     port = base + (slot - 1) + offset
     high = end if end is not None else MAX_PORT
     if port > high:
+        # The range is the environment's (the port policy's, as render wrote
+        # it): widening the policy alone would leave PORT_RANGE_END behind.
+        widen = (
+            "set BASE_PORT and PORT_RANGE_END to a wider range (the port policy's)"
+            if default_range
+            else "raise PORT_RANGE_END together with the role's range in the port policy"
+        )
         raise ResolverError(
             f"slot {slot} ({slot_name}) with PORT_OFFSET={offset} gives port {port}, outside "
             f"the {_describe_range(role, base, high)} (BASE_PORT + (slot - 1) + PORT_OFFSET): "
-            "scale the service down or widen the range in the port policy",
+            f"scale the service down or {widen}",
             slot_name,
         )
     return done(port, slot, slot_name)
+
+
+def get_dynamic_port(env: Mapping[str, str] | None = None) -> int:
+    """This task's DHT port, from ``os.environ`` as it is at the time of the call.
+
+    The design's Python API (its ``scripts/worker_node.py`` calls it): the
+    same rules and the same refusals (:class:`ResolverError`, a
+    ``ValueError``) as ``python -m cqkd_stack.resolver``, because it is the
+    same :func:`resolve`. ``os.environ`` is read at each call, not at import,
+    so a process (or a test) that changes it gets the port of what it set.
+    It does not try to bind the port, which the caller is about to do
+    itself: use :func:`check_bindable` for the command line's bind check.
+    ``env`` replaces ``os.environ``, for callers that hold their own mapping.
+    """
+    return resolve(os.environ if env is None else env).port
 
 
 def check_bindable(port: int, protocol: str = "udp", host: str = "0.0.0.0") -> None:

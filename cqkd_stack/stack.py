@@ -21,6 +21,7 @@ from . import deploy as live
 from . import distribute, swarm
 from .compose import load_stack
 from .documents import read_text
+from .env_files import working_dir_of
 from .errors import CqkdError
 from .plan import Plan, deploy_plan, scale_plan, teardown_plan
 from .policy import Policy
@@ -275,7 +276,11 @@ def deploy_stack(
         path = Path(tmp) / f"{request.stack}.stack.yml"
         path.write_text(checked.text)
         say(f"deploying stack '{request.stack}' ({checked.source})")
-        live.deploy_bootstrap_first(client, path, request.stack, say, resolve_image=resolve)
+        # Docker reads env files and relative paths from the given file's folder.
+        where = working_dir_of(checked.source)
+        live.deploy_bootstrap_first(
+            client, path, request.stack, say, resolve_image=resolve, working_dir=where
+        )
     if not request.wait:
         return outcome
     outcome.waited = live.wait_until_ready(client, request.stack, request.timeout, progress)

@@ -26,9 +26,11 @@ from .compose import LoadedStack, load_stack
 from .compose_target import compose_problems, is_compose_target, load_compose
 from .contract import (
     DOCKER_DEFAULT_SUBNET,
+    FIXED_VARIABLES,
     ROLE_LABEL,
     SLOT_PLACEHOLDER,
     SLOT_VARIABLES,
+    has_placeholder,
     is_dht,
     is_slot_template,
     key_values,
@@ -37,15 +39,22 @@ from .contract import (
     subnet_capacity,
 )
 from .documents import MAX_BYTES, decode_text, parse_yaml, read_text
+from .env_files import EnvOrigin
+from .placeholders import placeholder_problems
 from .policy import Policy, PortRange, policy_problems
 from .published import PublishedPort, published_ports
 from .resolver import MIN_PORT, Resolution, ResolverError, optional_int
-from .results import Problem, Results, json_path
+from .results import Problem, Results, json_path, one_per_location
 
 TakenSubnet = tuple[str, ipaddress.IPv4Network]
 # Parts of a file name that mark a stack template (rendered by `render`, not deployed).
 TEMPLATE_SUFFIXES = (".tmpl.yml", ".tmpl.yaml")
 TEMPLATE_PLACEHOLDER = "<<.Task.Slot>>"
+TEMPLATED_PORT_FIX = (
+    f"Swarm fills {SLOT_PLACEHOLDER} only in environment, hostname and mounts: drop the entry "
+    "and pass TASK_SLOT in the environment, so the resolver derives each task's port "
+    "(the network reaches every task there)"
+)
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,12 @@ class ServicePorts:
     on_host: bool = False
     path: str = ""
     published: bool = False
+    # For advice: the role range's last port and what the port came from
+    # (TASK_SLOT, WORKER_ID, DHT_PORT...); a published entry that is the
+    # service's own DHT port (a compose worker's) says so in ``own``.
+    range_end: int | None = None
+    source: str = ""
+    own: bool = False
 
     @property
     def where(self) -> str:
@@ -106,16 +121,29 @@ class _ServiceCheck:
         service: dict[str, Any],
         policy: Policy,
         on_host: bool = False,
+        origins: Mapping[str, EnvOrigin] | None = None,
     ) -> None:
         self.file, self.name, self.service, self.policy = file, name, service, policy
         self.on_host = on_host
+        self.origins = origins or {}
         self.deploy: dict[str, Any] = service.get("deploy") or {}
         self.env = key_values(service.get("environment"))
         self.labels = key_values(self.deploy.get("labels"))
         self.problems: list[Problem] = []
 
     def problem(self, where: Iterable[str | int], message: str) -> None:
-        path = json_path(["services", self.name, *where])
+        """A problem at ``where`` in the service; a variable set in an env file is shown there.
+
+        The stack file has no line for it, so the problem points at the
+        ``env_file`` entry and names the env file's line.
+        """
+        parts = list(where)
+        variable = str(parts[1]) if len(parts) == 2 and parts[0] == "environment" else None
+        origin = self.origins.get(variable) if variable else None
+        if origin is not None:
+            parts = list(origin.parts)
+            message = f"{message} ({variable} is set in env file {origin})"
+        path = json_path(["services", self.name, *parts])
         self.problems.append(Problem(self.file, path, message))
 
     @property
@@ -211,6 +239,17 @@ class _ServiceCheck:
                     "render the text around it too, and the slot would be wrong or no number",
                 )
                 ok = False
+        for name in FIXED_VARIABLES:
+            value = self.env.get(name, "")
+            if has_placeholder(value):
+                self.problem(
+                    ["environment", name],
+                    f"{name}='{value}' would differ from task to task (Swarm fills the "
+                    f"placeholder in for each), but the port contract needs one {name} for "
+                    f"every task of the service: write the value itself; only TASK_SLOT "
+                    f"takes '{SLOT_PLACEHOLDER}'",
+                )
+                ok = False
         dht_port = self.env.get("DHT_PORT", "")
         if "{{" in dht_port:
             self.problem(
@@ -244,7 +283,8 @@ class _ServiceCheck:
             self.problem(
                 ["environment", "LEGACY_PORT_MODE"],
                 f"LEGACY_PORT_MODE puts all {who} on port {first.port}; "
-                "the policy does not allow legacy mode (legacy_mode: false)",
+                "the policy does not allow legacy mode (legacy_mode: false): remove "
+                "LEGACY_PORT_MODE, or allow it in the port policy (legacy_mode: true)",
             )
         elif first.source == "DHT_PORT":
             if self.policy.legacy_mode or not self.policy.one_port_per_worker:
@@ -289,10 +329,12 @@ class _ServiceCheck:
             # Already read by the resolver for this very port, so it parses.
             offset = optional_int(self.env, "PORT_OFFSET") if first.slot else None
             shifted = f" from PORT_OFFSET {offset}" if offset else ""
+            fits = rng.end - ports.start + 1
             self.problem(
                 ["deploy", "replicas"],
                 f"{_plural(name, replicas)} need ports {ports}{shifted}, but the {name} range "
-                f"is {rng} ({len(rng)} ports)",
+                f"is {rng} ({len(rng)} ports): scale the service down to {fits} or widen "
+                f"the {name} range in the port policy to end at {ports.end} or later",
             )
             return None
         end = optional_int(self.env, "PORT_RANGE_END")
@@ -300,7 +342,8 @@ class _ServiceCheck:
             self.problem(
                 ["environment", "PORT_RANGE_END"],
                 f"PORT_RANGE_END='{end}' reaches past the {name} range end {rng.end}: "
-                "scaling up would hand out ports of another role",
+                f"scaling up would hand out ports of another role; lower it to {rng.end}, or "
+                f"widen the {name} range in the port policy to end at {end}",
             )
         for port in self.policy.blocked_in(ports):
             self.problem(
@@ -309,7 +352,16 @@ class _ServiceCheck:
                 if len(ports) > 1
                 else f"port {port} is blocked by the policy",
             )
-        return ServicePorts(self.file, self.name, name, ports, first.protocol, on_host=self.on_host)
+        return ServicePorts(
+            self.file,
+            self.name,
+            name,
+            ports,
+            first.protocol,
+            on_host=self.on_host,
+            range_end=rng.end,
+            source=first.source,
+        )
 
     # --- published ports ------------------------------------------------------
 
@@ -324,34 +376,39 @@ class _ServiceCheck:
                 continue
             assert port is not None
             if self._published_ok(i, port, own):
-                claims += self._published_claims(i, port)
+                claims += self._published_claims(i, port, own)
         return claims
 
     def _published_ok(self, i: int, port: PublishedPort, own: ServicePorts | None) -> bool:
+        """One entry's problems; each says what to do, and doing it gives a valid entry."""
         where: list[str | int] = ["ports", i]
         before = len(self.problems)
         if port.templated:
-            self.problem(
-                where,
-                f"published port '{port.spec}' is templated, but Swarm fills "
-                f"{SLOT_PLACEHOLDER} only in environment, hostname and mounts; "
-                "pass TASK_SLOT in the environment and let the resolver derive the port",
-            )
+            self.problem(where, f"published port '{port.spec}' is templated; {TEMPLATED_PORT_FIX}")
             return False
         dht = own is not None or self.is_dht
+        if dht and self.replicated and self.replicas > 1:
+            self.problem(where, self._many_tasks(port, own))
+            return False
         if dht and port.is_range:
             self.problem(
                 where,
-                f"published port range '{port.spec}' gives every task every port of the range; "
-                "each task listens on one port derived from its slot, so publish none "
-                "(or one port with mode: host)",
+                f"published port range '{port.spec}' gives the task every port of the range, "
+                f"but it listens on one; {self._own_port_fix(own)}",
             )
             return False
         if port.mode == "ingress" and self.deploy.get("endpoint_mode") == "dnsrr":
+            several = self.replicated and self.replicas > 1 and not self._one_per_node()
+            also = (
+                f" and deploy.placement.max_replicas_per_node: 1 (its {self.replicas} tasks "
+                "cannot share a host port on one node)"
+                if several
+                else ""
+            )
             self.problem(
                 where,
                 f"port '{port.spec}' is published in ingress mode, which Docker rejects with "
-                "endpoint_mode: dnsrr; publish it with mode: host or drop it",
+                f"endpoint_mode: dnsrr; publish it with mode: host{also}, or drop it",
             )
         if port.published is None:
             return len(self.problems) == before
@@ -359,21 +416,19 @@ class _ServiceCheck:
             self.problem(
                 where,
                 f"published port {port.published} is privileged (below {MIN_PORT}); the "
-                "policy does not allow privileged ports (allow_privileged_ports: false)",
+                "policy does not allow privileged ports (allow_privileged_ports: false): "
+                f"publish a port from {MIN_PORT} up, or allow them in the port policy "
+                "(allow_privileged_ports: true)",
             )
         for blocked in self.policy.blocked_in(port.published):
-            self.problem(where, f"published port {blocked} is blocked by the policy")
-        self._published_in_role_range(where, port, own)
-        shared = self.replicated and self.replicas > 1
-        if shared and dht and port.mode == "ingress":
             self.problem(
                 where,
-                f"port '{port.spec}' is published through the routing mesh on "
-                f"{self.replicas} tasks: each packet reaches any one of them, so no peer "
-                "can reach a given task there; publish none (the network reaches every "
-                "task at its own port) or one port with mode: host",
+                f"published port {blocked} is blocked by the policy: publish another port, "
+                "or take it out of the policy's blocked_ports",
             )
-        elif shared and port.mode == "host" and not self._one_per_node():
+        self._published_in_role_range(where, port, own)
+        shared = self.replicated and self.replicas > 1
+        if shared and port.mode == "host" and not self._one_per_node():
             self.problem(
                 where,
                 f"{self.replicas} tasks publish host port {port.published} (mode: host); "
@@ -382,26 +437,60 @@ class _ServiceCheck:
             )
         return len(self.problems) == before
 
+    def _many_tasks(self, port: PublishedPort, own: ServicePorts | None) -> str:
+        """Why no published port can serve a DHT service of several tasks, and the way out.
+
+        Each task listens on a port of its own, so one published port (or a
+        range through the routing mesh) reaches one task, or any one.
+        """
+        count = self.replicas
+        theirs = f"its own port ({own.ports}, one each)" if own is not None else "its own port"
+        if port.is_range:
+            why = f"published port range '{port.spec}' gives every task every port of the range"
+        elif port.mode == "ingress" and self.deploy.get("endpoint_mode") == "dnsrr":
+            why = (
+                f"port '{port.spec}' is published in ingress mode, which Docker rejects with "
+                "endpoint_mode: dnsrr (and the routing mesh would hand each packet to any one "
+                "of the tasks)"
+            )
+        elif port.mode == "ingress":
+            why = (
+                f"port '{port.spec}' is published through the routing mesh: each packet "
+                "reaches any one of the tasks"
+            )
+        else:
+            why = f"port '{port.spec}' (mode: host) reaches one port"
+        return (
+            f"{why}, but each of the {count} tasks listens on {theirs}; publish none: the "
+            "network reaches every task at its own port, and host networking "
+            "(`render --network host`, no ports:) reaches each task at its port from outside "
+            "the swarm"
+        )
+
+    @staticmethod
+    def _own_port_fix(own: ServicePorts | None) -> str:
+        if own is None:
+            return "publish only the port it listens on, with mode: host"
+        port, protocol = own.ports.start, own.protocol
+        return (
+            f"publish only its own port {port}: "
+            f"{{target: {port}, published: {port}, protocol: {protocol}, mode: host}}"
+        )
+
     def _published_in_role_range(
         self, where: list[str | int], port: PublishedPort, own: ServicePorts | None
     ) -> None:
         """Role ranges belong to DHT tasks; only a task's own port may be published there."""
         assert port.published is not None
-        if own is not None and port.target is not None and len(own.ports) > 1:
-            self.problem(
-                where,
-                f"target port {port.target} is one task's port, but the tasks listen on "
-                f"{own.ports} (one each): a published port reaches at most one of them; "
-                "use host networking (render --network host) to reach each task at its port",
-            )
-            return
         if own is not None and port.target is not None:
             if not own.ports.overlaps(port.target) or port.target.start not in own.ports:
                 self.problem(
                     where,
-                    f"target port {port.target} is not the port this service's tasks "
-                    f"listen on ({own.ports}); nothing would answer behind it",
+                    f"target port {port.target} is not the port this service's task listens "
+                    f"on ({own.ports}), so nothing would answer behind it; "
+                    f"{self._own_port_fix(own)}",
                 )
+                return
             if port.published == port.target and own.ports.start == port.published.start:
                 return
         for name, rng in self.policy.roles.items():
@@ -416,9 +505,12 @@ class _ServiceCheck:
         placement = self.deploy.get("placement") or {}
         return placement.get("max_replicas_per_node") == 1
 
-    def _published_claims(self, i: int, port: PublishedPort) -> list[ServicePorts]:
+    def _published_claims(
+        self, i: int, port: PublishedPort, own: ServicePorts | None
+    ) -> list[ServicePorts]:
         if port.published is None:
             return []
+        mine = own is not None and port.published == port.target == own.ports
         return [
             ServicePorts(
                 self.file,
@@ -429,6 +521,7 @@ class _ServiceCheck:
                 on_host=True,
                 path=json_path(["services", self.name, "ports", i]),
                 published=True,
+                own=mine,
             )
         ]
 
@@ -512,9 +605,13 @@ def check_service(
     service: dict[str, Any],
     policy: Policy,
     on_host: bool = False,
+    origins: Mapping[str, EnvOrigin] | None = None,
 ) -> tuple[list[Problem], list[ServicePorts]]:
-    """One service's problems and the ports it claims (DHT port range, published ports)."""
-    check = _ServiceCheck(file, name, service, policy, on_host)
+    """One service's problems and the ports it claims (DHT port range, published ports).
+
+    ``origins``: the variables of its environment that an env file set.
+    """
+    check = _ServiceCheck(file, name, service, policy, on_host, origins)
     check.deploy_modes()
     own = check.dht_ports() if check.is_dht else None
     claims = [own] if own is not None else []
@@ -528,11 +625,13 @@ def check_services(
     policy: Policy,
     taken: Sequence[TakenSubnet] = (),
     swarm: bool = True,
+    origins: Mapping[str, Mapping[str, EnvOrigin]] | None = None,
 ) -> tuple[list[Problem], list[ServicePorts]]:
     """The project's rules on a document Docker's schema accepts.
 
     ``swarm`` False: a docker-compose file, whose networks are bridges on one
     host (``compose_target`` has their rules), not Swarm overlays.
+    ``origins``: per service, the variables an env file set (``LoadedStack.env_origins``).
     """
     problems: list[Problem] = []
     claims: list[ServicePorts] = []
@@ -541,7 +640,9 @@ def check_services(
         problems.append(Problem(file, "$.services", "no services: a stack needs at least one"))
         return problems, claims
     for name, service in doc["services"].items():
-        found, claimed = check_service(file, name, service, policy, _on_host_network(doc, service))
+        found, claimed = check_service(
+            file, name, service, policy, _on_host_network(doc, service), (origins or {}).get(name)
+        )
         problems += found
         claims += claimed
     if swarm:
@@ -590,7 +691,32 @@ def collision_problems(
                     reported[id(later)] = earlier
                 break
         heapq.heappush(active, (claim.ports.end, i, claim))
-    return [_collision(claim, reported[id(claim)]) for claim in claims if id(claim) in reported]
+    # A service whose DHT port collides also collides where it publishes that
+    # port: one problem, whose fix (another port) moves both.
+    moved = {(c.file, c.service) for c in claims if id(c) in reported and not c.published}
+    return [
+        _collision(claim, reported[id(claim)])
+        for claim in claims
+        if id(claim) in reported and not (claim.own and (claim.file, claim.service) in moved)
+    ]
+
+
+def _move_past(claim: ServicePorts, other: ServicePorts) -> str:
+    """How to move ``claim``'s DHT ports past ``other``'s, where its role's range allows it."""
+    if claim.source == "WORKER_ID" and len(claim.ports) == 1:
+        return f"give {claim.service} a WORKER_ID of its own (a port it publishes goes with it)"
+    if claim.source == "DHT_PORT":
+        return f"give {claim.service} another DHT_PORT (or TASK_SLOT and BASE_PORT)"
+    shift = other.ports.end - claim.ports.start + 1
+    moved = PortRange(claim.ports.start + shift, claim.ports.end + shift)
+    if claim.range_end is not None and moved.end > claim.range_end:
+        need = len(claim.ports) + len(other.ports)
+        return (
+            f"side by side they need {need} ports, past the {claim.role} range's end "
+            f"{claim.range_end}: scale one of them down, or widen the range in the port "
+            "policy (and PORT_RANGE_END with it)"
+        )
+    return f"raise {claim.service}'s PORT_OFFSET by {shift}, to {_ports(moved)}"
 
 
 def _collision(claim: ServicePorts, other: ServicePorts) -> Problem:
@@ -600,7 +726,7 @@ def _collision(claim: ServicePorts, other: ServicePorts) -> Problem:
     fix = (
         "publish one of them on another port"
         if claim.published or other.published
-        else "give one of them a PORT_OFFSET past the other"
+        else _move_past(claim, other)
     )
     return Problem(
         claim.file,
@@ -645,12 +771,7 @@ def _explain_template(problem: Problem) -> Problem:
     """Docker refuses a templated published port as "invalid"; say what to do instead."""
     if ".ports[" not in problem.path or "{{" not in problem.message:
         return problem
-    hint = (
-        f"; published port is templated, but Swarm fills {SLOT_PLACEHOLDER} only in "
-        "environment, hostname and mounts: pass TASK_SLOT in the environment and let the "
-        "resolver derive the port"
-    )
-    return replace(problem, message=problem.message + hint)
+    return replace(problem, message=f"{problem.message}; {TEMPLATED_PORT_FIX}")
 
 
 def _with_lines(problems: Iterable[Problem], loaded: LoadedStack) -> list[Problem]:
@@ -707,18 +828,24 @@ def validate_texts(
             load_compose(text, file) if kind == "compose" else load_stack(text, file, environ)
         )
         loaded_by_file[file] = stack
-        results.warn(stack.warnings)
+        # One line per source location: an anchor shared by 1000 services is one mistake.
+        results.warn(one_per_location(stack.warnings))
         if stack.doc is None:
-            results.extend([_explain_template(p) for p in stack.problems])
+            results.extend(one_per_location([_explain_template(p) for p in stack.problems]))
             continue
         if kind == "compose":
             results.note(file, "a docker-compose file (compose target), checked as one", kind)
-        problems, found = check_services(stack.doc, file, policy, taken, kind == "stack")
+        problems, found = check_services(
+            stack.doc, file, policy, taken, kind == "stack", stack.env_origins
+        )
+        if kind == "stack":
+            shown = placeholder_problems(stack.doc)
+            problems += [Problem(file, json_path(parts), message) for parts, message in shown]
         if together:
             claims += found
         else:
             problems += collision_problems(found, existing)
-        results.extend(_with_lines(problems, stack))
+        results.extend(one_per_location(_with_lines(problems, stack)))
     if together:
         for problem in collision_problems(claims, existing):
             found_in = loaded_by_file.get(problem.file)

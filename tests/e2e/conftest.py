@@ -57,6 +57,17 @@ def docker_cli() -> str:
 
 
 @pytest.fixture(scope="session")
+def git_cli() -> str:
+    """git's path, or skip (fail on CI, which cloned this checkout with it)."""
+    path = shutil.which("git")
+    if path is None:
+        if on_ci():
+            pytest.fail("git is not installed on CI")
+        pytest.skip("git not installed")
+    return path
+
+
+@pytest.fixture(scope="session")
 def compose_cli(docker_client: docker.DockerClient) -> str:
     """The distribution's docker-compose, which runs the compose target's files.
 

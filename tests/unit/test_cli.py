@@ -150,7 +150,7 @@ def test_an_empty_image_is_refused(cli) -> None:
 
 
 def test_the_repositorys_own_stacks_folder_lints_clean(cli) -> None:
-    """The README's CI example: the template is skipped, the policy checked as one."""
+    """The template is skipped, the policy checked as one: one file was checked."""
     stacks = REPO / "stacks"
     result = cli("validate", str(stacks / "cqkd.stack.tmpl.yml"), str(stacks / "port-policy.yml"))
     assert result.code == 0, result.out + result.err
@@ -236,3 +236,44 @@ def test_target_options_are_refused_where_they_mean_nothing(cli) -> None:
         done = cli(*args)
         assert done.code == 2, (args, done.err)
         assert message in done.err, (args, done.err)
+
+
+def test_a_run_that_checked_nothing_fails_in_every_format(cli, tmp_path: Path) -> None:
+    """Only templates: nothing was judged, so no format may call the run valid."""
+    template = tmp_path / "some.tmpl.yml"
+    template.write_text((REPO / "stacks" / "cqkd.stack.tmpl.yml").read_text())
+    text = cli("validate", str(template))
+    assert text.code == 1
+    assert "no stack, port policy or manifest was checked" in text.out
+    assert "ok:" not in text.out
+    github = cli("validate", str(template), "--format", "github")
+    assert github.code == 1
+    assert "::error::no stack, port policy or manifest was checked" in github.out
+    data = cli("validate", str(template), "--format", "json")
+    assert data.code == 1
+    report = json.loads(data.out)
+    assert report["valid"] is False and report["checked"] == 0
+    assert "no stack, port policy or manifest" in report["error"]
+
+
+def test_the_readme_s_ci_example_lints_the_files_users_deploy(cli, tmp_path: Path) -> None:
+    """`validate cqkd.yml docker-compose.yml cqkd.k8s.yaml`: each is judged as what it is."""
+    for args, name in (
+        ([], "cqkd.yml"),
+        (["--target", "compose"], "docker-compose.yml"),
+        (["--target", "kubernetes"], "cqkd.k8s.yaml"),
+    ):
+        out = tmp_path / name
+        assert cli("render", "--replicas", "5", *args, "--output", str(out)).code == 0
+    names = [str(tmp_path / n) for n in ("cqkd.yml", "docker-compose.yml", "cqkd.k8s.yaml")]
+    result = cli("validate", *names, "--format", "json")
+    assert result.code == 0, result.out + result.err
+    kinds = {Path(f["file"]).name: f["kind"] for f in json.loads(result.out)["files"]}
+    assert kinds == {
+        "cqkd.yml": "stack",
+        "docker-compose.yml": "compose",
+        "cqkd.k8s.yaml": "kubernetes",
+    }
+    readme = " ".join((REPO / "README.md").read_text().split())
+    example = "validate cqkd.yml docker-compose.yml cqkd.k8s.yaml --format github"
+    assert f"`cqkd-stack {example}`" in readme

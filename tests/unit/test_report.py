@@ -49,8 +49,8 @@ def test_json_always_carries_a_line_key() -> None:
         "problems": [],
     }
     assert document["files"][1]["problems"] == [
-        {"path": "$.services.a", "line": 3, "message": "bad"},
-        {"path": "$", "line": None, "message": "worse"},
+        {"path": "$.services.a", "line": 3, "message": "bad", "services": []},
+        {"path": "$", "line": None, "message": "worse", "services": []},
     ]
 
 
