@@ -960,4 +960,6 @@ ns.add_task(teardown)
 ns.add_task(test)
 # `cqkd-stack cluster.up` (and `cluster up`: main.py joins the two words).
 ns.add_collection(Collection("cluster", up=cluster_up, down=cluster_down))
-ns.configure({"cqkd": {"stack": "cqkd", "policy": None}})
+# Every setting a task reads with ``_setting``: invoke.yaml may set these and
+# only these (settings.py refuses any other key under ``cqkd:``).
+ns.configure({"cqkd": {"stack": "cqkd", "policy": None, "mirror": None, "suite": None}})

@@ -19,6 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent.parent
 STACK = REPO / "tests" / "cases" / "positive" / "plain-stack" / "stack.yml"
+POLICY = REPO / "stacks" / "port-policy.yml"
 INSTALLED = Path(sys.executable).parent / "cqkd-stack"
 # Invoke's core options that do nothing for this command (or, like --dry,
 # claim to do something they do not): each must be refused before any task runs.
@@ -357,6 +358,27 @@ class TestProjectSettings:
         done = cli("validate", str(STACK), cwd=tmp_path)
         assert done.code == 2, done.err
         assert message in done.err
+
+    def test_every_setting_a_task_reads_may_be_set(self, cli, tmp_path: Path) -> None:
+        """setup reads cqkd.mirror and cqkd.suite: refusing them broke a documented setting."""
+        import ast
+
+        from cqkd_stack import tasks
+
+        tree = ast.parse(Path(tasks.__file__).read_text())
+        read = {
+            node.args[1].value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+            and getattr(node.func, "id", None) == "_setting"
+            and isinstance(node.args[1], ast.Constant)
+        }
+        assert {"stack", "policy", "mirror", "suite"} <= read
+        values = {"policy": str(POLICY)}
+        text = "cqkd:\n" + "".join(f"  {key}: {values.get(key, 'x')}\n" for key in sorted(read))
+        (tmp_path / "invoke.yaml").write_text(text)
+        done = cli("validate", str(STACK), cwd=tmp_path)
+        assert done.code == 0, done.err
 
     def test_an_empty_file_and_invokes_own_sections_are_fine(self, cli, tmp_path: Path) -> None:
         settings = tmp_path / "invoke.yaml"
