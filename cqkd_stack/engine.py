@@ -24,8 +24,8 @@ import docker
 import docker.errors
 import requests
 
-from .documents import write_atomically
 from .errors import CqkdError
+from .files import write_atomically
 from .process import Progress, run, say, tail
 
 # Command -> Debian package that provides it. ``images`` needs debootstrap and

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 from invoke import Argument, Collection, Context, Exit, Task, task
 
 from . import DEFAULT_NODE_IMAGE, report
-from .documents import write_atomically
 from .errors import BUG, INVALID, CqkdError, UsageError
+from .files import write_atomically
 from .policy import Policy, load_policy
 from .render import RenderOptions, render
 from .results import Results

@@ -61,3 +61,22 @@ def test_every_dependency_has_an_upper_bound_or_a_pin() -> None:
     assert any(spec.startswith("docker") for spec in specs), specs
     for spec in specs:
         assert "<" in spec or "==" in spec, spec
+
+
+def test_engine_setup_needs_only_the_standard_library_and_the_docker_sdk() -> None:
+    """``engine`` runs where only the Docker SDK may be installed (the systemd test
+    machine has Debian's python3-docker): importing it pulled in PyYAML once it
+    wrote through ``documents``, and that end-to-end test failed on
+    ``No module named 'yaml'``."""
+    import subprocess
+
+    third_party = sorted(_declared(["node", "kubernetes", "test"]) - {"docker", "requests"})
+    script = (
+        "import sys\n"
+        f"for name in {third_party!r}: sys.modules[name] = None\n"
+        "import cqkd_stack.engine, cqkd_stack.sysctls, cqkd_stack.files\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
