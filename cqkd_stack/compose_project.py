@@ -29,7 +29,7 @@ from .console import compact
 from .contract import ROLE_LABEL, key_values, resolve_slot
 from .dhtcheck import Control, DhtCheck, exec_nodectl, round_trip
 from .errors import CqkdError, UsageError
-from .nodectl import DEFAULT_SOCKET
+from .node.nodectl import DEFAULT_SOCKET
 from .policy import Policy
 from .published import published_ports
 from .readiness import Prober, Target

@@ -38,9 +38,9 @@ from .documents import (
 )
 from .errors import InvalidInput, UsageError
 from .interpolation import PathParts
+from .node.resolver import ResolverError
 from .policy import Policy
 from .render import RenderOptions, render_document
-from .resolver import ResolverError
 from .results import Problem, json_path
 
 TARGET_KEY = "x-cqkd-target"

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import InvalidInput
-from .resolver import Resolution, resolve
+from .node.resolver import Resolution, resolve
 
 ROLE_LABEL = "cqkd.role"
 STACK_LABEL = "com.docker.stack.namespace"

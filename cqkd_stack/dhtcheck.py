@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from .contract import env_for_slot
 from .errors import CqkdError
-from .nodectl import DEFAULT_SOCKET, DEFAULT_TIMEOUT
+from .node.nodectl import DEFAULT_SOCKET, DEFAULT_TIMEOUT
 from .swarm import env_of
 
 if TYPE_CHECKING:

@@ -7,6 +7,10 @@ found it. ``EXIT_CODES`` is that rule as the command's ``--help`` prints it.
 
 from __future__ import annotations
 
+from .node.errors import CqkdError
+
+__all__ = ["BUG", "EXIT_CODES", "INVALID", "OK", "USAGE", "CqkdError", "InvalidInput", "UsageError"]
+
 OK = 0
 # The input was read and fails its checks (a stack, policy or file that is
 # invalid, a port-policy refusal such as 1001 workers in a 1000-port range),
@@ -35,15 +39,6 @@ EXIT_CODES = (
     ),
     (BUG, "a bug in cqkd-stack: please report it"),
 )
-
-
-class CqkdError(Exception):
-    """A known failure with a message meant for the operator (exit ``INVALID`` by default)."""
-
-    def __init__(self, message: str, exit_code: int = INVALID) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exit_code = exit_code
 
 
 class InvalidInput(CqkdError):

@@ -29,9 +29,9 @@ from .compose import line_of
 from .contract import ROLE_LABEL
 from .documents import MAX_BYTES, parse_yaml_nodes
 from .errors import InvalidInput, UsageError
+from .node.resolver import ResolverError, resolve
 from .policy import Policy, PortRange, load_policy
 from .render import NoAliasDumper, RenderOptions, health_interval, port_environment
-from .resolver import ResolverError, resolve
 from .results import Problem, json_path
 
 # The newest Kubernetes whose schemas kubernetes-validate 1.37 ships (its

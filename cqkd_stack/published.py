@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .compose import parse_port_spec
+from .node.resolver import MAX_PORT
 from .policy import PortRange
-from .resolver import MAX_PORT
 
 
 @dataclass(frozen=True)

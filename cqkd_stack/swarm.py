@@ -30,8 +30,8 @@ from .contract import (
     is_dht as declares_dht,
 )
 from .errors import CqkdError
+from .node.resolver import ResolverError
 from .policy import Policy, PortRange
-from .resolver import ResolverError
 from .results import Problem, Results, json_path
 from .validate import (
     ServicePorts,

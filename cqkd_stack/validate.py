@@ -40,10 +40,10 @@ from .contract import (
 )
 from .documents import MAX_BYTES, decode_text, parse_yaml, read_text
 from .env_files import EnvOrigin
+from .node.resolver import MIN_PORT, Resolution, ResolverError, optional_int
 from .placeholders import placeholder_problems
 from .policy import Policy, PortRange, policy_problems
 from .published import PublishedPort, published_ports
-from .resolver import MIN_PORT, Resolution, ResolverError, optional_int
 from .results import Problem, Results, json_path, one_per_location
 
 TakenSubnet = tuple[str, ipaddress.IPv4Network]

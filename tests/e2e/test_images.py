@@ -207,4 +207,4 @@ def remove_container(client: docker.DockerClient, name: str) -> None:
 def _resolver_present() -> None:
     # The image's node computes its port with the resolver; a checkout without
     # it cannot make a working image, and every failure below would say less.
-    assert (images.project_root() / "cqkd_stack" / "resolver.py").is_file()
+    assert (images.project_root() / "cqkd_stack" / "node" / "resolver.py").is_file()

@@ -15,9 +15,9 @@ from cqkd_stack.compose_target import (
     render_compose_document,
 )
 from cqkd_stack.errors import InvalidInput, UsageError
+from cqkd_stack.node.resolver import resolve
 from cqkd_stack.policy import load_policy
 from cqkd_stack.render import RenderOptions
-from cqkd_stack.resolver import resolve
 from cqkd_stack.validate import validate_texts
 
 POLICY = load_policy()

@@ -24,8 +24,8 @@ from cqkd_stack.kubernetes import (
     render_kubernetes,
     render_manifests,
 )
+from cqkd_stack.node.resolver import resolve
 from cqkd_stack.policy import load_policy
-from cqkd_stack.resolver import resolve
 
 POLICY = load_policy()
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from cqkd_stack.probe import count_neighbours
+from cqkd_stack.node.probe import count_neighbours
+from cqkd_stack.node.wire import PROBE_NODE_ID
 from cqkd_stack.readiness import Target
 from cqkd_stack.swarm import build_port_map, last_attempts, task_rows
-from cqkd_stack.wire import PROBE_NODE_ID
 
 OTHER = bytes(20)
 

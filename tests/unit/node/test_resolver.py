@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from cqkd_stack.resolver import Resolution, ResolverError, check_bindable, main, resolve
+from cqkd_stack.node.resolver import Resolution, ResolverError, check_bindable, main, resolve
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 PREFIX = "cqkd-resolver: error: "
 
 WORKER = {"CQKD_ROLE": "worker", "BASE_PORT": "7000", "PORT_RANGE_END": "7999"}
@@ -210,8 +210,8 @@ def test_seed_contract_defaults_stay_inside_the_worker_range() -> None:
 
 
 def test_seed_contract_defaults_match_the_shipped_policy() -> None:
+    from cqkd_stack.node.resolver import DEFAULT_BASE_PORT, DEFAULT_RANGE_END
     from cqkd_stack.policy import load_policy
-    from cqkd_stack.resolver import DEFAULT_BASE_PORT, DEFAULT_RANGE_END
 
     worker = load_policy().role_range("worker")
     assert (worker.start, worker.end) == (DEFAULT_BASE_PORT, DEFAULT_RANGE_END)
@@ -502,7 +502,7 @@ def test_cli_exec_missing_command_exits_1() -> None:
 def test_import_stays_standard_library_and_light() -> None:
     """The module runs in images that are not ours and must start fast."""
     code = (
-        "import sys; before = set(sys.modules); import cqkd_stack.resolver; "
+        "import sys; before = set(sys.modules); import cqkd_stack.node.resolver; "
         "print('\\n'.join(sorted(set(sys.modules) - before)))"
     )
     # -S: no site-packages, as in a bare image; cwd puts the repo on sys.path.
@@ -517,7 +517,7 @@ def test_import_stays_standard_library_and_light() -> None:
     assert proc.returncode == 0, proc.stderr
     loaded = set(proc.stdout.split())
     ours = {name for name in loaded if name.split(".")[0] == "cqkd_stack"}
-    assert ours == {"cqkd_stack", "cqkd_stack.resolver"}
+    assert ours == {"cqkd_stack", "cqkd_stack.node", "cqkd_stack.node.resolver"}
     foreign = {
         name
         for name in loaded - ours

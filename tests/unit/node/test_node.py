@@ -31,9 +31,9 @@ from kademlia.network import Server
 from kademlia.node import Node
 from kademlia.utils import digest as kademlia_digest
 
-from cqkd_stack import nodectl, probe
 from cqkd_stack.errors import CqkdError
-from cqkd_stack.node import (
+from cqkd_stack.node import nodectl, probe
+from cqkd_stack.node.daemon import (
     HealthFile,
     K,
     NodeConfig,
@@ -46,7 +46,7 @@ from cqkd_stack.node import (
     parse_request,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 PYTHON = sys.executable
 JOINED = re.compile(
     r"^cqkd-node: joined role=(?P<role>\w+)(?: name=(?P<name>\S+))? port=(?P<port>\d+) "
