@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from cqkd_stack.compose_target import render_compose
+from cqkd_stack.core.policy import load_policy
 from cqkd_stack.kubernetes import render_kubernetes
-from cqkd_stack.policy import load_policy
 from cqkd_stack.render import RenderOptions, render
 
 

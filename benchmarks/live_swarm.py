@@ -28,8 +28,8 @@ from pathlib import Path
 
 import docker
 
+from cqkd_stack.core.policy import load_policy
 from cqkd_stack.deploy import stack_rm, wait_until_running
-from cqkd_stack.policy import load_policy
 from cqkd_stack.render import RenderOptions, render
 
 

@@ -39,9 +39,9 @@ from scale import NAIVE_DIR, NAIVE_IMAGE, Throttled, ensure_naive_image, log, wa
 
 from cqkd_stack import DEFAULT_NODE_IMAGE, dhtcheck
 from cqkd_stack.cluster import Cluster, cluster_down, cluster_up
+from cqkd_stack.core.documents import write_atomically
 from cqkd_stack.deploy import wait_until_ready
 from cqkd_stack.distribute import copy_image, engine_client
-from cqkd_stack.documents import write_atomically
 from cqkd_stack.swarm import port_map
 
 CLUSTER = "cqkd-bench-cluster"

@@ -25,8 +25,8 @@ import docker
 import yaml
 
 from cqkd_stack import DEFAULT_NODE_IMAGE
+from cqkd_stack.core.policy import load_policy
 from cqkd_stack.deploy import stack_rm, wait_until_running
-from cqkd_stack.policy import load_policy
 from cqkd_stack.render import RenderOptions, render
 
 

@@ -49,8 +49,8 @@ from typing import Any
 import docker
 
 from cqkd_stack import sysctls
+from cqkd_stack.core.documents import write_atomically
 from cqkd_stack.deploy import stack_rm
-from cqkd_stack.documents import write_atomically
 from cqkd_stack.images import host_base_image
 from cqkd_stack.swarm import STACK_LABEL, stack_filter, stack_leftovers
 

@@ -43,10 +43,10 @@ import requests
 from docker.models.containers import Container
 
 from . import DEFAULT_NODE_IMAGE, images
+from .core.errors import CqkdError
+from .core.process import Say, run, say, tail
 from .distribute import ENGINE_LABEL, copy_image
 from .engine import PREFER_OFFLINE_ENV
-from .errors import CqkdError
-from .process import Progress, run, say, tail
 from .swarm import taken_subnets
 
 CLUSTER_LABEL = "org.cqkd.cluster"
@@ -125,7 +125,7 @@ def dind_inputs_hash(release: images.BaseRelease) -> str:
 
 def ensure_dind_image(
     client: docker.DockerClient,
-    progress: Progress | None = None,
+    progress: Say | None = None,
     *,
     suite: str | None = None,
     mirror: str | None = None,
@@ -284,7 +284,7 @@ def cluster_up(
     nodes: int = 3,
     name: str = DEFAULT_NAME,
     image: str = DEFAULT_NODE_IMAGE,
-    progress: Progress | None = None,
+    progress: Say | None = None,
     *,
     managers: int = 1,
     engine_timeout: float = ENGINE_TIMEOUT,
@@ -321,7 +321,7 @@ def _up(
     result: Cluster,
     nodes: int,
     image: str,
-    progress: Progress | None,
+    progress: Say | None,
     managers: int,
     engine_timeout: float,
 ) -> None:
@@ -374,7 +374,7 @@ def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
 
 
 def _ensure_network(
-    client: docker.DockerClient, name: str, progress: Progress | None, done: list[str]
+    client: docker.DockerClient, name: str, progress: Say | None, done: list[str]
 ) -> tuple[str, ipaddress.IPv4Network]:
     """The cluster's bridge (reused when it exists) and its subnet."""
     networks = taken_subnets(client)
@@ -409,7 +409,7 @@ def _ensure_nodes(
     dind: str,
     network: str,
     subnet: ipaddress.IPv4Network,
-    progress: Progress | None,
+    progress: Say | None,
     result: Cluster,
 ) -> list[Container]:
     """One running container per node; a stopped one is replaced (its tmpfs is gone)."""
@@ -494,7 +494,7 @@ def _ensure_swarm(
     engines: list[docker.DockerClient],
     addresses: list[str],
     managers: int,
-    progress: Progress | None,
+    progress: Say | None,
     done: list[str],
 ) -> list[str]:
     """Node 1 manages the swarm; the next ``managers - 1`` join as managers, the rest
@@ -577,7 +577,7 @@ def _distribute(
     engines: list[docker.DockerClient],
     containers: list[Container],
     image: str,
-    progress: Progress | None,
+    progress: Say | None,
     done: list[str],
 ) -> dict[str, str]:
     """Copy ``image`` from the host into every node whose copy differs, side by side.
@@ -636,7 +636,7 @@ def remove_context(name: str) -> None:
 
 
 def cluster_down(
-    client: docker.DockerClient, name: str = DEFAULT_NAME, progress: Progress | None = None
+    client: docker.DockerClient, name: str = DEFAULT_NAME, progress: Say | None = None
 ) -> Removed:
     """Remove every container and network labelled for ``name``, and its context.
 

@@ -17,7 +17,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache
 from pathlib import Path
@@ -27,50 +27,25 @@ import yaml
 from jsonschema import Draft4Validator, FormatChecker, validators
 from jsonschema.exceptions import ValidationError
 
-from .documents import (
-    _BoundedLoader,
-    _closest_branch,
-    _humanise,
+from .core.documents import (
+    BoundedLoader,
+    LoadedStack,
+    closest_branch,
+    humanise,
+    line_of,
     load_schema,
+    non_string_keys,
     parse_yaml_nodes,
 )
-from .env_files import EnvOrigin, resolve_environments, working_dir_of
-from .interpolation import PathParts, interpolate
-from .results import Problem, json_path, parse_json_path
+from .core.results import PathParts, Problem, json_path
+from .env_files import resolve_environments, working_dir_of
+from .interpolation import interpolate
 
 EXPECTED = "a stack with services"
 DOCKER_CLI_TAG = "v28.2.2"
 # The schema files vendored in schemas/compose, one per version Docker knows.
 DOCKER_SCHEMA_VERSIONS = tuple(f"3.{minor}" for minor in range(14))
 DEFAULT_VERSION = "3.13"  # what docker/cli v28 uses without a version (or with "3")
-
-
-@dataclass
-class LoadedStack:
-    """One stack file as Docker's loader sees it.
-
-    ``doc`` is the interpolated, cast document, or None when Docker would
-    refuse the file (then ``problems`` says why; it is never empty then).
-    ``warnings`` are things Docker accepts silently but that are probably
-    mistakes (an unset variable becoming ""). ``version`` is the schema
-    version used, None when the file was not read that far.
-    """
-
-    doc: dict[str, Any] | None
-    problems: list[Problem]
-    warnings: list[Problem] = field(default_factory=list)
-    version: str | None = None
-    # Per service, the variables its env files set (and where), for messages.
-    env_origins: dict[str, dict[str, EnvOrigin]] = field(default_factory=dict)
-    _root: yaml.Node | None = field(default=None, repr=False)
-
-    def locate(self, path: str) -> int | None:
-        """The line of a ``json_path`` (``$.services.worker.ports[0]``) in the file.
-
-        A path that does not exist (a missing key is reported on its parent)
-        gets the line of its nearest existing ancestor; None without a document.
-        """
-        return line_of(self._root, parse_json_path(path))
 
 
 def load_stack(
@@ -93,7 +68,7 @@ def load_stack(
     def problem(parts: PathParts, message: str) -> Problem:
         return Problem(file, json_path(parts), message, line_of(root, parts))
 
-    keys = list(_non_string_keys(raw, ()))
+    keys = list(non_string_keys(raw, ()))
     stack.problems += [problem(*found) for found in keys]
     if keys:  # Docker cannot even hand such a document to its schema
         return stack
@@ -137,7 +112,7 @@ def load_stack(
 # --- YAML as Docker reads it (gopkg.in/yaml.v3, decoding into interface{}) ---
 
 
-class _DockerYamlLoader(_BoundedLoader):
+class _DockerYamlLoader(BoundedLoader):
     """The bounded loader with yaml.v3's idea of what a plain scalar is.
 
     PyYAML follows YAML 1.1, Docker's yaml.v3 mostly 1.2: ``yes``/``on`` are
@@ -217,33 +192,6 @@ _DockerYamlLoader.add_constructor(_TAG + "timestamp", yaml.SafeLoader.construct_
 # --- line numbers from the composed nodes ---
 
 
-def line_of(root: yaml.Node | None, parts: Iterable[str | int]) -> int | None:
-    """The line of the key (or list item) at ``parts``, or of its deepest existing ancestor.
-
-    Merged keys (``<<: *base``) were moved into each mapping's node while it
-    was built, so they are found where they are written: at the anchor.
-    """
-    if root is None:
-        return None
-    node, line = root, root.start_mark.line + 1
-    for part in parts:
-        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
-            pairs = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)]
-            found = [pair for pair in pairs if pair[0].value == part]
-            if not found:
-                break
-            key, node = found[-1]  # the last of equal keys is the one kept
-            line = key.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if not 0 <= part < len(node.value):
-                break
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
-
-
 # --- what Docker checks besides the schema ---
 
 
@@ -261,23 +209,6 @@ def _docker_version(doc: dict[Any, Any]) -> str:
     else:
         text = str(value)
     return DEFAULT_VERSION if text in ("", "3") else text
-
-
-def _non_string_keys(value: Any, path: PathParts) -> Iterable[tuple[PathParts, str]]:
-    """yaml.v3 gives Docker non-string keys as a map it cannot turn into JSON."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                yield (
-                    path,
-                    f"key {key!r} is not a string; Docker's loader refuses the file "
-                    f"(quote it: '{key}')",
-                )
-            else:
-                yield from _non_string_keys(item, (*path, key))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            yield from _non_string_keys(item, (*path, i))
 
 
 def _not_json(value: Any, path: PathParts) -> Iterable[tuple[PathParts, str]]:
@@ -574,7 +505,7 @@ def _explain(error: ValidationError) -> tuple[PathParts, str, PathParts]:
         if types is not None:
             path = tuple(error.absolute_path)
             return path, f"expected {_expected(types)}, found {_found(error.instance)}", path
-        error = _closest_branch(error)
+        error = closest_branch(error)
     path = tuple(error.absolute_path)
     if error.validator == "type":
         return path, _type_message(error), path
@@ -594,8 +525,8 @@ def _explain(error: ValidationError) -> tuple[PathParts, str, PathParts]:
         if extra and patterns and not allowed:
             names = ", ".join(f"'{k}'" for k in extra)
             return path, f"invalid name {names}: Docker allows names matching {patterns[0]}", where
-        return path, _humanise(error), where
-    return path, _humanise(error), path
+        return path, humanise(error), where
+    return path, humanise(error), path
 
 
 def _branch_types(error: ValidationError) -> list[str] | None:

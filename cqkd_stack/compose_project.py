@@ -18,19 +18,19 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import DEFAULT_NODE_IMAGE
 from .compose_target import parallel_limit
-from .console import compact
-from .contract import ROLE_LABEL, key_values, resolve_slot
+from .core.contract import ROLE_LABEL, key_values, resolve_slot
+from .core.errors import CqkdError, NotDeployed, UsageError
+from .core.policy import Policy
+from .core.process import Progress, Say
+from .core.results import compact
 from .dhtcheck import Control, DhtCheck, exec_nodectl, round_trip
-from .errors import CqkdError, UsageError
 from .node.nodectl import DEFAULT_SOCKET
-from .policy import Policy
 from .published import published_ports
 from .readiness import Prober, Target
 
@@ -48,9 +48,6 @@ NOT_FOUND = (
     "docker-compose is not installed: apt-get install docker-compose (Debian's package; "
     "not with pip into this project's environment, whose libraries it would downgrade)"
 )
-
-Progress = Callable[[int, int, str], None]
-Say = Callable[[str], None]
 
 
 def check_project_name(name: str) -> str:
@@ -353,7 +350,6 @@ def deploy(
     starts nothing (NotDeployed carries the policy's problems).
     """
     from .compose_target import load_compose
-    from .stack import NotDeployed
     from .validate import validate_texts
 
     check_project_name(project)

@@ -27,21 +27,21 @@ from jsonschema import Draft201909Validator
 from jsonschema.exceptions import ValidationError
 
 from . import __version__
-from .compose import LoadedStack, _non_string_keys
-from .contract import ROLE_LABEL, env_for_slot, fill_slot, key_values, resolve_slot
-from .documents import (
-    _closest_branch,
-    _humanise,
-    _matches_pattern,
+from .core.contract import ROLE_LABEL, env_for_slot, fill_slot, key_values, resolve_slot
+from .core.documents import (
+    LoadedStack,
+    closest_branch,
+    humanise,
     load_schema,
+    matches_pattern,
+    non_string_keys,
     parse_yaml_nodes,
 )
-from .errors import InvalidInput, UsageError
-from .interpolation import PathParts
+from .core.errors import InvalidInput, UsageError
+from .core.policy import Policy
+from .core.results import PathParts, Problem, json_path
 from .node.resolver import ResolverError
-from .policy import Policy
 from .render import RenderOptions, render_document
-from .results import Problem, json_path
 
 TARGET_KEY = "x-cqkd-target"
 TARGET = "compose"
@@ -330,7 +330,7 @@ def load_compose(text: str, file: str) -> LoadedStack:
     if parsed.data is None:
         return LoadedStack(None, parsed.problems, _root=parsed.root)
     loaded = LoadedStack(None, [], _root=parsed.root)
-    bad_keys = list(_non_string_keys(parsed.data, ()))
+    bad_keys = list(non_string_keys(parsed.data, ()))
     loaded.problems += [
         Problem(file, json_path(parts), message, loaded.locate(json_path(parts)))
         for parts, message in bad_keys
@@ -352,12 +352,12 @@ def load_compose(text: str, file: str) -> LoadedStack:
         return loaded
     for parts, error in _ServiceSchema().errors(parsed.data):
         if error.context:
-            chosen = _closest_branch(error)
+            chosen = closest_branch(error)
             parts = (*parts, *list(chosen.absolute_path)[len(error.absolute_path) :])
             error = chosen
         path = json_path(parts)
         line = loaded.locate(json_path((*parts, *_unknown_keys(error)[:1])))
-        loaded.problems.append(Problem(file, path, _humanise(error), line))
+        loaded.problems.append(Problem(file, path, humanise(error), line))
     if not loaded.problems:
         loaded.doc = parsed.data
     return loaded
@@ -368,7 +368,7 @@ def _unknown_keys(error: ValidationError) -> list[str]:
     if error.validator != "additionalProperties" or not isinstance(error.instance, dict):
         return []
     known = error.schema.get("properties", {})
-    return [k for k in error.instance if k not in known and not _matches_pattern(error.schema, k)]
+    return [k for k in error.instance if k not in known and not matches_pattern(error.schema, k)]
 
 
 def compose_problems(doc: dict[str, Any], file: str) -> list[Problem]:

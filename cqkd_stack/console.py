@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .core.results import compact
+
 if TYPE_CHECKING:
+    import rich.progress
     from rich.console import Console
-    from rich.progress import Progress
 
     from .plan import Plan, ServicePlan
     from .readiness import ProbeReport
@@ -26,7 +28,7 @@ def stderr_console() -> Console:
     return Console(stderr=True, log_path=False)
 
 
-def _progress_bar(console: Console) -> Progress:
+def _progress_bar(console: Console) -> rich.progress.Progress:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -54,17 +56,6 @@ def with_progress(console: Console, label: str, work: Callable[[Any], Any]) -> A
             bar.update(handle, completed=done, total=total or None, description=f"{label}: {note}")
 
         return work(report)
-
-
-def compact(numbers: list[int]) -> str:
-    """1,2,3,7 → 1-3, 7: a thousand missing slots must fit on a line."""
-    spans: list[list[int]] = []
-    for n in sorted(numbers):
-        if spans and spans[-1][1] == n - 1:
-            spans[-1][1] = n
-        else:
-            spans.append([n, n])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def print_port_map(console: Console, ports: PortMap) -> None:

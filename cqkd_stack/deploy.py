@@ -12,21 +12,19 @@ import contextlib
 import copy
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import DEFAULT_NODE_IMAGE
-from .contract import key_values, role_of
-from .errors import CqkdError
-from .process import run
+from .core.contract import key_values, role_of
+from .core.errors import CqkdError
+from .core.process import Progress, Say, run
 from .swarm import running_counts, stack_filter, stack_leftovers
 
 if TYPE_CHECKING:
     import docker
 
-Progress = Callable[[int, int, str], None]
 POLL_SECONDS = 1.0
 # Measured: `docker stack rm` of 1003 tasks at once killed containerd, then
 # dockerd (the engine had to be restarted, 626 orphaned shims); 203 at once
@@ -103,7 +101,7 @@ def deploy_bootstrap_first(
     client: docker.DockerClient,
     stack_file: Path,
     stack: str,
-    say: Callable[[str], None] | None = None,
+    say: Say | None = None,
     wait: float = BOOTSTRAP_FIRST_SECONDS,
     resolve_image: str = "never",
     working_dir: Path | None = None,

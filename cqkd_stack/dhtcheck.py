@@ -38,8 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .contract import env_for_slot
-from .errors import CqkdError
+from .core.contract import env_for_slot
+from .core.errors import CqkdError
 from .node.nodectl import DEFAULT_SOCKET, DEFAULT_TIMEOUT
 from .swarm import env_of
 

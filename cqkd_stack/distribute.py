@@ -22,12 +22,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import CqkdError, UsageError
+from .core.errors import CqkdError, UsageError
+from .core.process import Say
 from .swarm import ENGINE_LABEL, SwarmNode, nodes_that_run_tasks
 
 if TYPE_CHECKING:
@@ -40,8 +41,6 @@ _ENGINE_TIMEOUT = 600
 _PARALLEL_COPIES = 4
 # docker save streams in chunks; 1 MiB keeps memory flat whatever the image size.
 _CHUNK = 1024 * 1024
-
-Say = Callable[[str], None]
 
 
 @dataclass

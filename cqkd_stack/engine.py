@@ -24,9 +24,9 @@ import docker
 import docker.errors
 import requests
 
-from .documents import write_atomically
-from .errors import CqkdError
-from .process import Progress, run, say, tail
+from .core.documents import write_atomically
+from .core.errors import CqkdError
+from .core.process import Say, run, say, tail
 
 # Command -> Debian package that provides it. ``images`` needs debootstrap and
 # ``ensure_swarm`` needs ``ip``, so they come with the engine.
@@ -108,7 +108,7 @@ def missing_packages(commands: dict[str, str] | None = None) -> list[str]:
 
 
 def ensure_installed(
-    progress: Progress | None = None, commands: dict[str, str] | None = None
+    progress: Say | None = None, commands: dict[str, str] | None = None
 ) -> EngineStatus:
     """Install the engine and the tools the image builder needs, if any are missing.
 
@@ -189,7 +189,7 @@ def _prefer_offline_of(pid: int) -> bool | None:
 
 
 def ensure_running(
-    progress: Progress | None = None,
+    progress: Say | None = None,
     timeout: float = 60,
     log_path: Path = DOCKERD_LOG,
     *,
@@ -244,7 +244,7 @@ def ensure_running(
     return status
 
 
-def _ensure_detached(progress: Progress | None, timeout: float, log_path: Path) -> EngineStatus:
+def _ensure_detached(progress: Say | None, timeout: float, log_path: Path) -> EngineStatus:
     """Start dockerd ourselves if the API does not answer (no systemd to ask).
 
     The daemon is started in its own session with stdin from /dev/null and its
@@ -285,7 +285,7 @@ def _why_not_systemd() -> str:
     return f"PID 1 is {init!r}, not systemd"
 
 
-def _start_dockerd(progress: Progress | None, timeout: float, log_path: Path) -> None:
+def _start_dockerd(progress: Say | None, timeout: float, log_path: Path) -> None:
     _require_root("starting dockerd")
     dockerd = _which("dockerd")
     if dockerd is None:
@@ -626,7 +626,7 @@ def containers_lost_on_restart() -> list[str]:
 
 
 def ensure_docker_unit(
-    progress: Progress | None = None,
+    progress: Say | None = None,
     *,
     allow_restart: bool = False,
     lost: Callable[[], list[str]] = containers_lost_on_restart,
@@ -649,7 +649,7 @@ def ensure_docker_unit(
     return status
 
 
-def _apply(plan: UnitPlan, running: bool, progress: Progress | None, dropin: Path) -> list[str]:
+def _apply(plan: UnitPlan, running: bool, progress: Say | None, dropin: Path) -> list[str]:
     """Carry out a plan, saying each step before it; what was done."""
     done = []
     if plan.write_dropin:
@@ -727,7 +727,7 @@ def _output(argv: list[str]) -> str:
     return proc.stdout if proc.returncode == 0 else ""
 
 
-def ensure_swarm(progress: Progress | None = None) -> EngineStatus:
+def ensure_swarm(progress: Say | None = None) -> EngineStatus:
     """Make this engine a swarm manager unless it already is one.
 
     An active swarm is kept as it is, leftovers included: its state survives
@@ -768,7 +768,7 @@ def ensure_swarm(progress: Progress | None = None) -> EngineStatus:
     return status
 
 
-def ensure_host_settings(progress: Progress | None = None) -> EngineStatus:
+def ensure_host_settings(progress: Say | None = None) -> EngineStatus:
     """Raise the kernel settings large stacks need (see :mod:`.sysctls`); never fatal."""
     from . import sysctls
 
@@ -782,7 +782,7 @@ def ensure_host_settings(progress: Progress | None = None) -> EngineStatus:
 
 
 def ensure_engine(
-    progress: Progress | None = None,
+    progress: Say | None = None,
     timeout: float = 60,
     log_path: Path = DOCKERD_LOG,
 ) -> EngineStatus:

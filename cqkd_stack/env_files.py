@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .interpolation import PathParts
+from .core.documents import EnvOrigin
+from .core.results import PathParts
 
 # bufio.Scanner's MaxScanTokenSize: Docker fails on a longer line.
 MAX_LINE = 64 * 1024
@@ -46,23 +47,6 @@ _GO_SPACE = (
     + "".join(map(chr, range(0x2000, 0x200B)))
     + ("\u2028\u2029\u202f\u205f\u3000")
 )
-
-
-@dataclass(frozen=True)
-class EnvOrigin:
-    """The env file line a variable of a service came from."""
-
-    entry: int | None  # its index in a list of env files; None: env_file is one string
-    file: str  # as the stack names it
-    line: int
-
-    @property
-    def parts(self) -> PathParts:
-        """Where the env file is named in the service (for the stack file's line)."""
-        return ("env_file",) if self.entry is None else ("env_file", self.entry)
-
-    def __str__(self) -> str:
-        return f"{self.file}, line {self.line}"
 
 
 @dataclass

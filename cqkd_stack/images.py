@@ -33,8 +33,9 @@ import requests
 from docker.models.images import Image
 
 from . import DEFAULT_NODE_IMAGE, __version__
-from .errors import CqkdError
-from .process import Progress, run, say, tail
+from .core.contract import HASH_LABEL
+from .core.errors import CqkdError
+from .core.process import Say, run, say, tail
 
 BASE_REPOSITORY = "cqkd-base"
 # The release of the base image on Debian hosts (see base_release); its image
@@ -49,7 +50,6 @@ NODE_IMAGE = DEFAULT_NODE_IMAGE
 # every build of one project version holds the same code.
 NODE_REQUIREMENTS = ("kademlia==2.2.3", "rpcudp==5.0.1", "u-msgpack-python==2.8.0")
 
-HASH_LABEL = "org.cqkd.build-inputs"
 VERSION_LABEL = "org.cqkd.version"
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -447,7 +447,7 @@ def _deb822_stanza(stanza: dict[str, str], where: str = "") -> Iterator[SourceEn
 
 def ensure_base_image(
     client: docker.DockerClient,
-    progress: Progress | None = None,
+    progress: Say | None = None,
     *,
     release: BaseRelease | None = None,
     host: HostRelease | None = None,
@@ -486,7 +486,7 @@ def build_rootfs_image(
     packages: tuple[str, ...],
     labels: dict[str, str] | None = None,
     cmd: tuple[str, ...] = ("python3",),
-    progress: Progress | None = None,
+    progress: Say | None = None,
 ) -> Image:
     """debootstrap ``release`` with ``packages`` and ``docker import`` it as ``name``.
 
@@ -644,7 +644,7 @@ def project_root() -> Path:
 
 
 def build_wheelhouse(
-    dest: Path, project_dir: Path | None = None, progress: Progress | None = None
+    dest: Path, project_dir: Path | None = None, progress: Say | None = None
 ) -> list[Path]:
     """Build every wheel the node image installs into ``dest``; return them.
 
@@ -700,7 +700,7 @@ def build_inputs_hash(project_dir: Path, base_id: str) -> str:
 def ensure_node_image(
     client: docker.DockerClient,
     base: Image,
-    progress: Progress | None = None,
+    progress: Say | None = None,
     *,
     project_dir: Path | None = None,
     wheelhouse: Path | None = None,
@@ -771,7 +771,7 @@ def _tag_latest(client: docker.DockerClient, image: Image, repo: str) -> bool:
 
 
 def ensure_images(
-    progress: Progress | None = None,
+    progress: Say | None = None,
     *,
     client: docker.DockerClient | None = None,
     project_dir: Path | None = None,

@@ -25,14 +25,13 @@ from typing import Any
 import yaml
 
 from . import DEFAULT_NODE_IMAGE, __version__
-from .compose import line_of
-from .contract import ROLE_LABEL
-from .documents import MAX_BYTES, parse_yaml_nodes
-from .errors import InvalidInput, UsageError
+from .core.contract import ROLE_LABEL
+from .core.documents import MAX_BYTES, line_of, parse_yaml_nodes
+from .core.errors import InvalidInput, UsageError
+from .core.policy import Policy, PortRange, load_policy
+from .core.results import Problem, json_path
 from .node.resolver import ResolverError, resolve
-from .policy import Policy, PortRange, load_policy
 from .render import NoAliasDumper, RenderOptions, health_interval, port_environment
-from .results import Problem, json_path
 
 # The newest Kubernetes whose schemas kubernetes-validate 1.37 ships (its
 # versions follow Kubernetes'); the lower bound in pyproject.toml guarantees it.

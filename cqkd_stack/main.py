@@ -39,7 +39,7 @@ from invoke.terminals import pty_size
 from invoke.util import helpline
 
 from . import __version__
-from .errors import BUG, EXIT_CODES, USAGE, CqkdError, UsageError
+from .core.errors import BUG, EXIT_CODES, USAGE, CqkdError, UsageError
 from .settings import SECTION, check_project_file, project_file
 from .tasks import ns
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from prometheus_client.core import GaugeMetricFamily
     from prometheus_client.metrics_core import Metric
 
-    from .policy import Policy
+    from .core.policy import Policy
     from .swarm import PortMap
 
 

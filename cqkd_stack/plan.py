@@ -20,10 +20,10 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .contract import key_values
+from .core.contract import key_values
+from .core.policy import Policy
 from .deploy import DRAIN_STEP, bootstrap_only
 from .distribute import NodeImageId, names_a_registry
-from .policy import Policy
 from .swarm import StackState, env_of, port_rule
 from .validate import check_service
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .compose import parse_port_spec
+from .core.policy import PortRange
 from .node.resolver import MAX_PORT
-from .policy import PortRange
 
 
 @dataclass(frozen=True)

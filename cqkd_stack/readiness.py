@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import DEFAULT_NODE_IMAGE
-from .errors import CqkdError
+from .core.contract import HASH_LABEL
+from .core.errors import CqkdError
 from .swarm import NetworkNames, ServicePortRule, TaskPort, is_dht, port_rule, stack_filter
 
 if TYPE_CHECKING:
@@ -334,8 +335,6 @@ def ignores_probe(client: docker.DockerClient, stack: str) -> bool:
     probe's id.
     """
     from docker.errors import APIError, NotFound
-
-    from .images import HASH_LABEL
 
     for _, service in dht_services(client, stack):
         image = service["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0]

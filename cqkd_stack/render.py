@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from . import DEFAULT_NODE_IMAGE, __version__
-from .contract import (
+from .core.contract import (
     DHT_NETWORK,
     HOST_NETWORK,
     ROLE_LABEL,
@@ -27,9 +27,9 @@ from .contract import (
     resolve_slot,
     subnet_for,
 )
-from .documents import data_file, parse_yaml, read_text
-from .errors import CqkdError, UsageError
-from .policy import Policy
+from .core.documents import data_file, parse_yaml, read_text
+from .core.errors import CqkdError, UsageError
+from .core.policy import Policy
 
 DEFAULT_TEMPLATE = "cqkd.stack.tmpl.yml"
 EXTENSION = "x-cqkd"

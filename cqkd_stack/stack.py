@@ -12,7 +12,6 @@ import dataclasses
 import ipaddress
 import os
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,28 +19,19 @@ from typing import TYPE_CHECKING, Any
 from . import deploy as live
 from . import distribute, swarm
 from .compose import load_stack
-from .documents import read_text
+from .core.contract import TakenSubnet
+from .core.documents import read_text
+from .core.errors import CqkdError, NotDeployed
+from .core.policy import Policy
+from .core.process import Progress, Say
+from .core.results import Results
 from .env_files import working_dir_of
-from .errors import CqkdError
 from .plan import Plan, deploy_plan, scale_plan, teardown_plan
-from .policy import Policy
 from .render import RenderOptions, render
-from .results import Results
-from .validate import TakenSubnet, validate_texts
+from .validate import validate_texts
 
 if TYPE_CHECKING:
     import docker
-
-Say = Callable[[str], None]
-
-
-class NotDeployed(CqkdError):
-    """The stack failed validation against the policy and the live swarm: nothing changed."""
-
-    def __init__(self, results: Results, what: str = "nothing was deployed") -> None:
-        super().__init__(what, exit_code=1)
-        self.results = results
-        self.what = what
 
 
 @dataclass(frozen=True)
@@ -257,7 +247,7 @@ def deploy_stack(
     request: DeployRequest,
     checked: CheckedStack,
     say: Say,
-    progress: live.Progress | None = None,
+    progress: Progress | None = None,
 ) -> DeployOutcome:
     """Deploy a checked stack (bootstrap first), wait until it is in the DHT, map its ports.
 
@@ -334,7 +324,7 @@ def scale_stack(
     service: str,
     replicas: int,
     timeout: float,
-    progress: live.Progress | None = None,
+    progress: Progress | None = None,
     say: Say | None = None,
 ) -> ScaleOutcome:
     """Scale a checked service and wait until the DHT has every task.

@@ -16,26 +16,24 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .contract import (
+from .core.contract import (
     DEFAULT_SUBNET_BASE,
     DHT_NETWORK,
     STACK_LABEL,
     SUBNET_POOL_PREFIX,
+    TakenSubnet,
     key_values,
     resolve_slot,
     role_of,
     subnet_for,
 )
-from .contract import (
-    is_dht as declares_dht,
-)
-from .errors import CqkdError
+from .core.contract import is_dht as declares_dht
+from .core.errors import CqkdError
+from .core.policy import Policy, PortRange
+from .core.results import Problem, Results, json_path
 from .node.resolver import ResolverError
-from .policy import Policy, PortRange
-from .results import Problem, Results, json_path
 from .validate import (
     ServicePorts,
-    TakenSubnet,
     capacity_problems,
     check_service,
     collision_problems,

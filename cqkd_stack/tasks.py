@@ -22,11 +22,11 @@ from typing import Any, TypeVar
 from invoke import Argument, Collection, Context, Exit, Task, task
 
 from . import DEFAULT_NODE_IMAGE, report
-from .documents import write_atomically
-from .errors import BUG, INVALID, CqkdError, UsageError
-from .policy import Policy, load_policy
+from .core.documents import write_atomically
+from .core.errors import BUG, INVALID, CqkdError, UsageError
+from .core.policy import Policy, load_policy
+from .core.results import Results
 from .render import RenderOptions, render
-from .results import Results
 from .validate import read_sources, validate_texts
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -479,8 +479,9 @@ def deploy(
     """
     from . import swarm
     from .console import print_port_map, stderr_console, with_progress
+    from .core.errors import NotDeployed
     from .distribute import registry_reference
-    from .stack import DeployRequest, NotDeployed, check_stack, deploy_stack, plan_deploy
+    from .stack import DeployRequest, check_stack, deploy_stack, plan_deploy
 
     _format(format)
     name = _setting(c, "stack", stack)
@@ -685,7 +686,8 @@ def scale(
     """
     from . import swarm
     from .console import stderr_console, with_progress
-    from .stack import NotDeployed, check_scale, plan_scale, scale_stack
+    from .core.errors import NotDeployed
+    from .stack import check_scale, plan_scale, scale_stack
 
     _format(format)
     if replicas < 1:
@@ -801,7 +803,7 @@ def _deploy_compose(
     from . import compose_project, swarm
     from .compose_target import render_compose
     from .console import stderr_console, with_progress
-    from .stack import NotDeployed
+    from .core.errors import NotDeployed
 
     if file:
         [(name, text)] = read_sources([file])

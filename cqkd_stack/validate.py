@@ -22,14 +22,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .compose import LoadedStack, load_stack
+from .compose import load_stack
 from .compose_target import compose_problems, is_compose_target, load_compose
-from .contract import (
+from .core.contract import (
     DOCKER_DEFAULT_SUBNET,
     FIXED_VARIABLES,
     ROLE_LABEL,
     SLOT_PLACEHOLDER,
     SLOT_VARIABLES,
+    TakenSubnet,
     has_placeholder,
     is_dht,
     is_slot_template,
@@ -38,15 +39,13 @@ from .contract import (
     role_of,
     subnet_capacity,
 )
-from .documents import MAX_BYTES, decode_text, parse_yaml, read_text
-from .env_files import EnvOrigin
+from .core.documents import MAX_BYTES, EnvOrigin, LoadedStack, decode_text, parse_yaml, read_text
+from .core.policy import Policy, PortRange, policy_problems
+from .core.results import Problem, Results, json_path, one_per_location
 from .node.resolver import MIN_PORT, Resolution, ResolverError, optional_int
 from .placeholders import placeholder_problems
-from .policy import Policy, PortRange, policy_problems
 from .published import PublishedPort, published_ports
-from .results import Problem, Results, json_path, one_per_location
 
-TakenSubnet = tuple[str, ipaddress.IPv4Network]
 # Parts of a file name that mark a stack template (rendered by `render`, not deployed).
 TEMPLATE_SUFFIXES = (".tmpl.yml", ".tmpl.yaml")
 TEMPLATE_PLACEHOLDER = "<<.Task.Slot>>"

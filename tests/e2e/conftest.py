@@ -24,7 +24,7 @@ import requests
 
 from cqkd_stack import cluster as harness
 from cqkd_stack import images, swarm
-from cqkd_stack.errors import CqkdError
+from cqkd_stack.core.errors import CqkdError
 
 E2E_DIR = Path(__file__).resolve().parent
 # Not the default name: the tests must never take down a cluster of the developer's.

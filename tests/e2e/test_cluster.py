@@ -23,8 +23,8 @@ from test_stack import wait_for
 
 from cqkd_stack import cluster as harness
 from cqkd_stack import swarm
+from cqkd_stack.core.errors import CqkdError
 from cqkd_stack.distribute import ENGINE_LABEL
-from cqkd_stack.errors import CqkdError
 
 pytestmark = pytest.mark.e2e
 

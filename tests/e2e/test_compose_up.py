@@ -24,7 +24,7 @@ import pytest
 
 from cqkd_stack.compose_project import PROJECT_LABEL, SERVICE_LABEL
 from cqkd_stack.compose_target import render_compose
-from cqkd_stack.policy import load_policy
+from cqkd_stack.core.policy import load_policy
 from cqkd_stack.render import RenderOptions
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from cqkd_stack.compose import load_stack
-from cqkd_stack.policy import load_policy
+from cqkd_stack.core.policy import load_policy
 from cqkd_stack.render import RenderOptions, render
 
 CASES = Path(__file__).resolve().parent.parent / "cases"

@@ -12,8 +12,8 @@ from pathlib import Path
 import docker
 import yaml
 
+from cqkd_stack.core.policy import load_policy
 from cqkd_stack.deploy import stack_rm, wait_until_running
-from cqkd_stack.policy import load_policy
 from cqkd_stack.render import RenderOptions, render
 from cqkd_stack.swarm import STACK_LABEL, stack_leftovers
 

@@ -97,7 +97,7 @@ def test_version_is_reported(cli) -> None:
 
 
 def test_slot_lists_are_compacted_into_ranges() -> None:
-    from cqkd_stack.console import compact
+    from cqkd_stack.core.results import compact
 
     assert compact([1, 2, 3, 7, 9, 10]) == "1-3, 7, 9-10"
     assert compact([5]) == "5"

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from cqkd_stack import cluster
-from cqkd_stack.errors import CqkdError
+from cqkd_stack.core.errors import CqkdError
 from cqkd_stack.images import BaseRelease
 
 net = ipaddress.IPv4Network

@@ -293,7 +293,7 @@ def test_validate_help_shows_files_as_arguments_not_options(cli) -> None:
 
 
 def test_exit_codes_are_in_the_programs_help_and_every_tasks(cli) -> None:
-    from cqkd_stack.errors import EXIT_CODES
+    from cqkd_stack.core.errors import EXIT_CODES
     from cqkd_stack.tasks import ns
 
     for args in (["--help"], *([*name.split("."), "--help"] for name in ns.task_names)):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from cqkd_stack import documents
 from cqkd_stack.compose import DEFAULT_VERSION, DOCKER_SCHEMA_VERSIONS, load_stack
-from cqkd_stack.results import json_path
+from cqkd_stack.core import documents
+from cqkd_stack.core.results import json_path
 
 REPO = Path(__file__).resolve().parent.parent.parent
 CASES = REPO / "tests" / "cases"

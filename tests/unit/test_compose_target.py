@@ -14,9 +14,9 @@ from cqkd_stack.compose_target import (
     render_compose,
     render_compose_document,
 )
-from cqkd_stack.errors import InvalidInput, UsageError
+from cqkd_stack.core.errors import InvalidInput, UsageError
+from cqkd_stack.core.policy import load_policy
 from cqkd_stack.node.resolver import resolve
-from cqkd_stack.policy import load_policy
 from cqkd_stack.render import RenderOptions
 from cqkd_stack.validate import validate_texts
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import yaml
 
+from cqkd_stack.core.policy import load_policy
 from cqkd_stack.deploy import bootstrap_only
-from cqkd_stack.policy import load_policy
 from cqkd_stack.render import RenderOptions, render
 
 

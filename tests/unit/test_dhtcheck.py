@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from cqkd_stack.core.errors import CqkdError
+from cqkd_stack.core.policy import load_policy
 from cqkd_stack.dhtcheck import (
     CONTROL_DIR,
     JOB_LABEL,
@@ -22,8 +24,6 @@ from cqkd_stack.dhtcheck import (
     socket_mount,
     unreachable,
 )
-from cqkd_stack.errors import CqkdError
-from cqkd_stack.policy import load_policy
 from cqkd_stack.render import RenderOptions, render
 from cqkd_stack.validate import validate_texts
 

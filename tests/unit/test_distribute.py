@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from cqkd_stack.core.errors import CqkdError
 from cqkd_stack.distribute import names_a_registry, registry_reference
-from cqkd_stack.errors import CqkdError
 
 
 @pytest.mark.parametrize(

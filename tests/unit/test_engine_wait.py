@@ -12,7 +12,7 @@ import time
 import pytest
 
 from cqkd_stack import engine
-from cqkd_stack.errors import CqkdError
+from cqkd_stack.core.errors import CqkdError
 
 
 @pytest.fixture(autouse=True)

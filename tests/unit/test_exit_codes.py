@@ -116,7 +116,7 @@ def test_standard_output_on_a_full_disk_exits_2(tmp_path: Path) -> None:
 
 def test_the_error_type_the_container_raises_exits_invalid_by_default() -> None:
     """``node.errors.CqkdError`` writes INVALID out (it may import nothing): the same 1."""
-    from cqkd_stack.errors import INVALID, CqkdError
+    from cqkd_stack.core.errors import INVALID, CqkdError
     from cqkd_stack.node import errors
 
     assert errors.CqkdError is CqkdError

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cqkd_stack.errors import InvalidInput, UsageError
+from cqkd_stack.core.errors import InvalidInput, UsageError
+from cqkd_stack.core.policy import load_policy
 from cqkd_stack.kubernetes import (
     DEFAULT_KUBERNETES_VERSION,
     HEALTH_COMMAND,
@@ -25,7 +26,6 @@ from cqkd_stack.kubernetes import (
     render_manifests,
 )
 from cqkd_stack.node.resolver import resolve
-from cqkd_stack.policy import load_policy
 
 POLICY = load_policy()
 

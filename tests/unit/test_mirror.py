@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cqkd_stack import images
-from cqkd_stack.errors import CqkdError
+from cqkd_stack.core.errors import CqkdError
 from cqkd_stack.images import BaseRelease
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "apt"

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cqkd_stack.contract import subnet_capacity, subnet_for
-from cqkd_stack.errors import UsageError
-from cqkd_stack.policy import load_policy
+from cqkd_stack.core.contract import subnet_capacity, subnet_for
+from cqkd_stack.core.errors import UsageError
+from cqkd_stack.core.policy import load_policy
 from cqkd_stack.render import RenderOptions, render, swarm_placeholders
 from cqkd_stack.validate import validate_texts
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from cqkd_stack import report
-from cqkd_stack.results import Problem, Results
+from cqkd_stack.core.results import Problem, Results
 
 
 def _results(*problems: Problem, valid: tuple[str, ...] = ()) -> Results:

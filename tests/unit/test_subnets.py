@@ -7,8 +7,8 @@ import ipaddress
 import pytest
 import yaml
 
-from cqkd_stack.errors import CqkdError
-from cqkd_stack.policy import load_policy
+from cqkd_stack.core.errors import CqkdError
+from cqkd_stack.core.policy import load_policy
 from cqkd_stack.render import RenderOptions, dht_tasks, render
 from cqkd_stack.swarm import free_subnet
 from cqkd_stack.validate import validate_texts

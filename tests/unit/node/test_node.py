@@ -31,7 +31,7 @@ from kademlia.network import Server
 from kademlia.node import Node
 from kademlia.utils import digest as kademlia_digest
 
-from cqkd_stack.errors import CqkdError
+from cqkd_stack.core.errors import CqkdError
 from cqkd_stack.node import nodectl, probe
 from cqkd_stack.node.daemon import (
     HealthFile,

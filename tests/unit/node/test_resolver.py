@@ -210,8 +210,8 @@ def test_seed_contract_defaults_stay_inside_the_worker_range() -> None:
 
 
 def test_seed_contract_defaults_match_the_shipped_policy() -> None:
+    from cqkd_stack.core.policy import load_policy
     from cqkd_stack.node.resolver import DEFAULT_BASE_PORT, DEFAULT_RANGE_END
-    from cqkd_stack.policy import load_policy
 
     worker = load_policy().role_range("worker")
     assert (worker.start, worker.end) == (DEFAULT_BASE_PORT, DEFAULT_RANGE_END)

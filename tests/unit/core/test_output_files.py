@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cqkd_stack import documents
-from cqkd_stack.documents import write_atomically
+from cqkd_stack.core import documents
+from cqkd_stack.core.documents import write_atomically
 
 
 def _files(folder: Path) -> list[str]:

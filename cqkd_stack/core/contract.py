@@ -14,10 +14,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ..node.resolver import Resolution, resolve
 from .errors import InvalidInput
-from .node.resolver import Resolution, resolve
 
 ROLE_LABEL = "cqkd.role"
+# On the node images `setup` builds: the digest of what went into the image. It
+# also tells this project's node (which never keeps the probe) from a stock one.
+HASH_LABEL = "org.cqkd.build-inputs"
 STACK_LABEL = "com.docker.stack.namespace"
 DHT_NETWORK = "dht"
 HOST_NETWORK = "hostnet"
@@ -29,6 +32,8 @@ DOCKER_DEFAULT_SUBNET = ipaddress.IPv4Network("10.0.0.0/24")
 # Addresses an overlay subnet loses before tasks get any: network, broadcast,
 # gateway. Docker also gives each swarm node one load-balancer address.
 RESERVED_ADDRESSES = 3
+# A subnet the engine has given a network already, by network name.
+TakenSubnet = tuple[str, ipaddress.IPv4Network]
 SLOT_PLACEHOLDER = "{{.Task.Slot}}"
 # Go templates allow spaces inside the braces; Swarm renders both alike.
 _SLOT_TEMPLATE = re.compile(r"\{\{-?\s*\.Task\.Slot\s*-?\}\}")

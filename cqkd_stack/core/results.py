@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
+# A path into a document: keys and list indices, as json_path writes them.
+PathParts = tuple[str | int, ...]
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
@@ -192,3 +194,14 @@ NOTHING_CHECKED = (
     "no stack, port policy or manifest was checked: give the files you deploy "
     "(a template is linted once rendered: cqkd-stack render -o cqkd.yml)"
 )
+
+
+def compact(numbers: list[int]) -> str:
+    """1,2,3,7 → 1-3, 7: a thousand missing slots must fit on a line."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and spans[-1][1] == n - 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)

@@ -14,7 +14,8 @@ import json
 import os
 import re
 import stat
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from .errors import InvalidInput, UsageError
-from .results import Problem, json_path
+from .results import PathParts, Problem, json_path, parse_json_path
 
-_PACKAGE = Path(__file__).resolve().parent
+# The package folder (this file is cqkd_stack/core/documents.py).
+_PACKAGE = Path(__file__).resolve().parent.parent
 
 
 def data_file(kind: str, name: str) -> Path:
@@ -240,7 +242,7 @@ def parse_yaml_nodes(
     text: str,
     file: str,
     expected: str,
-    loader: type[_BoundedLoader] | None = None,
+    loader: type[BoundedLoader] | None = None,
     max_nodes: int = MAX_EXPANDED_NODES,
     max_expanded: int | None = None,
 ) -> ParsedYaml:
@@ -254,7 +256,7 @@ def parse_yaml_nodes(
     one service per worker, its shared keys merged from an anchor) sets its
     own. Each problem has the line where it was found, when there is one.
     """
-    bounded = (loader or _BoundedLoader)(text)
+    bounded = (loader or BoundedLoader)(text)
     bounded.max_nodes = max_nodes if max_expanded is None else max_expanded
     try:
         _check_events(text, max_nodes)
@@ -300,7 +302,7 @@ class _TooLarge(Exception):
 _SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _BoundedLoader(_SafeLoader):  # type: ignore[misc,valid-type]
+class BoundedLoader(_SafeLoader):  # type: ignore[misc,valid-type]
     """PyYAML's safe loader that refuses a document whose aliases expand too far.
 
     The expanded size is counted on the composed node graph, where each alias
@@ -426,12 +428,12 @@ def schema_problems(data: Any, schema_name: str, file: str) -> list[Problem]:
     problems = []
     for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path)):
         if error.context:
-            error = _closest_branch(error)
-        problems.append(Problem(file, json_path(error.absolute_path), _humanise(error)))
+            error = closest_branch(error)
+        problems.append(Problem(file, json_path(error.absolute_path), humanise(error)))
     return problems
 
 
-def _closest_branch(error: ValidationError) -> ValidationError:
+def closest_branch(error: ValidationError) -> ValidationError:
     """For anyOf/oneOf, the error of the branch the author most likely meant.
 
     Branches that fail on the value's type alone (a mapping given where the
@@ -446,11 +448,11 @@ def _closest_branch(error: ValidationError) -> ValidationError:
     return chosen if chosen is not None else error
 
 
-def _humanise(error: ValidationError) -> str:
+def humanise(error: ValidationError) -> str:
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
-        extra = [k for k in extra if not _matches_pattern(error.schema, k)]
+        extra = [k for k in extra if not matches_pattern(error.schema, k)]
         parts = []
         for key in extra:
             hint = difflib.get_close_matches(key, allowed, n=1)
@@ -468,5 +470,97 @@ def _humanise(error: ValidationError) -> str:
     return error.message
 
 
-def _matches_pattern(schema: dict[str, Any], key: str) -> bool:
+def matches_pattern(schema: dict[str, Any], key: str) -> bool:
     return any(re.search(p, key) for p in schema.get("patternProperties", {}))
+
+
+# --- a file of services as its runtime reads it, with its lines -----------------
+
+
+@dataclass(frozen=True)
+class EnvOrigin:
+    """The env file line a variable of a service came from."""
+
+    entry: int | None  # its index in a list of env files; None: env_file is one string
+    file: str  # as the stack names it
+    line: int
+
+    @property
+    def parts(self) -> PathParts:
+        """Where the env file is named in the service (for the stack file's line)."""
+        return ("env_file",) if self.entry is None else ("env_file", self.entry)
+
+    def __str__(self) -> str:
+        return f"{self.file}, line {self.line}"
+
+
+@dataclass
+class LoadedStack:
+    """One stack file as Docker's loader sees it.
+
+    ``doc`` is the interpolated, cast document, or None when Docker would
+    refuse the file (then ``problems`` says why; it is never empty then).
+    ``warnings`` are things Docker accepts silently but that are probably
+    mistakes (an unset variable becoming ""). ``version`` is the schema
+    version used, None when the file was not read that far.
+    """
+
+    doc: dict[str, Any] | None
+    problems: list[Problem]
+    warnings: list[Problem] = field(default_factory=list)
+    version: str | None = None
+    # Per service, the variables its env files set (and where), for messages.
+    env_origins: dict[str, dict[str, EnvOrigin]] = field(default_factory=dict)
+    _root: yaml.Node | None = field(default=None, repr=False)
+
+    def locate(self, path: str) -> int | None:
+        """The line of a ``json_path`` (``$.services.worker.ports[0]``) in the file.
+
+        A path that does not exist (a missing key is reported on its parent)
+        gets the line of its nearest existing ancestor; None without a document.
+        """
+        return line_of(self._root, parse_json_path(path))
+
+
+def line_of(root: yaml.Node | None, parts: Iterable[str | int]) -> int | None:
+    """The line of the key (or list item) at ``parts``, or of its deepest existing ancestor.
+
+    Merged keys (``<<: *base``) were moved into each mapping's node while it
+    was built, so they are found where they are written: at the anchor.
+    """
+    if root is None:
+        return None
+    node, line = root, root.start_mark.line + 1
+    for part in parts:
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            pairs = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)]
+            found = [pair for pair in pairs if pair[0].value == part]
+            if not found:
+                break
+            key, node = found[-1]  # the last of equal keys is the one kept
+            line = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if not 0 <= part < len(node.value):
+                break
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def non_string_keys(value: Any, path: PathParts) -> Iterable[tuple[PathParts, str]]:
+    """yaml.v3 gives Docker non-string keys as a map it cannot turn into JSON."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                yield (
+                    path,
+                    f"key {key!r} is not a string; Docker's loader refuses the file "
+                    f"(quote it: '{key}')",
+                )
+            else:
+                yield from non_string_keys(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from non_string_keys(item, (*path, i))

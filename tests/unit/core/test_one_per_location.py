@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cqkd_stack.results import Problem, one_per_location
+from cqkd_stack.core.results import Problem, one_per_location
 
 
 def test_same_line_and_message_in_several_services_become_one() -> None:

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from cqkd_stack.contract import env_for_slot, is_slot_template, resolve_slot
-from cqkd_stack.errors import InvalidInput, UsageError
-from cqkd_stack.policy import Policy, PolicyError, PortRange, load_policy
+from cqkd_stack.core.contract import env_for_slot, is_slot_template, resolve_slot
+from cqkd_stack.core.errors import InvalidInput, UsageError
+from cqkd_stack.core.policy import Policy, PolicyError, PortRange, load_policy
 
 
 def write(tmp_path: Path, text: str) -> Path:

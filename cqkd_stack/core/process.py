@@ -12,7 +12,10 @@ from pathlib import Path
 
 from .errors import CqkdError
 
-Progress = Callable[[str], None]
+# What long work tells whoever shows it: a line of news ...
+Say = Callable[[str], None]
+# ... or where it stands: (done, total, what), as a progress bar draws it.
+Progress = Callable[[int, int, str], None]
 
 
 def tail(text: str, lines: int = 15) -> str:
@@ -20,7 +23,7 @@ def tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def say(progress: Progress | None, message: str) -> None:
+def say(progress: Say | None, message: str) -> None:
     if progress is not None:
         progress(message)
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cqkd_stack.documents import MAX_BYTES, parse_yaml, read_text
-from cqkd_stack.errors import InvalidInput
+from cqkd_stack.core.documents import MAX_BYTES, parse_yaml, read_text
+from cqkd_stack.core.errors import InvalidInput
 
-CASES = Path(__file__).resolve().parent.parent / "cases"
+CASES = Path(__file__).resolve().parents[2] / "cases"
 
 
 @pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")

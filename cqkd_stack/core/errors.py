@@ -1,4 +1,8 @@
-"""The one error type modules raise, and the exit codes it maps to.
+"""The kinds of the one error type modules raise, and the exit codes they map to.
+
+``CqkdError`` itself is defined in ``node.errors``, so that the code in the
+container can raise it without importing anything up here; it is the same
+class under both names.
 
 Every task and every target follows one rule, the linters' (check-jsonschema,
 pre-commit): what went wrong decides the code, not which task or target
@@ -7,9 +11,13 @@ found it. ``EXIT_CODES`` is that rule as the command's ``--help`` prints it.
 
 from __future__ import annotations
 
-from .node.errors import CqkdError
+from typing import TYPE_CHECKING
 
-__all__ = ["BUG", "EXIT_CODES", "INVALID", "OK", "USAGE", "CqkdError", "InvalidInput", "UsageError"]
+from ..node.errors import CqkdError
+
+if TYPE_CHECKING:
+    from .results import Results
+
 
 OK = 0
 # The input was read and fails its checks (a stack, policy or file that is
@@ -57,3 +65,12 @@ class UsageError(CqkdError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, exit_code=USAGE)
+
+
+class NotDeployed(CqkdError):
+    """The stack failed validation against the policy and the live swarm: nothing changed."""
+
+    def __init__(self, results: Results, what: str = "nothing was deployed") -> None:
+        super().__init__(what, exit_code=INVALID)
+        self.results = results
+        self.what = what
