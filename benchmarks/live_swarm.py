@@ -30,7 +30,8 @@ import docker
 
 from cqkd_stack.core.policy import load_policy
 from cqkd_stack.deploy import stack_rm, wait_until_running
-from cqkd_stack.render import RenderOptions, render
+from cqkd_stack.targets.base import RenderOptions
+from cqkd_stack.targets.swarm import render
 
 
 def cqkd(*args: str) -> tuple[float, subprocess.CompletedProcess[str]]:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import DEFAULT_NODE_IMAGE
-from .compose_target import parallel_limit
 from .core.contract import ROLE_LABEL, key_values, resolve_slot
 from .core.errors import CqkdError, NotDeployed, UsageError
 from .core.policy import Policy
@@ -33,6 +32,7 @@ from .dhtcheck import Control, DhtCheck, exec_nodectl, round_trip
 from .node.nodectl import DEFAULT_SOCKET
 from .published import published_ports
 from .readiness import Prober, Target
+from .targets.compose import parallel_limit
 
 if TYPE_CHECKING:
     import docker
@@ -349,7 +349,7 @@ def deploy(
     Every refusal comes before docker-compose runs, so a refused deploy
     starts nothing (NotDeployed carries the policy's problems).
     """
-    from .compose_target import load_compose
+    from .targets.compose import load_compose
     from .validate import validate_texts
 
     check_project_name(project)

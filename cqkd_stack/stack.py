@@ -27,7 +27,8 @@ from .core.process import Progress, Say
 from .core.results import Results
 from .env_files import working_dir_of
 from .plan import Plan, deploy_plan, scale_plan, teardown_plan
-from .render import RenderOptions, render
+from .targets.base import RenderOptions
+from .targets.swarm import render
 from .validate import validate_texts
 
 if TYPE_CHECKING:

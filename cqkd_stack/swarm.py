@@ -32,12 +32,8 @@ from .core.errors import CqkdError
 from .core.policy import Policy, PortRange
 from .core.results import Problem, Results, json_path
 from .node.resolver import ResolverError
-from .validate import (
-    ServicePorts,
-    capacity_problems,
-    check_service,
-    collision_problems,
-)
+from .targets.swarm import capacity_problems
+from .validate import ServicePorts, check_service, collision_problems
 
 if TYPE_CHECKING:
     import docker

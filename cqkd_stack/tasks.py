@@ -11,6 +11,7 @@ SHORT_FLAGS); every task that reports takes ``--format text|json``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import sys
@@ -26,14 +27,12 @@ from .core.documents import write_atomically
 from .core.errors import BUG, INVALID, CqkdError, UsageError
 from .core.policy import Policy, load_policy
 from .core.results import Results
-from .render import RenderOptions, render
+from .targets.base import RenderOptions
+from .targets.registry import target_named
 from .validate import read_sources, validate_texts
 
 F = TypeVar("F", bound=Callable[..., Any])
 TEXT_OR_JSON = ("text", "json")
-# Where a rendered network runs: one Swarm stack (the project's purpose), one
-# docker-compose file with a service per worker, or Kubernetes manifests.
-TARGETS = ("swarm", "compose", "kubernetes")
 # Options several tasks share say the same, default included.
 STACK_HELP = "stack name (default: cqkd, or cqkd.stack in invoke.yaml)"
 POLICY_HELP = (
@@ -147,12 +146,6 @@ def _format(value: str, allowed: tuple[str, ...] = TEXT_OR_JSON) -> str:
     return value
 
 
-def _target(value: str, allowed: tuple[str, ...] = TARGETS) -> str:
-    if value not in allowed:
-        raise UsageError(f"--target must be one of {', '.join(allowed)}, got '{value}'")
-    return value
-
-
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
@@ -233,24 +226,15 @@ def render_stack(
     With --target compose, a docker-compose file; with --target kubernetes,
     manifests. Each is checked as `validate` would before it is written.
     """
-    _target(target)
+    chosen = target_named(target)
     rules = _policy(c, policy)
     options = _render_options(
         c, replicas, image, network, port_offset, subnet, join_stack, healthcheck
     )
-    if target != "kubernetes" and (namespace or ordinals_start):
-        raise UsageError("--namespace and --ordinals-start apply to --target kubernetes")
-    if target == "kubernetes":
-        from .kubernetes import refuse_swarm_options, render_kubernetes
-
-        refuse_swarm_options(options)
-        text = render_kubernetes(rules, replicas, image, namespace or None, ordinals_start)
-    elif target == "compose":
-        from .compose_target import render_compose
-
-        text = render_compose(rules, options)
-    else:
-        text = render(rules, options)
+    # Kubernetes' own two: every other target refuses them.
+    kubernetes = {"namespace": namespace or None, "ordinals_start": ordinals_start}
+    options = dataclasses.replace(options, **kubernetes)
+    text = chosen.render(rules, options)
     name = "<rendered>" if output in ("", "-") else output
     results = validate_texts([(name, text)], rules, target=target)
     if not results.ok:
@@ -332,7 +316,10 @@ def validate(
     _format(format, tuple(report.FORMATS))
     sources = read_sources(names)
     results = validate_texts(
-        sources, _policy(c, policy), together=together, target=_target(target) if target else None
+        sources,
+        _policy(c, policy),
+        together=together,
+        target=target_named(target).name if target else None,
     )
     print(report.FORMATS[format](results))
     if not results.ok:
@@ -485,7 +472,7 @@ def deploy(
 
     _format(format)
     name = _setting(c, "stack", stack)
-    compose = _target(target, ("swarm", "compose")) == "compose"
+    compose = target_named(target, ("swarm", "compose")).name == "compose"
     if registry and compose:
         raise UsageError("--registry is for Swarm nodes; the compose target runs on this host")
     if registry and file:
@@ -602,7 +589,7 @@ def dht_check(
     from .dhtcheck import dht_check as check
 
     _format(format)
-    compose = _target(target, ("swarm", "compose")) == "compose"
+    compose = target_named(target, ("swarm", "compose")).name == "compose"
     if compose and all:
         raise UsageError("--all probes a Swarm stack; deploy --target compose probes every node")
     name = _setting(c, "stack", stack)
@@ -749,7 +736,7 @@ def teardown(
     from .stack import plan_teardown
 
     _format(format)
-    compose = _target(target, ("swarm", "compose")) == "compose"
+    compose = target_named(target, ("swarm", "compose")).name == "compose"
     if compose and dry_run:
         raise UsageError(_NO_COMPOSE_DRY_RUN)
     console = stderr_console()
@@ -801,9 +788,9 @@ def _deploy_compose(
     format: str,
 ) -> None:
     from . import compose_project, swarm
-    from .compose_target import render_compose
     from .console import stderr_console, with_progress
     from .core.errors import NotDeployed
+    from .targets.compose import render_compose
 
     if file:
         [(name, text)] = read_sources([file])

@@ -13,7 +13,6 @@ every task will resolve.
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import os
 import re
 import sys
@@ -23,9 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .compose import load_stack
-from .compose_target import compose_problems, is_compose_target, load_compose
 from .core.contract import (
-    DOCKER_DEFAULT_SUBNET,
     FIXED_VARIABLES,
     ROLE_LABEL,
     SLOT_PLACEHOLDER,
@@ -37,7 +34,6 @@ from .core.contract import (
     key_values,
     resolve_slot,
     role_of,
-    subnet_capacity,
 )
 from .core.documents import MAX_BYTES, EnvOrigin, LoadedStack, decode_text, parse_yaml, read_text
 from .core.policy import Policy, PortRange, policy_problems
@@ -45,6 +41,9 @@ from .core.results import Problem, Results, json_path, one_per_location
 from .node.resolver import MIN_PORT, Resolution, ResolverError, optional_int
 from .placeholders import placeholder_problems
 from .published import PublishedPort, published_ports
+from .targets import swarm
+from .targets.base import Target
+from .targets.registry import TARGETS, declared_by
 
 # Parts of a file name that mark a stack template (rendered by `render`, not deployed).
 TEMPLATE_SUFFIXES = (".tmpl.yml", ".tmpl.yaml")
@@ -525,79 +524,6 @@ class _ServiceCheck:
         ]
 
 
-def _network_problems(
-    file: str, doc: dict[str, Any], taken: Sequence[TakenSubnet] = ()
-) -> list[Problem]:
-    """dnsrr gives every task an address on each network it joins: check they fit.
-
-    ``taken`` are subnets of networks that already exist: an overlay that
-    overlaps one is created, but its tasks never get addresses.
-    """
-    problems = []
-    networks = doc.get("networks") or {}
-    demand: dict[str, int] = {}
-    for service in doc["services"].values():
-        deploy = service.get("deploy") or {}
-        if deploy.get("mode", "replicated") != "replicated":
-            continue
-        replicas = deploy.get("replicas", 1)
-        joined = service.get("networks") or ["default"]
-        for name in joined:
-            demand[name] = demand.get(name, 0) + (replicas if isinstance(replicas, int) else 1)
-    for name, tasks in demand.items():
-        network = networks.get(name) or {}
-        if network.get("external") or network.get("driver", "overlay") != "overlay":
-            continue
-        configs = (network.get("ipam") or {}).get("config") or []
-        where = ["networks", name, "ipam", "config", 0, "subnet"]
-        subnet_text = configs[0].get("subnet") if configs else None
-        if subnet_text is None:
-            subnet, what = DOCKER_DEFAULT_SUBNET, "Docker's default /24"
-            where = ["networks", name] if name in networks else ["services"]
-        else:
-            try:
-                subnet = ipaddress.IPv4Network(subnet_text)
-            except ValueError as exc:
-                problems.append(Problem(file, json_path(where), f"not a valid IPv4 subnet: {exc}"))
-                continue
-            what = f"subnet {subnet}"
-            for other, used in taken:
-                if subnet.overlaps(used):
-                    problems.append(
-                        Problem(
-                            file,
-                            json_path(where),
-                            f"subnet {subnet} overlaps network '{other}' ({used}) on this "
-                            "engine; Swarm would create the network but never give its "
-                            "tasks addresses",
-                        )
-                    )
-        problems += capacity_problems(file, json_path(where), name, what, subnet, tasks)
-    return problems
-
-
-def capacity_problems(
-    file: str, where: str, name: str, what: str, subnet: ipaddress.IPv4Network, tasks: int
-) -> list[Problem]:
-    """Each task on a dnsrr network takes an address: refuse more tasks than the subnet has."""
-    capacity = subnet_capacity(subnet)
-    if tasks <= capacity:
-        return []
-    prefix = next(
-        p
-        for p in range(subnet.prefixlen, 0, -1)
-        if subnet_capacity(subnet.supernet(new_prefix=p)) >= tasks
-    )
-    return [
-        Problem(
-            file,
-            where,
-            f"{tasks} tasks join network '{name}' and each needs an address, but "
-            f"{what} holds {capacity}; use a /{prefix} or larger",
-        )
-    ]
-
-
 def check_service(
     file: str,
     name: str,
@@ -622,15 +548,16 @@ def check_services(
     doc: dict[str, Any],
     file: str,
     policy: Policy,
+    target: Target = swarm.TARGET,
     taken: Sequence[TakenSubnet] = (),
-    swarm: bool = True,
     origins: Mapping[str, Mapping[str, EnvOrigin]] | None = None,
 ) -> tuple[list[Problem], list[ServicePorts]]:
-    """The project's rules on a document Docker's schema accepts.
+    """The project's rules on a document Docker's schema accepts, then the target's own.
 
-    ``swarm`` False: a docker-compose file, whose networks are bridges on one
-    host (``compose_target`` has their rules), not Swarm overlays.
-    ``origins``: per service, the variables an env file set (``LoadedStack.env_origins``).
+    ``target``'s rules know what its tool needs besides ports: Swarm's
+    overlays, docker-compose's bridges on one host. ``taken``: subnets the
+    engine's networks hold. ``origins``: per service, the variables an env
+    file set (``LoadedStack.env_origins``).
     """
     problems: list[Problem] = []
     claims: list[ServicePorts] = []
@@ -644,10 +571,7 @@ def check_services(
         )
         problems += found
         claims += claimed
-    if swarm:
-        problems += _network_problems(file, doc, taken)
-    else:
-        problems += compose_problems(doc, file)
+    problems += target.problems(doc, file, policy, taken)
     return problems, claims
 
 
@@ -736,34 +660,25 @@ def _collision(claim: ServicePorts, other: ServicePorts) -> Problem:
 
 
 _POLICY_KEYS = re.compile(r"^roles\s*:", re.MULTILINE)
-_MANIFEST_KEYS = (
-    re.compile(r"^apiVersion\s*:", re.MULTILINE),
-    re.compile(r"^kind\s*:", re.MULTILINE),
-)
 _SERVICES_KEY = re.compile(r"^services\s*:", re.MULTILINE)
 
 
-def _kind(file: str, text: str, target: str | None = None) -> str:
-    """What a file given to the linter is: a stack, a compose file, a template or a policy.
+def _kind(file: str, text: str, target: str | None = None) -> Target | str:
+    """What a file given to the linter is: a template, a policy, or a target's file.
 
     Templates are named ``*.tmpl.yml`` or carry the template's own slot
     spelling (``<<.Task.Slot>>``), which only ``render`` turns into Swarm's.
-    A policy has top-level ``roles`` and no ``services``. A compose-target
-    file says so (``x-cqkd-target: compose``), or ``target`` says it for a
-    file written by hand. Kubernetes manifests have top-level ``apiVersion``
-    and ``kind``. Decided on the text, so a file is parsed once, by
-    the reader that suits it.
+    A policy has top-level ``roles`` and no ``services``. Any other file is
+    the file of the target ``target`` names, else of the one its text
+    declares (``x-cqkd-target: compose``; top-level ``apiVersion`` and
+    ``kind``: Kubernetes manifests), else a Swarm stack. Decided on the
+    text, so a file is parsed once, by the reader that suits it.
     """
     if file.endswith(TEMPLATE_SUFFIXES) or TEMPLATE_PLACEHOLDER in text:
         return "template"
     if _POLICY_KEYS.search(text) and not _SERVICES_KEY.search(text):
         return "policy"
-    if target == "compose" or (target is None and is_compose_target(text)):
-        return "compose"
-    manifests = all(key.search(text) for key in _MANIFEST_KEYS) and not _SERVICES_KEY.search(text)
-    if target == "kubernetes" or (target is None and manifests):
-        return "kubernetes"
-    return "stack"
+    return TARGETS[target] if target is not None else declared_by(text)
 
 
 def _explain_template(problem: Problem) -> Problem:
@@ -798,8 +713,8 @@ def validate_texts(
     given among the files are checked as policies; stack templates are
     skipped (render them, then lint the result). ``loaded`` are stacks the
     caller has already read with ``compose.load_stack``, by file name, so
-    that nothing is parsed twice. ``target`` ("swarm" or "compose") says how
-    to read the stack files; by default each file's text decides.
+    that nothing is parsed twice. ``target`` (a name in ``targets.registry``)
+    says how to read the stack files; by default each file's text decides.
     """
     environ = os.environ if environ is None else environ
     results = Results()
@@ -816,28 +731,22 @@ def validate_texts(
             doc, problems = parse_yaml(text, file, "a port policy with roles")
             results.extend(problems if doc is None else policy_problems(doc, file))
             continue
-        if kind == "kubernetes":
-            from .kubernetes import DEFAULT_KUBERNETES_VERSION, manifest_problems
-
-            version = DEFAULT_KUBERNETES_VERSION
-            results.note(file, f"Kubernetes manifests, checked against Kubernetes {version}", kind)
-            results.extend(manifest_problems(text, file, policy=policy))
+        if not kind.services:
+            results.note(file, kind.note, kind.name)
+            results.extend(_object_problems(kind, text, file, policy, taken))
             continue
-        stack = (loaded or {}).get(file) or (
-            load_compose(text, file) if kind == "compose" else load_stack(text, file, environ)
-        )
+        stack = (loaded or {}).get(file) or _load(kind, text, file, environ)
         loaded_by_file[file] = stack
         # One line per source location: an anchor shared by 1000 services is one mistake.
         results.warn(one_per_location(stack.warnings))
         if stack.doc is None:
             results.extend(one_per_location([_explain_template(p) for p in stack.problems]))
             continue
-        if kind == "compose":
-            results.note(file, "a docker-compose file (compose target), checked as one", kind)
-        problems, found = check_services(
-            stack.doc, file, policy, taken, kind == "stack", stack.env_origins
-        )
-        if kind == "stack":
+        if kind.note:
+            results.note(file, kind.note, kind.name)
+        problems, found = check_services(stack.doc, file, policy, kind, taken, stack.env_origins)
+        if kind.load is None:
+            # A Swarm stack file: where Swarm would fill in its placeholders, and where not.
             shown = placeholder_problems(stack.doc)
             problems += [Problem(file, json_path(parts), message) for parts, message in shown]
         if together:
@@ -850,6 +759,21 @@ def validate_texts(
             found_in = loaded_by_file.get(problem.file)
             results.extend(_with_lines([problem], found_in) if found_in else [problem])
     return results
+
+
+def _load(target: Target, text: str, file: str, environ: Mapping[str, str]) -> LoadedStack:
+    """A file as its target's tool reads it; a Swarm stack as ``docker stack deploy`` does."""
+    return target.load(text, file) if target.load else load_stack(text, file, environ)
+
+
+def _object_problems(
+    target: Target, text: str, file: str, policy: Policy, taken: Sequence[TakenSubnet]
+) -> list[Problem]:
+    """A file of other objects than Docker services (Kubernetes manifests): its target's rules."""
+    loaded = _load(target, text, file, {})
+    return (
+        loaded.problems if loaded.doc is None else target.problems(loaded.doc, file, policy, taken)
+    )
 
 
 STDIN = "-"

@@ -15,7 +15,8 @@ import yaml
 
 from cqkd_stack.compose import load_stack
 from cqkd_stack.core.policy import load_policy
-from cqkd_stack.render import RenderOptions, render
+from cqkd_stack.targets.base import RenderOptions
+from cqkd_stack.targets.swarm import render
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
 # compose-* cases are docker-compose files: docker-compose reads them in test_compose_up.py.

@@ -14,8 +14,9 @@ import yaml
 
 from cqkd_stack.core.policy import load_policy
 from cqkd_stack.deploy import stack_rm, wait_until_running
-from cqkd_stack.render import RenderOptions, render
 from cqkd_stack.swarm import STACK_LABEL, stack_leftovers
+from cqkd_stack.targets.base import RenderOptions
+from cqkd_stack.targets.swarm import render
 
 
 def test_a_large_stack_is_stepped_down_before_removal(

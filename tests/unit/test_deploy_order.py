@@ -8,7 +8,8 @@ import yaml
 
 from cqkd_stack.core.policy import load_policy
 from cqkd_stack.deploy import bootstrap_only
-from cqkd_stack.render import RenderOptions, render
+from cqkd_stack.targets.base import RenderOptions
+from cqkd_stack.targets.swarm import render
 
 
 def rendered(**options: Any) -> dict[str, Any]:

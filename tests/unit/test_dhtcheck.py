@@ -24,7 +24,8 @@ from cqkd_stack.dhtcheck import (
     socket_mount,
     unreachable,
 )
-from cqkd_stack.render import RenderOptions, render
+from cqkd_stack.targets.base import RenderOptions
+from cqkd_stack.targets.swarm import render
 from cqkd_stack.validate import validate_texts
 
 POLICY = load_policy()

@@ -84,12 +84,14 @@ def test_an_output_that_cannot_be_written_exits_2(cli, tmp_path: Path) -> None:
 
 
 def test_a_bug_exits_3_with_its_own_message(cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cqkd_stack import tasks
+    import dataclasses
+
+    from cqkd_stack.targets.registry import TARGETS
 
     def broken(*args: object, **kwargs: object) -> None:
         raise KeyError("boom")
 
-    monkeypatch.setattr(tasks, "render", broken)
+    monkeypatch.setitem(TARGETS, "swarm", dataclasses.replace(TARGETS["swarm"], render=broken))
     done = cli("render")
     assert done.code == 3
     assert "unexpected error (KeyError: 'boom'); this is a bug in cqkd-stack" in done.err

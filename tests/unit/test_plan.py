@@ -18,8 +18,9 @@ from cqkd_stack.core.contract import key_values
 from cqkd_stack.core.policy import load_policy
 from cqkd_stack.distribute import NodeImageId
 from cqkd_stack.plan import deploy_plan, image_plans, scale_plan, teardown_plan
-from cqkd_stack.render import RenderOptions, render
 from cqkd_stack.swarm import StackState
+from cqkd_stack.targets.base import RenderOptions
+from cqkd_stack.targets.swarm import render
 
 POLICY = load_policy()
 STACK = "cqkd"

@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from cqkd_stack import compose_target
-from cqkd_stack.compose_target import (
+from cqkd_stack.core.errors import InvalidInput, UsageError
+from cqkd_stack.core.policy import load_policy
+from cqkd_stack.node.resolver import resolve
+from cqkd_stack.targets import compose as compose_target
+from cqkd_stack.targets.base import RenderOptions
+from cqkd_stack.targets.compose import (
     BRIDGE_MAX_CONTAINERS,
     MAX_COMPOSE_NODES,
     compose_problems,
@@ -14,10 +18,6 @@ from cqkd_stack.compose_target import (
     render_compose,
     render_compose_document,
 )
-from cqkd_stack.core.errors import InvalidInput, UsageError
-from cqkd_stack.core.policy import load_policy
-from cqkd_stack.node.resolver import resolve
-from cqkd_stack.render import RenderOptions
 from cqkd_stack.validate import validate_texts
 
 POLICY = load_policy()

@@ -17,21 +17,27 @@ will compute are asked of the resolver, the code each pod runs.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from itertools import pairwise
 from typing import Any
 
 import yaml
 
-from . import DEFAULT_NODE_IMAGE, __version__
-from .core.contract import ROLE_LABEL
-from .core.documents import MAX_BYTES, line_of, parse_yaml_nodes
-from .core.errors import InvalidInput, UsageError
-from .core.policy import Policy, PortRange, load_policy
-from .core.results import Problem, json_path
-from .node.resolver import ResolverError, resolve
-from .render import NoAliasDumper, RenderOptions, health_interval, port_environment
+from .. import DEFAULT_NODE_IMAGE, __version__
+from ..core.contract import ROLE_LABEL, TakenSubnet
+from ..core.documents import MAX_BYTES, LoadedStack, line_of, parse_yaml_nodes
+from ..core.errors import InvalidInput, UsageError
+from ..core.policy import Policy, PortRange, load_policy
+from ..core.results import Problem, json_path
+from ..node.resolver import ResolverError, resolve
+from .base import (
+    NoAliasDumper,
+    RenderOptions,
+    Target,
+    health_interval,
+    port_environment,
+)
 
 # The newest Kubernetes whose schemas kubernetes-validate 1.37 ships (its
 # versions follow Kubernetes'); the lower bound in pyproject.toml guarantees it.
@@ -372,6 +378,20 @@ def manifest_problems(
     document reports at most one; the port rules run once every document
     passes the schemas, since they read fields the schemas vouch for.
     """
+    loaded = load_manifests(text, file, kubernetes_version)
+    if loaded.doc is None:
+        return loaded.problems
+    return manifest_port_problems(loaded.doc, file, policy or load_policy())
+
+
+def load_manifests(
+    text: str, file: str, kubernetes_version: str = DEFAULT_KUBERNETES_VERSION
+) -> LoadedStack:
+    """The manifests as one ``List`` (as kubectl reads several documents), or why not.
+
+    Each document is read by the bounded YAML reader and checked against
+    Kubernetes' schemas in strict mode; every problem carries its line.
+    """
     try:
         import kubernetes_validate
         from kubernetes_validate.utils import VersionNotSupportedError
@@ -381,17 +401,19 @@ def manifest_problems(
             "pip install 'cqkd-stack[kubernetes]'"
         ) from None
     if len(text.encode()) > MAX_BYTES:
-        return [Problem(file, "$", f"larger than {MAX_BYTES:,} bytes; refused")]
+        return _refused([Problem(file, "$", f"larger than {MAX_BYTES:,} bytes; refused")])
     markers = sum(1 for _ in _DOCUMENT_START.finditer(text))
     if markers > MAX_DOCUMENTS:
-        return [
-            Problem(
-                file,
-                "$",
-                f"{markers:,} YAML documents; manifests are checked up to {MAX_DOCUMENTS} "
-                "documents in one file (the rendered network has 8): refused as too large",
-            )
-        ]
+        return _refused(
+            [
+                Problem(
+                    file,
+                    "$",
+                    f"{markers:,} YAML documents; manifests are checked up to {MAX_DOCUMENTS} "
+                    "documents in one file (the rendered network has 8): refused as too large",
+                )
+            ]
+        )
     problems: list[Problem] = []
     docs: list[dict[str, Any]] = []
     for index, first_line, parsed in _documents(text, file):
@@ -424,10 +446,49 @@ def manifest_problems(
             continue
         docs.append(data)
     if problems:
-        return problems
+        return _refused(problems)
     if not docs:
-        return [Problem(file, "$", "no Kubernetes object in the file")]
-    return _port_problems(docs, policy or load_policy(), file)
+        return _refused([Problem(file, "$", "no Kubernetes object in the file")])
+    return LoadedStack({"apiVersion": "v1", "kind": "List", "items": docs}, [])
+
+
+def _refused(problems: list[Problem]) -> LoadedStack:
+    return LoadedStack(None, problems)
+
+
+def manifest_port_problems(
+    doc: dict[str, Any],
+    file: str,
+    policy: Policy,
+    taken: Sequence[TakenSubnet] = (),
+) -> list[Problem]:
+    """The port policy on the manifests ``load_manifests`` read (the target's own rules).
+
+    A pod's port comes from its ordinal, not from a Docker service's slot, so
+    these are Kubernetes' own, asked of the resolver as each pod will; the
+    engine's subnets mean nothing to a cluster.
+    """
+    return _port_problems(doc["items"], policy, file)
+
+
+def render_from_options(policy: Policy, options: RenderOptions) -> str:
+    """``render_kubernetes`` from the options every target takes; Swarm's are refused."""
+    refuse_swarm_options(options)
+    return render_kubernetes(
+        policy, options.replicas, options.image, options.namespace, options.ordinals_start
+    )
+
+
+_SERVICES_KEY = re.compile(r"^services\s*:", re.MULTILINE)
+_MANIFEST_KEYS = (
+    re.compile(r"^apiVersion\s*:", re.MULTILINE),
+    re.compile(r"^kind\s*:", re.MULTILINE),
+)
+
+
+def declares_manifests(text: str) -> bool:
+    """Top-level ``apiVersion`` and ``kind``, and no ``services``: Kubernetes manifests."""
+    return all(key.search(text) for key in _MANIFEST_KEYS) and not _SERVICES_KEY.search(text)
 
 
 def _documents(text: str, file: str) -> Iterator[tuple[int, int, Any]]:
@@ -554,3 +615,14 @@ def _container_ports(
     if found[0] == found[1] and replicas > 1:
         return f"all {replicas} pods get port {found[0]}: each needs its own"
     return range(found[0], found[1] + 1)
+
+
+TARGET = Target(
+    name="kubernetes",
+    render=render_from_options,
+    declared_by=declares_manifests,
+    load=load_manifests,
+    problems=manifest_port_problems,
+    services=False,
+    note=f"Kubernetes manifests, checked against Kubernetes {DEFAULT_KUBERNETES_VERSION}",
+)

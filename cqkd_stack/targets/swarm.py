@@ -9,47 +9,46 @@ validation against the policy it was rendered with.
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from . import DEFAULT_NODE_IMAGE, __version__
-from .core.contract import (
+from .. import __version__
+from ..core.contract import (
     DHT_NETWORK,
+    DOCKER_DEFAULT_SUBNET,
     HOST_NETWORK,
     ROLE_LABEL,
+    TakenSubnet,
     key_values,
     resolve_slot,
+    subnet_capacity,
     subnet_for,
 )
-from .core.documents import data_file, parse_yaml, read_text
-from .core.errors import CqkdError, UsageError
-from .core.policy import Policy
+from ..core.documents import data_file, parse_yaml, read_text
+from ..core.errors import CqkdError, UsageError
+from ..core.policy import Policy
+from ..core.results import Problem, json_path
+from .base import (
+    NoAliasDumper,
+    RenderOptions,
+    Target,
+    health_interval,
+    port_environment,
+    refuse_kubernetes_options,
+)
 
 DEFAULT_TEMPLATE = "cqkd.stack.tmpl.yml"
 EXTENSION = "x-cqkd"
-# Every health check is a process exec through dockerd, containerd and runc
-# (~35 ms of CPU). Measured with 200 workers on 2 cores: a 5 s interval (40
-# checks/s) kept the machine ~78% busy, 20 s (10/s) ~25%. So the interval
-# grows with the stack to stay within this many checks per second in all.
-HEALTH_CHECKS_PER_SECOND = 10
-MIN_HEALTH_INTERVAL = 5
 _PLACEHOLDER = re.compile(r"<<(\.[A-Za-z][\w.]*)>>")
 
 
 def swarm_placeholders(text: str) -> str:
     """``<<.Task.Slot>>`` → ``{{.Task.Slot}}``."""
     return _PLACEHOLDER.sub(r"{{\1}}", text)
-
-
-def health_interval(tasks: int) -> int:
-    """Seconds between health checks of one task, so the whole stack stays in budget."""
-    return max(MIN_HEALTH_INTERVAL, math.ceil(tasks / HEALTH_CHECKS_PER_SECOND))
 
 
 def _set_healthcheck(doc: dict[str, Any], tasks: int, enabled: bool) -> None:
@@ -69,37 +68,6 @@ def _set_healthcheck(doc: dict[str, Any], tasks: int, enabled: bool) -> None:
             service.setdefault("healthcheck", {})["interval"] = f"{health_interval(tasks)}s"
         else:
             service["healthcheck"] = {"disable": True}
-
-
-@dataclass(frozen=True)
-class RenderOptions:
-    replicas: int = 50
-    image: str = DEFAULT_NODE_IMAGE
-    network: str = "overlay"
-    port_offset: int = 0
-    subnet: str | None = None
-    bootstrap_host: str = "127.0.0.1"
-    # Host networking: the swarm node whose address is ``bootstrap_host``.
-    # The bootstrap is placed there, or other nodes would look for it on a
-    # node where it does not run.
-    bootstrap_node: str | None = None
-    template: Path | None = None
-    # A batch with a port offset joins the DHT of this already deployed stack.
-    join_stack: str = "cqkd"
-    # Docker's per-task health check (an exec per task per interval); off by default.
-    healthcheck: bool = False
-
-    @property
-    def is_batch(self) -> bool:
-        """An offset means "more workers beside a running DHT", not a second DHT."""
-        return self.port_offset > 0
-
-
-class NoAliasDumper(yaml.SafeDumper):
-    """Template anchors are shared objects; the output should spell them out."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
 
 
 def _environment(service: dict[str, Any]) -> dict[str, Any]:
@@ -142,6 +110,7 @@ def render_document(
     it when ``options.subnet`` is not given (deploy asks the live engine for
     a free one); without it the subnet is sized at the default base.
     """
+    refuse_kubernetes_options(options)
     if options.replicas < 1:
         raise UsageError(f"--replicas must be at least 1, got {options.replicas}")
     if options.port_offset < 0:
@@ -245,18 +214,6 @@ def _role(service: dict[str, Any]) -> str | None:
     return (service.get("deploy", {}).get("labels") or {}).get(ROLE_LABEL)
 
 
-def port_environment(policy: Policy, role: str, offset: int) -> dict[str, str]:
-    """The resolver's inputs for a role, from the policy: every target sets the same ones."""
-    rng = policy.role_range(role)
-    return {
-        "CQKD_ROLE": role,
-        "BASE_PORT": str(rng.start),
-        "PORT_RANGE_END": str(rng.end),
-        "PORT_OFFSET": str(offset),
-        "PORT_PROTOCOL": policy.protocol,
-    }
-
-
 def dht_tasks(policy: Policy, options: RenderOptions) -> int:
     """How many tasks the rendered stack puts on its DHT network (sizes its subnet)."""
     return _tasks_on(render_document(policy, options), DHT_NETWORK)
@@ -304,3 +261,91 @@ def render(
     )
     body = yaml.dump(doc, Dumper=NoAliasDumper, sort_keys=False, default_flow_style=False)
     return header + body
+
+
+# --- what Swarm needs of a stack that no schema says ---------------------------
+
+
+def network_problems(
+    doc: dict[str, Any], file: str, policy: Policy, taken: Sequence[TakenSubnet] = ()
+) -> list[Problem]:
+    """dnsrr gives every task an address on each network it joins: check they fit.
+
+    The Swarm target's own rules on a stack (the registry's ``problems``; the
+    policy has no say in them). ``taken`` are subnets of networks that already
+    exist: an overlay that overlaps one is created, but its tasks never get
+    addresses.
+    """
+    problems = []
+    networks = doc.get("networks") or {}
+    demand: dict[str, int] = {}
+    for service in doc["services"].values():
+        deploy = service.get("deploy") or {}
+        if deploy.get("mode", "replicated") != "replicated":
+            continue
+        replicas = deploy.get("replicas", 1)
+        joined = service.get("networks") or ["default"]
+        for name in joined:
+            demand[name] = demand.get(name, 0) + (replicas if isinstance(replicas, int) else 1)
+    for name, tasks in demand.items():
+        network = networks.get(name) or {}
+        if network.get("external") or network.get("driver", "overlay") != "overlay":
+            continue
+        configs = (network.get("ipam") or {}).get("config") or []
+        where = ["networks", name, "ipam", "config", 0, "subnet"]
+        subnet_text = configs[0].get("subnet") if configs else None
+        if subnet_text is None:
+            subnet, what = DOCKER_DEFAULT_SUBNET, "Docker's default /24"
+            where = ["networks", name] if name in networks else ["services"]
+        else:
+            try:
+                subnet = ipaddress.IPv4Network(subnet_text)
+            except ValueError as exc:
+                problems.append(Problem(file, json_path(where), f"not a valid IPv4 subnet: {exc}"))
+                continue
+            what = f"subnet {subnet}"
+            for other, used in taken:
+                if subnet.overlaps(used):
+                    problems.append(
+                        Problem(
+                            file,
+                            json_path(where),
+                            f"subnet {subnet} overlaps network '{other}' ({used}) on this "
+                            "engine; Swarm would create the network but never give its "
+                            "tasks addresses",
+                        )
+                    )
+        problems += capacity_problems(file, json_path(where), name, what, subnet, tasks)
+    return problems
+
+
+def capacity_problems(
+    file: str, where: str, name: str, what: str, subnet: ipaddress.IPv4Network, tasks: int
+) -> list[Problem]:
+    """Each task on a dnsrr network takes an address: refuse more tasks than the subnet has."""
+    capacity = subnet_capacity(subnet)
+    if tasks <= capacity:
+        return []
+    prefix = next(
+        p
+        for p in range(subnet.prefixlen, 0, -1)
+        if subnet_capacity(subnet.supernet(new_prefix=p)) >= tasks
+    )
+    return [
+        Problem(
+            file,
+            where,
+            f"{tasks} tasks join network '{name}' and each needs an address, but "
+            f"{what} holds {capacity}; use a /{prefix} or larger",
+        )
+    ]
+
+
+TARGET = Target(
+    name="swarm",
+    render=render,
+    # The default: a file that declares no other target is a Swarm stack file.
+    declared_by=lambda text: False,
+    load=None,
+    problems=network_problems,
+)

@@ -19,16 +19,23 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import yaml
 from jsonschema import Draft201909Validator
 from jsonschema.exceptions import ValidationError
 
-from . import __version__
-from .core.contract import ROLE_LABEL, env_for_slot, fill_slot, key_values, resolve_slot
-from .core.documents import (
+from .. import __version__
+from ..core.contract import (
+    ROLE_LABEL,
+    TakenSubnet,
+    env_for_slot,
+    fill_slot,
+    key_values,
+    resolve_slot,
+)
+from ..core.documents import (
     LoadedStack,
     closest_branch,
     humanise,
@@ -37,14 +44,15 @@ from .core.documents import (
     non_string_keys,
     parse_yaml_nodes,
 )
-from .core.errors import InvalidInput, UsageError
-from .core.policy import Policy
-from .core.results import PathParts, Problem, json_path
-from .node.resolver import ResolverError
-from .render import RenderOptions, render_document
+from ..core.errors import InvalidInput, UsageError
+from ..core.policy import Policy
+from ..core.results import PathParts, Problem, json_path
+from ..node.resolver import ResolverError
+from .base import RenderOptions, Target, refuse_kubernetes_options
+from .swarm import render_document
 
 TARGET_KEY = "x-cqkd-target"
-TARGET = "compose"
+NAME = "compose"
 SCHEMA = "compose-v1/compose_spec.json"
 EXPECTED = "a compose file with services"
 # A compose-target file has one service per worker. Reading YAML costs ~10
@@ -73,7 +81,7 @@ NODE_MEMORY = "128m"
 BRIDGE_MAX_CONTAINERS = 1023
 # Workers wait for the bootstrap's health check; check it often, so they do not wait long.
 BOOTSTRAP_HEALTH_INTERVAL = "2s"
-_TARGET_LINE = re.compile(rf"^{TARGET_KEY}\s*:\s*[\"']?{TARGET}\b", re.MULTILINE)
+_TARGET_LINE = re.compile(rf"^{TARGET_KEY}\s*:\s*[\"']?{NAME}\b", re.MULTILINE)
 
 
 def is_compose_target(text: str) -> bool:
@@ -111,6 +119,7 @@ def _check_options(options: RenderOptions) -> None:
 
 def render_compose_document(policy: Policy, options: RenderOptions) -> dict[str, Any]:
     """The compose file as data: the Swarm stack's services, one per task."""
+    refuse_kubernetes_options(options)
     _check_options(options)
     swarm = render_document(policy, options)
     services: dict[str, Any] = {}
@@ -127,7 +136,7 @@ def render_compose_document(policy: Policy, options: RenderOptions) -> dict[str,
                 # at scale time is refused here, before any file is written.
                 raise InvalidInput(f"--replicas {options.replicas}: service {own}: {exc}") from None
     return {
-        TARGET_KEY: TARGET,
+        TARGET_KEY: NAME,
         "services": services,
         # Not internal, unlike the Swarm overlay: ports cannot be published
         # from an internal network.
@@ -261,7 +270,7 @@ def render_compose(policy: Policy, options: RenderOptions) -> str:
     )
     return (
         header
-        + _block({TARGET_KEY: TARGET}, 0)
+        + _block({TARGET_KEY: NAME}, 0)
         + anchors
         + "services:\n"
         + _block(others, 2)
@@ -371,8 +380,17 @@ def _unknown_keys(error: ValidationError) -> list[str]:
     return [k for k in error.instance if k not in known and not matches_pattern(error.schema, k)]
 
 
-def compose_problems(doc: dict[str, Any], file: str) -> list[Problem]:
-    """What docker-compose would trip on that no schema says, for a CQKD network."""
+def compose_problems(
+    doc: dict[str, Any],
+    file: str,
+    policy: Policy | None = None,
+    taken: Sequence[TakenSubnet] = (),
+) -> list[Problem]:
+    """What docker-compose would trip on that no schema says, for a CQKD network.
+
+    The compose target's own rules (the registry's ``problems``): they need
+    neither the policy nor the engine's subnets (a bridge takes its own).
+    """
     problems: list[Problem] = []
     services: dict[str, Any] = doc.get("services") or {}
     if not services:
@@ -433,3 +451,13 @@ def _bridge_problems(doc: dict[str, Any], file: str) -> list[Problem]:
                 )
             )
     return problems
+
+
+TARGET = Target(
+    name=NAME,
+    render=render_compose,
+    declared_by=is_compose_target,
+    load=load_compose,
+    problems=compose_problems,
+    note="a docker-compose file (compose target), checked as one",
+)

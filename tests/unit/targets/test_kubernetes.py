@@ -15,7 +15,8 @@ import yaml
 
 from cqkd_stack.core.errors import InvalidInput, UsageError
 from cqkd_stack.core.policy import load_policy
-from cqkd_stack.kubernetes import (
+from cqkd_stack.node.resolver import resolve
+from cqkd_stack.targets.kubernetes import (
     DEFAULT_KUBERNETES_VERSION,
     HEALTH_COMMAND,
     MAX_DOCUMENTS,
@@ -25,7 +26,6 @@ from cqkd_stack.kubernetes import (
     render_kubernetes,
     render_manifests,
 )
-from cqkd_stack.node.resolver import resolve
 
 POLICY = load_policy()
 
