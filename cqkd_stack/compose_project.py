@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import DEFAULT_NODE_IMAGE
-from .core.contract import ROLE_LABEL, key_values, resolve_slot
+from .core.contract import key_values, resolve_slot, role_of
 from .core.errors import CqkdError, NotDeployed, UsageError
 from .core.policy import Policy
 from .core.process import Progress, Say
@@ -90,7 +90,7 @@ def host_ports(doc: dict[str, Any]) -> list[HostPort]:
     found = []
     for name, service in (doc.get("services") or {}).items():
         env = key_values(service.get("environment"))
-        role = env.get("CQKD_ROLE") or key_values(service.get("labels")).get(ROLE_LABEL)
+        role = role_of(env, key_values(service.get("labels")))
         if not role:
             continue
         own = resolve_slot(env, 1)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import DEFAULT_NODE_IMAGE
-from .core.contract import key_values, role_of
+from .core.contract import service_role
 from .core.errors import CqkdError
 from .core.process import Progress, Say, run
 from .swarm import running_counts, stack_filter, stack_leftovers
@@ -68,12 +68,6 @@ def stack_deploy(
 BOOTSTRAP_FIRST_SECONDS = 120.0
 
 
-def _role_of(service: dict[str, Any]) -> str | None:
-    """A stack file service's role, read as ``swarm.port_rule`` reads a live one."""
-    labels = key_values((service.get("deploy") or {}).get("labels"))
-    return role_of(key_values(service.get("environment")), labels)
-
-
 def bootstrap_only(doc: dict[str, Any]) -> dict[str, Any] | None:
     """The stack with every service but its bootstrap nodes at 0 replicas; None if not apt.
 
@@ -87,7 +81,7 @@ def bootstrap_only(doc: dict[str, Any]) -> dict[str, Any] | None:
     services = doc.get("services")
     if not isinstance(services, dict):
         return None
-    roles = {name: _role_of(s) for name, s in services.items() if isinstance(s, dict)}
+    roles = {name: service_role(s) for name, s in services.items() if isinstance(s, dict)}
     if "bootstrap" not in roles.values() or set(roles.values()) == {"bootstrap"}:
         return None
     first = copy.deepcopy(doc)
@@ -127,7 +121,7 @@ def deploy_bootstrap_first(
     start = time.monotonic()
     stack_deploy(phase, stack, resolve_image, working_dir)
     names = [
-        f"{stack}_{name}" for name, s in first["services"].items() if _role_of(s) == "bootstrap"
+        f"{stack}_{name}" for name, s in first["services"].items() if service_role(s) == "bootstrap"
     ]
     while not _all_running(client, names):
         if time.monotonic() - start >= wait:

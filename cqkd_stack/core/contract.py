@@ -67,6 +67,20 @@ def role_of(env: Mapping[str, str], labels: Mapping[str, str]) -> str | None:
     return env.get("CQKD_ROLE") or labels.get(ROLE_LABEL) or None
 
 
+def service_role(service: Mapping[str, Any], *, template: bool = False) -> str | None:
+    """The role of a service of a stack file, as ``role_of`` reads a live one.
+
+    ``template``: the service of a template (or of the stack rendered from
+    one), which declares its role with the ``cqkd.role`` label alone, as
+    written; the renderer writes CQKD_ROLE from it, and a label the policy
+    lacks (even an empty one) is refused there rather than passed over.
+    """
+    deploy = service.get("deploy") or {}
+    if template:
+        return (deploy.get("labels") or {}).get(ROLE_LABEL)
+    return role_of(key_values(service.get("environment")), key_values(deploy.get("labels")))
+
+
 def is_dht(env: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     """Whether a service takes part in the DHT (and so must follow the contract)."""
     return ROLE_LABEL in labels or any(name in env for name in CONTRACT_VARIABLES)

@@ -34,6 +34,8 @@ from ..core.contract import (
     fill_slot,
     key_values,
     resolve_slot,
+    role_of,
+    service_role,
 )
 from ..core.documents import (
     LoadedStack,
@@ -123,9 +125,11 @@ def render_compose_document(policy: Policy, options: RenderOptions) -> dict[str,
     _check_options(options)
     swarm = render_document(policy, options)
     services: dict[str, Any] = {}
-    bootstraps = [n for n, s in swarm["services"].items() if _role(s) == "bootstrap"]
+    bootstraps = [
+        n for n, s in swarm["services"].items() if service_role(s, template=True) == "bootstrap"
+    ]
     for name, service in swarm["services"].items():
-        role = _role(service)
+        role = service_role(service, template=True)
         replicas = int((service.get("deploy") or {}).get("replicas", 1))
         for slot in range(1, replicas + 1):
             own = worker_service(slot) if replicas > 1 else name
@@ -143,10 +147,6 @@ def render_compose_document(policy: Policy, options: RenderOptions) -> dict[str,
         "networks": {name: {"driver": "bridge"} for name in swarm.get("networks") or {}},
         **({"volumes": swarm["volumes"]} if swarm.get("volumes") else {}),
     }
-
-
-def _role(service: dict[str, Any]) -> str | None:
-    return ((service.get("deploy") or {}).get("labels") or {}).get(ROLE_LABEL)
 
 
 def _container(
@@ -253,7 +253,7 @@ def render_compose(policy: Policy, options: RenderOptions) -> str:
     """The compose file: what ``render_compose_document`` holds, workers written compactly."""
     doc = render_compose_document(policy, options)
     services = doc["services"]
-    workers = {n: s for n, s in services.items() if s.get("labels", {}).get(ROLE_LABEL) == "worker"}
+    workers = {n: s for n, s in services.items() if role_of({}, s.get("labels", {})) == "worker"}
     others = {n: s for n, s in services.items() if n not in workers}
     anchors, worker_text = _workers_text(workers) if len(workers) > 1 else ("", "")
     if not worker_text:

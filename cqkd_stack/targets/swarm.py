@@ -25,6 +25,7 @@ from ..core.contract import (
     TakenSubnet,
     key_values,
     resolve_slot,
+    service_role,
     subnet_capacity,
     subnet_for,
 )
@@ -62,7 +63,7 @@ def _set_healthcheck(doc: dict[str, Any], tasks: int, enabled: bool) -> None:
     HEALTH_CHECKS_PER_SECOND.
     """
     for service in doc["services"].values():
-        if _role(service) is None:
+        if service_role(service, template=True) is None:
             continue
         if enabled:
             service.setdefault("healthcheck", {})["interval"] = f"{health_interval(tasks)}s"
@@ -129,7 +130,7 @@ def render_document(
 
     bootstrap_nodes = []
     for name, service in services.items():
-        role = _role(service)
+        role = service_role(service, template=True)
         if role is None:
             continue
         extension = service.pop(EXTENSION, {}) or {}
@@ -169,7 +170,7 @@ def render_document(
 def _pin_bootstraps(services: dict[str, dict[str, Any]], node_id: str) -> None:
     """Bootstrap tasks on the node their address names (host networking only)."""
     for service in services.values():
-        if _role(service) == "bootstrap":
+        if service_role(service, template=True) == "bootstrap":
             placement = service.setdefault("deploy", {}).setdefault("placement", {})
             constraint = f"node.id == {node_id}"
             if constraint not in placement.setdefault("constraints", []):
@@ -183,7 +184,7 @@ def _keep_workers_only(doc: dict[str, Any], policy: Policy, options: RenderOptio
     full name resolves on the shared network from any stack attached to it.
     """
     services = doc["services"]
-    workers = {n: s for n, s in services.items() if _role(s) == "worker"}
+    workers = {n: s for n, s in services.items() if service_role(s, template=True) == "worker"}
     if not workers:
         raise UsageError("the template has no worker service to make a batch of")
     bootstrap = policy.role_range("bootstrap").start
@@ -208,10 +209,6 @@ def _keep_workers_only(doc: dict[str, Any], policy: Policy, options: RenderOptio
     else:
         external = {"external": True, "name": f"{options.join_stack}_{DHT_NETWORK}"}
         doc["networks"] = {DHT_NETWORK: external}
-
-
-def _role(service: dict[str, Any]) -> str | None:
-    return (service.get("deploy", {}).get("labels") or {}).get(ROLE_LABEL)
 
 
 def dht_tasks(policy: Policy, options: RenderOptions) -> int:
