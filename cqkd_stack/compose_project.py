@@ -29,8 +29,8 @@ from .core.policy import Policy
 from .core.process import Progress, Say
 from .core.results import compact
 from .dhtcheck import Control, DhtCheck, exec_nodectl, round_trip
+from .lint.published import published_ports
 from .node.nodectl import DEFAULT_SOCKET
-from .published import published_ports
 from .readiness import Prober, Target
 from .targets.compose import parallel_limit
 
@@ -349,8 +349,8 @@ def deploy(
     Every refusal comes before docker-compose runs, so a refused deploy
     starts nothing (NotDeployed carries the policy's problems).
     """
+    from .lint.validate import validate_texts
     from .targets.compose import load_compose
-    from .validate import validate_texts
 
     check_project_name(project)
     command = compose_command()

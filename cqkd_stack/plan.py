@@ -24,8 +24,8 @@ from .core.contract import key_values
 from .core.policy import Policy
 from .deploy import DRAIN_STEP, bootstrap_only
 from .distribute import NodeImageId, names_a_registry
+from .lint.rules import check_service
 from .swarm import StackState, env_of, port_rule
-from .validate import check_service
 
 # What happens to a service.
 CREATE, UPDATE, SCALE, UNCHANGED, KEPT, REMOVE = (

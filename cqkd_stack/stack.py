@@ -18,18 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 from . import deploy as live
 from . import distribute, swarm
-from .compose import load_stack
 from .core.contract import TakenSubnet
 from .core.documents import read_text
 from .core.errors import CqkdError, NotDeployed
 from .core.policy import Policy
 from .core.process import Progress, Say
 from .core.results import Results
-from .env_files import working_dir_of
+from .lint.env_files import working_dir_of
+from .lint.stackfile import load_stack
+from .lint.validate import validate_texts
 from .plan import Plan, deploy_plan, scale_plan, teardown_plan
 from .targets.base import RenderOptions
 from .targets.swarm import render
-from .validate import validate_texts
 
 if TYPE_CHECKING:
     import docker

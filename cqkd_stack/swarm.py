@@ -31,9 +31,9 @@ from .core.contract import is_dht as declares_dht
 from .core.errors import CqkdError
 from .core.policy import Policy, PortRange
 from .core.results import Problem, Results, json_path
+from .lint.rules import ServicePorts, check_service, collision_problems
 from .node.resolver import ResolverError
 from .targets.swarm import capacity_problems
-from .validate import ServicePorts, check_service, collision_problems
 
 if TYPE_CHECKING:
     import docker

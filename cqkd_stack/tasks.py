@@ -27,9 +27,9 @@ from .core.documents import write_atomically
 from .core.errors import BUG, INVALID, CqkdError, UsageError
 from .core.policy import Policy, load_policy
 from .core.results import Results
+from .lint.validate import read_sources, validate_texts
 from .targets.base import RenderOptions
 from .targets.registry import target_named
-from .validate import read_sources, validate_texts
 
 F = TypeVar("F", bound=Callable[..., Any])
 TEXT_OR_JSON = ("text", "json")

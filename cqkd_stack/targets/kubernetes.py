@@ -31,13 +31,7 @@ from ..core.errors import InvalidInput, UsageError
 from ..core.policy import Policy, PortRange, load_policy
 from ..core.results import Problem, json_path
 from ..node.resolver import ResolverError, resolve
-from .base import (
-    NoAliasDumper,
-    RenderOptions,
-    Target,
-    health_interval,
-    port_environment,
-)
+from .base import NoAliasDumper, RenderOptions, Target, health_interval, port_environment
 
 # The newest Kubernetes whose schemas kubernetes-validate 1.37 ships (its
 # versions follow Kubernetes'); the lower bound in pyproject.toml guarantees it.

@@ -24,9 +24,9 @@ from cqkd_stack.dhtcheck import (
     socket_mount,
     unreachable,
 )
+from cqkd_stack.lint.validate import validate_texts
 from cqkd_stack.targets.base import RenderOptions
 from cqkd_stack.targets.swarm import render
-from cqkd_stack.validate import validate_texts
 
 POLICY = load_policy()
 CONTROL_MOUNT = {"type": "volume", "source": "control", "target": CONTROL_DIR}

@@ -9,10 +9,10 @@ import yaml
 
 from cqkd_stack.core.errors import CqkdError
 from cqkd_stack.core.policy import load_policy
+from cqkd_stack.lint.validate import validate_texts
 from cqkd_stack.swarm import free_subnet
 from cqkd_stack.targets.base import RenderOptions
 from cqkd_stack.targets.swarm import dht_tasks, render
-from cqkd_stack.validate import validate_texts
 
 POLICY = load_policy()
 net = ipaddress.IPv4Network

@@ -7,6 +7,7 @@ import yaml
 
 from cqkd_stack.core.errors import InvalidInput, UsageError
 from cqkd_stack.core.policy import load_policy
+from cqkd_stack.lint.validate import validate_texts
 from cqkd_stack.node.resolver import resolve
 from cqkd_stack.targets import compose as compose_target
 from cqkd_stack.targets.base import RenderOptions
@@ -18,7 +19,6 @@ from cqkd_stack.targets.compose import (
     render_compose,
     render_compose_document,
 )
-from cqkd_stack.validate import validate_texts
 
 POLICY = load_policy()
 

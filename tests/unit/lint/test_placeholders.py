@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from cqkd_stack.placeholders import placeholder_problems
+from cqkd_stack.lint.placeholders import placeholder_problems
 
 
 def paths(doc: dict) -> list[tuple]:

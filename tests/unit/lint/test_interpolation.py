@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from cqkd_stack.interpolation import cast_for, interpolate, substitute
+from cqkd_stack.lint.interpolation import cast_for, interpolate, substitute
 
 ENV = {"HOME": "/root", "EMPTY": "", "N": "7"}
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .compose import parse_port_spec
-from .core.policy import PortRange
-from .node.resolver import MAX_PORT
+from ..core.policy import PortRange
+from ..node.resolver import MAX_PORT
+from .stackfile import parse_port_spec
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 HOOK = yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())[0]
 
 

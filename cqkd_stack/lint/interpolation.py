@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .core.results import PathParts
+from ..core.results import PathParts
 
 # Docker's pattern, case-insensitive like Go's (?i:...): the unbraced form also
 # takes the ``:-``/``-``/``:?``/``?`` operators, up to the next ``}``.

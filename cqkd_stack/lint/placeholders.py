@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from .core.results import PathParts
+from ..core.results import PathParts
 
 SWARM_PLACEHOLDER = re.compile(r"\{\{[^{}]*\.(?:Task|Service|Node)\b[^{}]*\}\}")
 # Service keys whose whole value Swarm renders, and keys checked elsewhere.

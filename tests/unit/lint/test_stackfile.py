@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from cqkd_stack.compose import DEFAULT_VERSION, DOCKER_SCHEMA_VERSIONS, load_stack
 from cqkd_stack.core import documents
 from cqkd_stack.core.results import json_path
+from cqkd_stack.lint.stackfile import DEFAULT_VERSION, DOCKER_SCHEMA_VERSIONS, load_stack
 
-REPO = Path(__file__).resolve().parent.parent.parent
+REPO = Path(__file__).resolve().parents[3]
 CASES = REPO / "tests" / "cases"
 STACK = """\
 version: "3.8"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cqkd_stack.compose import load_stack
-from cqkd_stack.env_files import MAX_ENV_BYTES, MAX_VARIABLES, parse, working_dir_of
+from cqkd_stack.lint.env_files import MAX_ENV_BYTES, MAX_VARIABLES, parse, working_dir_of
+from cqkd_stack.lint.stackfile import load_stack
 
 
 def variables(data: bytes, environ: dict[str, str] | None = None) -> dict[str, str]:

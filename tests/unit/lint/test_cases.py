@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-CASES = Path(__file__).resolve().parent.parent / "cases"
+CASES = Path(__file__).resolve().parents[2] / "cases"
 
 
 def _case_dirs(kind: str) -> list[Path]:

@@ -27,7 +27,7 @@ import yaml
 from jsonschema import Draft4Validator, FormatChecker, validators
 from jsonschema.exceptions import ValidationError
 
-from .core.documents import (
+from ..core.documents import (
     BoundedLoader,
     LoadedStack,
     closest_branch,
@@ -37,7 +37,7 @@ from .core.documents import (
     non_string_keys,
     parse_yaml_nodes,
 )
-from .core.results import PathParts, Problem, json_path
+from ..core.results import PathParts, Problem, json_path
 from .env_files import resolve_environments, working_dir_of
 from .interpolation import interpolate
 

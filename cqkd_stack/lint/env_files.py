@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .core.documents import EnvOrigin
-from .core.results import PathParts
+from ..core.documents import EnvOrigin
+from ..core.results import PathParts
 
 # bufio.Scanner's MaxScanTokenSize: Docker fails on a longer line.
 MAX_LINE = 64 * 1024
