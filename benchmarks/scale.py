@@ -50,9 +50,9 @@ import docker
 
 from cqkd_stack import sysctls
 from cqkd_stack.core.documents import write_atomically
-from cqkd_stack.deploy import stack_rm
 from cqkd_stack.images import host_base_image
-from cqkd_stack.swarm import STACK_LABEL, stack_filter, stack_leftovers
+from cqkd_stack.live.inspection import STACK_LABEL, stack_filter, stack_leftovers
+from cqkd_stack.live.teardown import stack_rm
 
 NAIVE_DIR = Path(__file__).resolve().parent / "naive"
 NAIVE_IMAGE = "cqkd-naive-node:bench"
@@ -523,7 +523,7 @@ def _bare(
         out["running_seconds"] = time.monotonic() - start
         log(f"bare: all {tasks} running after {out['running_seconds']:.1f} s")
         try:
-            from cqkd_stack.deploy import wait_until_ready
+            from cqkd_stack.live.waits import wait_until_ready
         except ImportError:
             raise RuntimeError(
                 "cqkd_stack.deploy.wait_until_ready is missing (issue 8, item 1): "

@@ -45,9 +45,9 @@ from docker.models.containers import Container
 from . import DEFAULT_NODE_IMAGE, images
 from .core.errors import CqkdError
 from .core.process import Say, run, say, tail
-from .distribute import ENGINE_LABEL, copy_image
 from .engine import PREFER_OFFLINE_ENV
-from .swarm import taken_subnets
+from .live.distribution import ENGINE_LABEL, copy_image
+from .live.inspection import taken_subnets
 
 CLUSTER_LABEL = "org.cqkd.cluster"
 DEFAULT_NAME = "cqkd-cluster"

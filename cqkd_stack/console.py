@@ -17,9 +17,9 @@ if TYPE_CHECKING:
     import rich.progress
     from rich.console import Console
 
-    from .plan import Plan, ServicePlan
-    from .readiness import ProbeReport
-    from .swarm import PortMap
+    from .live.inspection import PortMap
+    from .live.plan import Plan, ServicePlan
+    from .live.readiness import ProbeReport
 
 
 def stderr_console() -> Console:
@@ -174,7 +174,7 @@ def _service_line(service: ServicePlan) -> str:
         if number:
             parts.append(f"{number} task{'s' if number != 1 else ''} {what}")
     if service.stepped:
-        from .deploy import DRAIN_STEP
+        from .live.teardown import DRAIN_STEP
 
         parts.append(f"stepped down {DRAIN_STEP} tasks at a time first")
     return "  ".join(parts)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from .core.policy import Policy
-    from .swarm import PortMap
+    from .live.inspection import PortMap
 
 
 class PortMapCollector:

@@ -402,13 +402,14 @@ def _spread_image(image: str, say: Callable[[str], None]) -> list[str]:
     """
     from docker.errors import DockerException
 
-    from . import distribute, swarm
+    from .live.client import local_engine
+    from .live.distribution import ensure_on_nodes
 
-    client = swarm.local_engine()
+    client = local_engine()
     if client is None:
         return []
     try:
-        distribute.ensure_on_nodes(client, image, say=say)
+        ensure_on_nodes(client, image, say=say)
     except (CqkdError, DockerException) as exc:
         return [str(exc)]
     finally:
@@ -464,11 +465,12 @@ def deploy(
     With --dry-run, the same rendering and checks against the live swarm, then
     the plan instead of the deploy: nothing on the swarm changes.
     """
-    from . import swarm
     from .console import print_port_map, stderr_console, with_progress
     from .core.errors import NotDeployed
-    from .distribute import registry_reference
-    from .stack import DeployRequest, check_stack, deploy_stack, plan_deploy
+    from .live.client import connect
+    from .live.deploy import DeployRequest, check_stack, deploy_stack
+    from .live.distribution import registry_reference
+    from .live.plan import plan_deploy
 
     _format(format)
     name = _setting(c, "stack", stack)
@@ -493,7 +495,7 @@ def deploy(
         name, _policy(c, policy), options, file, timeout, not no_wait, registry, image
     )
     console = stderr_console()
-    client = swarm.connect()
+    client = connect()
     try:
         checked = check_stack(client, request)
     except NotDeployed as refused:
@@ -534,13 +536,14 @@ def deploy(
 @operator_errors
 def ports(c: Context, stack: str = "", format: str = "text", policy: str = "") -> None:
     """The live port map: slot, task, node, address, port, state; duplicates and gaps flagged."""
-    from . import swarm
     from .console import print_port_map
+    from .live.client import connect
+    from .live.inspection import port_map
 
     if _format(format, (*TEXT_OR_JSON, "table", "prometheus")) == "table":
         format = "text"
     rules = _policy(c, policy)
-    result = swarm.port_map(swarm.connect(), _setting(c, "stack", stack), rules)
+    result = port_map(connect(), _setting(c, "stack", stack), rules)
     if format == "prometheus":
         from .metrics import exposition
 
@@ -559,10 +562,10 @@ def ports(c: Context, stack: str = "", format: str = "text", policy: str = "") -
 
 
 def _probe(client: Any, stack: str) -> Any:
-    from . import swarm
-    from .readiness import probe_stack
+    from .live.inspection import port_map
+    from .live.readiness import probe_stack
 
-    rows = swarm.port_map(client, stack).tasks
+    rows = port_map(client, stack).tasks
     return probe_stack(client, stack, rows)
 
 
@@ -584,18 +587,18 @@ def dht_check(
     c: Context, stack: str = "", format: str = "text", all: bool = False, target: str = "swarm"
 ) -> None:
     """Alice stores a value in the DHT and Bob reads it back through the network."""
-    from . import swarm
     from .console import probe_text
-    from .dhtcheck import dht_check as check
+    from .live.client import connect
+    from .live.dhtcheck import check_stack_dht as check
 
     _format(format)
     compose = target_named(target, ("swarm", "compose")).name == "compose"
     if compose and all:
         raise UsageError("--all probes a Swarm stack; deploy --target compose probes every node")
     name = _setting(c, "stack", stack)
-    client = swarm.connect()
+    client = connect()
     if compose:
-        from .compose_project import dht_check as check
+        from .live.compose_project import check_project_dht as check
     result = check(client, name)
     probed = _probe(client, name) if all else None
     if format == "json":
@@ -631,11 +634,11 @@ def probe(c: Context, stack: str = "", format: str = "text") -> None:
 
     Exit 1 if any task is silent or has no contacts.
     """
-    from . import swarm
     from .console import probe_text
+    from .live.client import connect
 
     _format(format)
-    result = _probe(swarm.connect(), _setting(c, "stack", stack))
+    result = _probe(connect(), _setting(c, "stack", stack))
     if format == "json":
         _print_json(_probe_dict(result))
     else:
@@ -671,10 +674,11 @@ def scale(
 
     With --dry-run, the same checks, then the plan: nothing is scaled.
     """
-    from . import swarm
     from .console import stderr_console, with_progress
     from .core.errors import NotDeployed
-    from .stack import check_scale, plan_scale, scale_stack
+    from .live.client import connect
+    from .live.deploy import check_scale, scale_stack
+    from .live.plan import plan_scale
 
     _format(format)
     if replicas < 1:
@@ -682,7 +686,7 @@ def scale(
     console = stderr_console()
     name = _setting(c, "stack", stack)
     rules = _policy(c, policy)
-    client = swarm.connect()
+    client = connect()
     try:
         check_scale(client, name, service, replicas, rules)
     except NotDeployed as refused:
@@ -730,10 +734,10 @@ def teardown(
 
     With --dry-run, what would be removed: nothing is.
     """
-    from . import deploy as live
-    from . import swarm
     from .console import stderr_console, with_progress
-    from .stack import plan_teardown
+    from .live.client import connect
+    from .live.plan import plan_teardown
+    from .live.teardown import stack_rm
 
     _format(format)
     compose = target_named(target, ("swarm", "compose")).name == "compose"
@@ -741,12 +745,12 @@ def teardown(
         raise UsageError(_NO_COMPOSE_DRY_RUN)
     console = stderr_console()
     name = _setting(c, "stack", stack)
-    client = swarm.connect()
+    client = connect()
     if dry_run:
         _show_plan(plan_teardown(client, name), format)
         return
     if compose:
-        from .compose_project import check_project_name, down
+        from .live.compose_project import check_project_name, down
 
         removed = down(client, check_project_name(name))
         if format == "json":
@@ -761,7 +765,7 @@ def teardown(
     result = with_progress(
         console,
         "removing",
-        lambda progress: live.stack_rm(client, name, timeout, progress),
+        lambda progress: stack_rm(client, name, timeout, progress),
     )
     if format == "json":
         _print_json({"stack": name} | asdict(result) | {"complete": result.complete})
@@ -787,9 +791,10 @@ def _deploy_compose(
     wait: bool,
     format: str,
 ) -> None:
-    from . import compose_project, swarm
     from .console import stderr_console, with_progress
     from .core.errors import NotDeployed
+    from .live import compose_project
+    from .live.client import connect
     from .targets.compose import render_compose
 
     if file:
@@ -797,7 +802,7 @@ def _deploy_compose(
     else:
         name, text = "<rendered>", render_compose(rules, options)
     console = stderr_console()
-    client = swarm.connect()
+    client = connect()
     try:
         outcome = with_progress(
             console,
@@ -838,9 +843,9 @@ def _deploy_compose(
 def _local_engine() -> Any:
     """The engine on this machine: the cluster's nodes are its containers, whatever
     DOCKER_HOST or ``--host`` point the other tasks at."""
-    from . import swarm
+    from .live.client import local_engine
 
-    client = swarm.local_engine()
+    client = local_engine()
     if client is None:
         raise CqkdError("the Docker engine on this machine does not answer; run: cqkd-stack setup")
     return client

@@ -21,21 +21,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from ..core.contract import (
-    TakenSubnet,
-)
+from ..core.contract import TakenSubnet
 from ..core.documents import MAX_BYTES, LoadedStack, decode_text, parse_yaml, read_text
 from ..core.policy import Policy, policy_problems
 from ..core.results import Problem, Results, json_path, one_per_location
 from ..targets.base import Target
 from ..targets.registry import TARGETS, declared_by
 from .placeholders import placeholder_problems
-from .rules import (
-    TEMPLATED_PORT_FIX,
-    ServicePorts,
-    check_services,
-    collision_problems,
-)
+from .rules import TEMPLATED_PORT_FIX, ServicePorts, check_services, collision_problems
 from .stackfile import load_stack
 
 # Parts of a file name that mark a stack template (rendered by `render`, not deployed).

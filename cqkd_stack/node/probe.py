@@ -60,22 +60,22 @@ class UsageError(Exception):
 
 
 @dataclass(frozen=True)
-class Target:
+class Endpoint:
     text: str
     host: str
     port: int
 
 
-def parse_target(text: str) -> Target:
-    """``"10.0.1.5:7003"`` → Target; host names are allowed and resolved later."""
+def parse_target(text: str) -> Endpoint:
+    """``"10.0.1.5:7003"`` → Endpoint; host names are allowed and resolved later."""
     try:
         host, port = split_host_port(text, "ADDR:PORT")
     except ValueError as exc:
         raise UsageError(f"target {text!r} {exc}") from None
-    return Target(text.strip(), host, port)
+    return Endpoint(text.strip(), host, port)
 
 
-def read_targets(args: list[str], stdin_lines: list[str] | None = None) -> list[Target]:
+def read_targets(args: list[str], stdin_lines: list[str] | None = None) -> list[Endpoint]:
     """Targets from the arguments, ``-`` meaning stdin; blanks and ``#`` comments skipped."""
     texts: list[str] = []
     for arg in args:
@@ -84,7 +84,7 @@ def read_targets(args: list[str], stdin_lines: list[str] | None = None) -> list[
             texts += [line.strip() for line in lines]
         else:
             texts.append(arg.strip())
-    targets: list[Target] = []
+    targets: list[Endpoint] = []
     seen: set[str] = set()
     for text in texts:
         if not text or text.startswith("#") or text in seen:
@@ -111,7 +111,7 @@ class ProbeProtocol(RPCProtocol):
         return self.node_id
 
 
-async def _address(target: Target) -> tuple[str, int]:
+async def _address(target: Endpoint) -> tuple[str, int]:
     with contextlib.suppress(ValueError):
         if ipaddress.ip_address(target.host).version == 4:
             return target.host, target.port
@@ -122,7 +122,7 @@ async def _address(target: Target) -> tuple[str, int]:
     return str(infos[0][4][0]), target.port
 
 
-async def ping_one(protocol: ProbeProtocol, target: Target, attempts: int) -> str | None:
+async def ping_one(protocol: ProbeProtocol, target: Endpoint, attempts: int) -> str | None:
     """The responder's node id in hex, or ``None``; a retry covers one lost datagram."""
     try:
         address = await _address(target)
@@ -156,7 +156,7 @@ def count_neighbours(answer: object) -> int | None:
 
 
 async def joined_one(
-    protocol: ProbeProtocol, target: Target, attempts: int
+    protocol: ProbeProtocol, target: Endpoint, attempts: int
 ) -> dict[str, object] | None:
     """``{"id": hex, "neighbours": n}`` for a node that answers, else ``None``.
 
@@ -178,7 +178,7 @@ async def joined_one(
 
 
 async def probe(
-    targets: list[Target],
+    targets: list[Endpoint],
     *,
     timeout: float = 120.0,
     rpc_timeout: float = 5.0,
@@ -202,7 +202,7 @@ async def probe(
 
     ask = joined_one if joined else ping_one
 
-    async def bounded(target: Target) -> Any:
+    async def bounded(target: Endpoint) -> Any:
         async with gate:
             return await ask(protocol, target, attempts)
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from cqkd_stack.compose_project import PROJECT_LABEL, SERVICE_LABEL
 from cqkd_stack.core.policy import load_policy
+from cqkd_stack.live.compose_project import PROJECT_LABEL, SERVICE_LABEL
 from cqkd_stack.targets.base import RenderOptions
 from cqkd_stack.targets.compose import render_compose
 

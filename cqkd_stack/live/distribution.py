@@ -27,15 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .core.errors import CqkdError, UsageError
-from .core.process import Say
-from .swarm import ENGINE_LABEL, SwarmNode, nodes_that_run_tasks
+from ..core.errors import CqkdError, UsageError
+from ..core.process import Say
+from .client import engine_client, image_id
+from .inspection import ENGINE_LABEL, SwarmNode, nodes_that_run_tasks
 
 if TYPE_CHECKING:
     import docker
 
-# Loading ~200 MB into a busy engine can take minutes; the default 60 s cuts it off.
-_ENGINE_TIMEOUT = 600
 # Copies run side by side, each its own save stream: bounded so a big
 # cluster does not make the source engine serialise dozens of saves at once.
 _PARALLEL_COPIES = 4
@@ -56,19 +55,6 @@ class NodeImage:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def engine_client(url: str) -> docker.DockerClient:
-    """A client of a node's engine, or a CqkdError naming the URL."""
-    import docker
-    from docker.errors import DockerException
-
-    try:
-        client = docker.DockerClient(base_url=url, timeout=_ENGINE_TIMEOUT)
-        client.ping()
-    except (DockerException, OSError) as exc:
-        raise CqkdError(f"cannot reach the engine at {url}: {exc}") from None
-    return client
 
 
 @contextlib.contextmanager
@@ -94,15 +80,6 @@ def other_engines(manager: docker.DockerClient) -> Iterator[list[docker.DockerCl
     finally:
         for client in clients:
             client.close()
-
-
-def image_id(client: docker.DockerClient, image: str) -> str | None:
-    from docker.errors import ImageNotFound
-
-    try:
-        return str(client.images.get(image).id)
-    except ImageNotFound:
-        return None
 
 
 def _chunks(client: docker.DockerClient, image: str) -> Iterator[bytes]:

@@ -10,118 +10,32 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .core.contract import (
+from ..core.contract import (
     DEFAULT_SUBNET_BASE,
     DHT_NETWORK,
     STACK_LABEL,
     SUBNET_POOL_PREFIX,
     TakenSubnet,
+    is_dht,
     key_values,
     resolve_slot,
     role_of,
     subnet_for,
 )
-from .core.contract import is_dht as declares_dht
-from .core.errors import CqkdError
-from .core.policy import Policy, PortRange
-from .core.results import Problem, Results, json_path
-from .lint.rules import ServicePorts, check_service, collision_problems
-from .node.resolver import ResolverError
-from .targets.swarm import capacity_problems
+from ..core.errors import CqkdError
+from ..core.policy import Policy, PortRange
+from ..core.results import Problem, Results, json_path
+from ..lint.rules import ServicePorts, check_service, collision_problems
+from ..node.resolver import ResolverError
+from ..targets.swarm import capacity_problems
 
 if TYPE_CHECKING:
     import docker
-
-LOCAL_SOCKET = "unix:///var/run/docker.sock"
-
-
-def _client_kwargs() -> tuple[str, dict[str, Any]]:
-    """(where, DockerClient arguments) as the docker CLI chooses its engine.
-
-    ``DOCKER_HOST`` (also set by ``cqkd-stack --host``) first, then the
-    context in ``DOCKER_CONTEXT`` or the CLI's current one (``docker context
-    use``), so ``docker stack deploy`` and the SDK always talk to the same
-    manager. The SDK alone honours neither context setting.
-    """
-    from docker.context import ContextAPI
-    from docker.errors import ContextNotFound
-
-    if os.environ.get("DOCKER_HOST"):
-        return os.environ["DOCKER_HOST"], {}
-    name = os.environ.get("DOCKER_CONTEXT") or None
-    try:
-        context = ContextAPI.get_context(name)
-    except ContextNotFound:
-        context = None
-    if context is None:
-        raise CqkdError(f"no docker context named {name!r}; list them with: docker context ls")
-    if context.Name == "default":
-        return context.Host or "the local engine", {}
-    return f"{context.Host} (context {context.Name})", {
-        "base_url": context.Host,
-        "tls": context.TLSConfig or False,
-    }
-
-
-def connect() -> docker.DockerClient:
-    """A client for a swarm manager (every stack operation needs one), or what to do."""
-    import docker
-    from docker.errors import DockerException
-
-    where, kwargs = _client_kwargs()
-    try:
-        client = (
-            docker.DockerClient(timeout=120, **kwargs) if kwargs else docker.from_env(timeout=120)
-        )
-        client.ping()
-    except DockerException as exc:
-        remote = bool(kwargs) or "DOCKER_HOST" in os.environ
-        fix = "is that manager up?" if remote else "start it with: cqkd-stack setup"
-        raise CqkdError(f"cannot reach the Docker engine at {where} ({exc}); {fix}") from None
-    require_manager(client)
-    return client
-
-
-def local_engine() -> docker.DockerClient | None:
-    """The engine on this machine (where ``setup`` builds images), if it answers."""
-    import docker
-    from docker.errors import DockerException
-
-    try:
-        client = docker.DockerClient(base_url=LOCAL_SOCKET, timeout=600)
-        client.ping()
-    except (DockerException, OSError):
-        return None
-    return client
-
-
-@contextlib.contextmanager
-def image_source(
-    manager: docker.DockerClient,
-) -> Iterator[Callable[[str], docker.DockerClient | None]]:
-    """A lookup: the engine to take an image from, this machine's first, else the manager.
-
-    ``setup`` builds on this machine, so its copy is the one to spread even
-    when ``--host`` names another manager that holds an older one.
-    """
-    from .distribute import image_id
-
-    local = local_engine()
-
-    def find(image: str) -> docker.DockerClient | None:
-        return next((e for e in (local, manager) if e is not None and image_id(e, image)), None)
-
-    try:
-        yield find
-    finally:
-        if local is not None:
-            local.close()
 
 
 # A node's engine, for what the manager's API cannot do there (load an image,
@@ -191,14 +105,6 @@ def bootstrap_address(client: docker.DockerClient, stack: str) -> str | None:
     return None
 
 
-def require_manager(client: docker.DockerClient) -> None:
-    """Stacks need a swarm manager; say so before anything else fails obscurely."""
-    swarm = client.info().get("Swarm") or {}
-    if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
-        raise CqkdError("this engine is not a swarm manager; initialise one with: cqkd-stack setup")
-    return swarm
-
-
 def stack_filter(stack: str) -> dict[str, str]:
     return {"label": f"{STACK_LABEL}={stack}"}
 
@@ -243,12 +149,8 @@ def port_rule(service: dict[str, Any]) -> ServicePortRule:
         env=env,
         replicas=replicated.get("Replicas") if replicated else None,
         protocol=(env.get("PORT_PROTOCOL") or "udp").strip().lower(),
-        dht=declares_dht(env, labels),
+        dht=is_dht(env, labels),
     )
-
-
-def is_dht(rule: ServicePortRule) -> bool:
-    return rule.dht
 
 
 def service_document(service: dict[str, Any], replicas: int | None = None) -> dict[str, Any]:
@@ -400,7 +302,7 @@ def task_rows(
         if not ended and task.get("DesiredState", "running") != "running":
             continue
         rule = rules.get(task["ServiceID"])
-        if rule is None or not is_dht(rule):
+        if rule is None or not rule.dht:
             continue
         node = nodes.get(task.get("NodeID", ""), {})
         status = task.get("Status", {})
@@ -445,7 +347,7 @@ def build_port_map(
         if row.slot is not None:
             present[row.service].add(row.slot)
     for rule in rules.values():
-        if is_dht(rule) and rule.replicas:
+        if rule.dht and rule.replicas:
             missing = sorted(set(range(1, rule.replicas + 1)) - present[rule.service])
             if missing:
                 result.missing_slots[rule.service] = missing
@@ -723,3 +625,18 @@ def running_counts(tasks: Iterable[dict[str, Any]]) -> Counter[str]:
         for t in tasks
         if t.get("Status", {}).get("State") == "running" and t.get("DesiredState") == "running"
     )
+
+
+def expected_replicas(client: docker.DockerClient, stack: str) -> dict[str, tuple[str, int]]:
+    """Service ID → (name, replicas) as the swarm now wants them (one API call)."""
+    return replicas_of(client.api.services(filters=stack_filter(stack)))
+
+
+def replicas_of(services: list[dict[str, Any]]) -> dict[str, tuple[str, int]]:
+    """Service ID → (name, replicas) of the replicated services among ``services``."""
+    wanted = {}
+    for service in services:
+        replicated = service["Spec"].get("Mode", {}).get("Replicated")
+        if replicated is not None:
+            wanted[service["ID"]] = (service["Spec"]["Name"], int(replicated.get("Replicas", 0)))
+    return wanted

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cqkd_stack.core.errors import CqkdError
-from cqkd_stack.distribute import names_a_registry, registry_reference
+from cqkd_stack.live.distribution import names_a_registry, registry_reference
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-from cqkd_stack.deploy import _network_still_in_use
+from cqkd_stack.live.teardown import _network_still_in_use
 
 
 def test_network_in_use_is_the_one_expected_stack_rm_failure() -> None:

@@ -10,7 +10,7 @@ import yaml
 from cqkd_stack.core.errors import CqkdError
 from cqkd_stack.core.policy import load_policy
 from cqkd_stack.lint.validate import validate_texts
-from cqkd_stack.swarm import free_subnet
+from cqkd_stack.live.inspection import free_subnet
 from cqkd_stack.targets.base import RenderOptions
 from cqkd_stack.targets.swarm import dht_tasks, render
 
@@ -45,7 +45,7 @@ def test_a_subnet_overlapping_a_live_network_is_refused() -> None:
 
 
 def test_stack_network_names_follow_docker_stack_naming() -> None:
-    from cqkd_stack.swarm import stack_network_names
+    from cqkd_stack.live.inspection import stack_network_names
 
     overlay = yaml.safe_load(render(POLICY, RenderOptions(replicas=3)))
     assert stack_network_names(overlay, "prod") == {"prod_dht"}

@@ -7,7 +7,7 @@ from typing import Any
 import yaml
 
 from cqkd_stack.core.policy import load_policy
-from cqkd_stack.deploy import bootstrap_only
+from cqkd_stack.live.deploy import bootstrap_only
 from cqkd_stack.targets.base import RenderOptions
 from cqkd_stack.targets.swarm import render
 

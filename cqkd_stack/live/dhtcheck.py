@@ -38,10 +38,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .core.contract import env_for_slot
-from .core.errors import CqkdError
-from .node.nodectl import DEFAULT_SOCKET, DEFAULT_TIMEOUT
-from .swarm import env_of
+from ..core.contract import env_for_slot
+from ..core.errors import CqkdError
+from ..node.nodectl import DEFAULT_SOCKET, DEFAULT_TIMEOUT
+from .inspection import env_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -438,9 +438,10 @@ def round_trip(
     )
 
 
-def dht_check(
+def check_stack_dht(
     client: docker.DockerClient, stack: str, alice: str = "alice", bob: str = "bob"
 ) -> DhtCheck:
+    """Alice stores a random value, Bob reads it back through the DHT (Swarm jobs or exec)."""
     writer, reader = _control(client, stack, alice), _control(client, stack, bob)
     nodes = Nodes(client)
 

@@ -11,7 +11,8 @@ import yaml
 
 from cqkd_stack.core.errors import CqkdError
 from cqkd_stack.core.policy import load_policy
-from cqkd_stack.dhtcheck import (
+from cqkd_stack.lint.validate import validate_texts
+from cqkd_stack.live.dhtcheck import (
     CONTROL_DIR,
     JOB_LABEL,
     MAX_SERVICE_NAME,
@@ -24,7 +25,6 @@ from cqkd_stack.dhtcheck import (
     socket_mount,
     unreachable,
 )
-from cqkd_stack.lint.validate import validate_texts
 from cqkd_stack.targets.base import RenderOptions
 from cqkd_stack.targets.swarm import render
 

@@ -5,8 +5,9 @@ real run does, then asks this module what would change: which services are
 created, updated or removed (with their replicas and ports), which images
 are copied to which nodes, and how many tasks start, stop or are replaced.
 Everything here is a pure function of what was read from the swarm once
-(``swarm.StackState``, ``distribute.NodeImageId``), so it is unit-tested
-without an engine; ``stack.plan_*`` are the thin wrappers that read.
+(``inspection.StackState``, ``distribution.NodeImageId``), so it is unit-tested
+without an engine; ``plan_deploy``, ``plan_scale`` and ``plan_teardown`` below are
+the thin wrappers that read.
 
 A task is *replaced* when its service's image or environment changes:
 Swarm then restarts every task of it, one at a time (the rendered stacks
@@ -18,14 +19,19 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .core.contract import key_values
-from .core.policy import Policy
-from .deploy import DRAIN_STEP, bootstrap_only
-from .distribute import NodeImageId, names_a_registry
-from .lint.rules import check_service
-from .swarm import StackState, env_of, port_rule
+from ..core.contract import key_values
+from ..core.policy import Policy
+from ..lint.rules import check_service
+from .client import image_source
+from .deploy import CheckedStack, DeployRequest, bootstrap_only
+from .distribution import NodeImageId, image_ids_on_nodes, names_a_registry
+from .inspection import StackState, env_of, port_rule, stack_state
+from .teardown import DRAIN_STEP
+
+if TYPE_CHECKING:
+    import docker
 
 # What happens to a service.
 CREATE, UPDATE, SCALE, UNCHANGED, KEPT, REMOVE = (
@@ -313,3 +319,38 @@ def teardown_plan(stack: str, state: StackState) -> Plan:
 
 def _image_of(service: dict[str, Any]) -> str:
     return str(service["Spec"].get("TaskTemplate", {}).get("ContainerSpec", {}).get("Image", ""))
+
+
+def node_image_ids(client: docker.DockerClient, images: tuple[str, ...]) -> list[NodeImageId]:
+    """Each image's id on every node and on the engine it would come from (read-only)."""
+    with image_source(client) as find:
+        return [
+            found for image in images for found in image_ids_on_nodes(client, image, find(image))
+        ]
+
+
+def plan_deploy(client: docker.DockerClient, request: DeployRequest, checked: CheckedStack) -> Plan:
+    """What ``deploy_stack`` would change: the swarm read once, nothing changed."""
+    images = (request.local_image,) if request.registry else checked.images
+    return deploy_plan(
+        request.stack,
+        checked.doc,
+        stack_state(client, request.stack),
+        request.policy,
+        node_image_ids(client, images),
+        request.registry,
+    )
+
+
+def plan_scale(client: docker.DockerClient, stack: str, service: str, replicas: int) -> Plan:
+    """What ``scale_stack`` would change (after ``check_scale``): nothing is changed."""
+    state = stack_state(client, stack)
+    live = next((s for s in state.services if s["Spec"]["Name"] == f"{stack}_{service}"), None)
+    image = live["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] if live else ""
+    found = node_image_ids(client, (image,)) if image else []
+    return scale_plan(stack, service, replicas, state, found)
+
+
+def plan_teardown(client: docker.DockerClient, stack: str) -> Plan:
+    """What ``teardown`` would remove; nothing is removed."""
+    return teardown_plan(stack, stack_state(client, stack))

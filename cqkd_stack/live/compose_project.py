@@ -22,17 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import DEFAULT_NODE_IMAGE
-from .core.contract import key_values, resolve_slot, role_of
-from .core.errors import CqkdError, NotDeployed, UsageError
-from .core.policy import Policy
-from .core.process import Progress, Say
-from .core.results import compact
+from .. import DEFAULT_NODE_IMAGE
+from ..core.contract import key_values, resolve_slot, role_of
+from ..core.errors import CqkdError, NotDeployed, UsageError
+from ..core.policy import Policy
+from ..core.process import Progress, Say
+from ..core.results import compact
+from ..lint.published import published_ports
+from ..node.nodectl import DEFAULT_SOCKET
+from ..targets.compose import parallel_limit
 from .dhtcheck import Control, DhtCheck, exec_nodectl, round_trip
-from .lint.published import published_ports
-from .node.nodectl import DEFAULT_SOCKET
-from .readiness import Prober, Target
-from .targets.compose import parallel_limit
+from .readiness import ProbedTask, Prober
 
 if TYPE_CHECKING:
     import docker
@@ -179,9 +179,9 @@ class Readiness:
     silent: list[HostPort] = field(default_factory=list)
 
 
-def _targets(ports: list[HostPort], running: set[str]) -> list[Target]:
+def _targets(ports: list[HostPort], running: set[str]) -> list[ProbedTask]:
     return [
-        Target(
+        ProbedTask(
             p.service,
             p.role,
             p.slot,
@@ -254,7 +254,7 @@ def _control(client: docker.DockerClient, project: str, service: str) -> Control
     )
 
 
-def dht_check(
+def check_project_dht(
     client: docker.DockerClient, project: str, alice: str = "alice", bob: str = "bob"
 ) -> DhtCheck:
     """Alice stores a random value, Bob reads it back through the DHT (``docker exec``)."""
@@ -327,7 +327,7 @@ class ComposeOutcome:
 
 def _missing_images(client: docker.DockerClient, doc: dict[str, Any]) -> list[str]:
     """Images the file names that this engine lacks: docker-compose would pull them."""
-    from .distribute import image_id
+    from .client import image_id
 
     names = {str(s.get("image")) for s in (doc.get("services") or {}).values() if s.get("image")}
     return sorted(name for name in names if not image_id(client, name))
@@ -349,8 +349,8 @@ def deploy(
     Every refusal comes before docker-compose runs, so a refused deploy
     starts nothing (NotDeployed carries the policy's problems).
     """
-    from .lint.validate import validate_texts
-    from .targets.compose import load_compose
+    from ..lint.validate import validate_texts
+    from ..targets.compose import load_compose
 
     check_project_name(project)
     command = compose_command()

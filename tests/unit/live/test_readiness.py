@@ -6,18 +6,18 @@ from typing import Any
 
 import pytest
 
+from cqkd_stack.live.inspection import build_port_map, last_attempts, task_rows
+from cqkd_stack.live.readiness import ProbedTask
 from cqkd_stack.node.probe import count_neighbours
 from cqkd_stack.node.wire import PROBE_NODE_ID
-from cqkd_stack.readiness import Target
-from cqkd_stack.swarm import build_port_map, last_attempts, task_rows
 
 OTHER = bytes(20)
 
 
 def target(
     role: str = "worker", state: str = "running", address: str | None = "10.0.0.5"
-) -> Target:
-    return Target("s_worker", role, 1, address, 7000, state)
+) -> ProbedTask:
+    return ProbedTask("s_worker", role, 1, address, 7000, state)
 
 
 @pytest.mark.parametrize(
@@ -134,7 +134,7 @@ def test_a_role_without_base_port_gets_the_resolvers_default_range() -> None:
 
 def test_rounds_are_spaced_by_stack_size_until_every_task_runs() -> None:
     """Polling 1003 tasks every 2 s slowed Swarm's own task starts on 2 cores."""
-    from cqkd_stack.deploy import MAX_POLL_SECONDS, POLL_SECONDS, poll_interval
+    from cqkd_stack.live.waits import MAX_POLL_SECONDS, POLL_SECONDS, poll_interval
 
     assert poll_interval(53, 10) == POLL_SECONDS
     assert poll_interval(303, 100) == 303 / 200

@@ -15,10 +15,10 @@ from typing import Any
 from cqkd_stack.console import plan_text
 from cqkd_stack.core.contract import key_values
 from cqkd_stack.core.policy import load_policy
-from cqkd_stack.distribute import NodeImageId
 from cqkd_stack.lint.stackfile import load_stack
-from cqkd_stack.plan import deploy_plan, image_plans, scale_plan, teardown_plan
-from cqkd_stack.swarm import StackState
+from cqkd_stack.live.distribution import NodeImageId
+from cqkd_stack.live.inspection import StackState
+from cqkd_stack.live.plan import deploy_plan, image_plans, scale_plan, teardown_plan
 from cqkd_stack.targets.base import RenderOptions
 from cqkd_stack.targets.swarm import render
 

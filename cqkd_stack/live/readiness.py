@@ -34,10 +34,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import DEFAULT_NODE_IMAGE
-from .core.contract import HASH_LABEL
-from .core.errors import CqkdError
-from .swarm import NetworkNames, ServicePortRule, TaskPort, is_dht, port_rule, stack_filter
+from .. import DEFAULT_NODE_IMAGE
+from ..core.contract import HASH_LABEL
+from ..core.errors import CqkdError
+from .inspection import NetworkNames, ServicePortRule, TaskPort, port_rule, stack_filter
 
 if TYPE_CHECKING:
     import docker
@@ -56,7 +56,7 @@ START_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
-class Target:
+class ProbedTask:
     """One DHT task to ask, with what the operator needs to find it."""
 
     service: str
@@ -83,8 +83,8 @@ class Target:
         return (answer.get("neighbours") or 0) > 0
 
 
-def targets_of(rows: list[TaskPort]) -> list[Target]:
-    return [Target(r.service, r.role, r.slot, r.address, r.port, r.state) for r in rows]
+def targets_of(rows: list[TaskPort]) -> list[ProbedTask]:
+    return [ProbedTask(r.service, r.role, r.slot, r.address, r.port, r.state) for r in rows]
 
 
 def dht_services(
@@ -97,7 +97,7 @@ def dht_services(
     services = client.api.services(filters=stack_filter(stack))
     if not services:
         raise CqkdError(f"no stack named '{stack}' is deployed (no service has that namespace)")
-    dht = [(rule, s) for rule, s in ((port_rule(s), s) for s in services) if is_dht(rule)]
+    dht = [(rule, s) for rule, s in ((port_rule(s), s) for s in services) if rule.dht]
     return sorted(dht, key=lambda pair: pair[0].role != "bootstrap")
 
 
@@ -234,7 +234,8 @@ class Prober:
         """
         from docker.errors import APIError
 
-        from .distribute import image_id, names_a_registry
+        from .client import image_id
+        from .distribution import names_a_registry
 
         if image_id(self.client, self.image):
             return self.image
@@ -288,7 +289,7 @@ class Prober:
 
     def round(
         self,
-        targets: list[Target],
+        targets: list[ProbedTask],
         rpc_timeout: float = WAIT_RPC_TIMEOUT,
         attempts: int = 1,
         attach: bool = True,
@@ -383,7 +384,7 @@ class ProbeReport:
         return not self.silent and not self.not_joined
 
 
-def _row(target: Target) -> dict[str, Any]:
+def _row(target: ProbedTask) -> dict[str, Any]:
     return {
         "service": target.service,
         "slot": target.slot,
