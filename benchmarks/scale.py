@@ -48,9 +48,9 @@ from typing import Any
 
 import docker
 
-from cqkd_stack import sysctls
 from cqkd_stack.core.documents import write_atomically
-from cqkd_stack.images import host_base_image
+from cqkd_stack.host import sysctls
+from cqkd_stack.host.images import host_base_image
 from cqkd_stack.live.inspection import STACK_LABEL, stack_filter, stack_leftovers
 from cqkd_stack.live.teardown import stack_rm
 
@@ -526,7 +526,7 @@ def _bare(
             from cqkd_stack.live.waits import wait_until_ready
         except ImportError:
             raise RuntimeError(
-                "cqkd_stack.deploy.wait_until_ready is missing (issue 8, item 1): "
+                "cqkd_stack.live.waits.wait_until_ready is missing (issue 8, item 1): "
                 "cannot measure all-joined the same way as for the project"
             ) from None
         remaining = max(start + timeout - time.monotonic(), 1.0)

@@ -352,8 +352,8 @@ def setup(
     restart_engine: bool = False,
 ) -> None:
     """Install and start the Docker engine, initialise the swarm, build the images (idempotent)."""
-    from . import engine, images
     from .console import stderr_console
+    from .host import engine, images
 
     _format(format)
     console = stderr_console()
@@ -871,8 +871,8 @@ def cluster_up(
     format: str = "text",
 ) -> None:
     """Start a swarm of Docker-in-Docker nodes on this machine, with the node image on each."""
-    from . import cluster
     from .console import stderr_console
+    from .host import cluster
 
     _format(format)
     console = stderr_console()
@@ -910,8 +910,8 @@ def cluster_up(
 @operator_errors
 def cluster_down(c: Context, name: str = "cqkd-cluster", format: str = "text") -> None:
     """Remove the cluster's nodes, bridge network and docker context (idempotent)."""
-    from . import cluster
     from .console import stderr_console
+    from .host import cluster
 
     _format(format)
     console = stderr_console()
@@ -933,7 +933,7 @@ def cluster_down(c: Context, name: str = "cqkd-cluster", format: str = "text") -
 @cqkd_task(help={"pytest-args": "extra arguments for pytest, e.g. '-k render' (default: none)"})
 def test(c: Context, pytest_args: str = "") -> None:
     """Lint, set up the engine and images, then run the unit and end-to-end tests."""
-    from . import engine
+    from .host import engine
 
     c.run(f"{sys.executable} -m ruff check .", pty=False)
     setup(c)

@@ -22,9 +22,9 @@ import docker.errors
 import pytest
 import requests
 
-from cqkd_stack import cluster as harness
-from cqkd_stack import images
 from cqkd_stack.core.errors import CqkdError
+from cqkd_stack.host import cluster as harness
+from cqkd_stack.host import images
 from cqkd_stack.live.client import local_engine
 
 E2E_DIR = Path(__file__).resolve().parent

@@ -21,8 +21,8 @@ import pytest
 from docker.types import Healthcheck, ServiceMode
 from test_stack import wait_for
 
-from cqkd_stack import cluster as harness
 from cqkd_stack.core.errors import CqkdError
+from cqkd_stack.host import cluster as harness
 from cqkd_stack.live.client import local_engine
 from cqkd_stack.live.distribution import ENGINE_LABEL
 

@@ -21,7 +21,7 @@ import docker
 import docker.errors
 import pytest
 
-from cqkd_stack import engine, images
+from cqkd_stack.host import engine, images
 
 HEALTH_TEST = ["CMD", "grep", "-qf", "/tmp/cqkd-health", "/proc/net/udp"]
 SECOND = 1_000_000_000  # Docker reports durations in nanoseconds

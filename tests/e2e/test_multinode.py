@@ -24,7 +24,7 @@ import docker
 import pytest
 import yaml
 
-from cqkd_stack.cluster import Cluster, ClusterNode
+from cqkd_stack.host.cluster import Cluster, ClusterNode
 from cqkd_stack.live import dhtcheck
 from cqkd_stack.live.distribution import ENGINE_LABEL
 from cqkd_stack.live.inspection import PortMap, port_map

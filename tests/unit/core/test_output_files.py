@@ -151,7 +151,7 @@ def test_the_directory_is_synced_after_the_rename(
 
 def test_a_system_file_written_through_a_link_stays_a_link(tmp_path: Path) -> None:
     """setup's drop-in and sysctl file are written the same way as --output."""
-    from cqkd_stack import engine
+    from cqkd_stack.host import engine
 
     real = tmp_path / "managed" / "cqkd-stack.conf"
     real.parent.mkdir()

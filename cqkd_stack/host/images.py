@@ -32,10 +32,10 @@ import docker.errors
 import requests
 from docker.models.images import Image
 
-from . import DEFAULT_NODE_IMAGE, __version__
-from .core.contract import HASH_LABEL
-from .core.errors import CqkdError
-from .core.process import Say, run, say, tail
+from .. import DEFAULT_NODE_IMAGE, __version__
+from ..core.contract import HASH_LABEL
+from ..core.errors import CqkdError
+from ..core.process import Say, run, say, tail
 
 BASE_REPOSITORY = "cqkd-base"
 # The release of the base image on Debian hosts (see base_release); its image
@@ -52,7 +52,8 @@ NODE_REQUIREMENTS = ("kademlia==2.2.3", "rpcudp==5.0.1", "u-msgpack-python==2.8.
 
 VERSION_LABEL = "org.cqkd.version"
 
-_PACKAGE = Path(__file__).resolve().parent
+# The package folder (this file is cqkd_stack/host/images.py).
+_PACKAGE = Path(__file__).resolve().parent.parent
 DOCKERFILE = _PACKAGE / "image" / "Dockerfile"
 
 # Tarring, importing and building can each take minutes on a slow disk; the

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cqkd_stack import sysctls
+from cqkd_stack.host import sysctls
 
 KEY = "net.core.netdev_max_backlog"
 

@@ -24,9 +24,9 @@ import docker
 import docker.errors
 import requests
 
-from .core.documents import write_atomically
-from .core.errors import CqkdError
-from .core.process import Say, run, say, tail
+from ..core.documents import write_atomically
+from ..core.errors import CqkdError
+from ..core.process import Say, run, say, tail
 
 # Command -> Debian package that provides it. ``images`` needs debootstrap and
 # ``ensure_swarm`` needs ``ip``, so they come with the engine.

@@ -42,12 +42,13 @@ import docker.errors
 import requests
 from docker.models.containers import Container
 
-from . import DEFAULT_NODE_IMAGE, images
-from .core.errors import CqkdError
-from .core.process import Say, run, say, tail
+from .. import DEFAULT_NODE_IMAGE
+from ..core.errors import CqkdError
+from ..core.process import Say, run, say, tail
+from ..live.distribution import ENGINE_LABEL, copy_image
+from ..live.inspection import taken_subnets
+from . import images
 from .engine import PREFER_OFFLINE_ENV
-from .live.distribution import ENGINE_LABEL, copy_image
-from .live.inspection import taken_subnets
 
 CLUSTER_LABEL = "org.cqkd.cluster"
 DEFAULT_NAME = "cqkd-cluster"

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from cqkd_stack import engine
 from cqkd_stack.core.errors import CqkdError
+from cqkd_stack.host import engine
 
 
 @pytest.fixture(autouse=True)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from cqkd_stack import images
 from cqkd_stack.core.errors import CqkdError
-from cqkd_stack.images import BaseRelease
+from cqkd_stack.host import images
+from cqkd_stack.host.images import BaseRelease
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "apt"
+DATA = Path(__file__).resolve().parents[2] / "data" / "apt"
 DEBIAN = "http://deb.debian.org/debian"
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from cqkd_stack import engine
-from cqkd_stack.engine import RunningContainer, UnitPlan, UnitState
+from cqkd_stack.host import engine
+from cqkd_stack.host.engine import RunningContainer, UnitPlan, UnitState
 
 VARIABLE = "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1"
 

@@ -6,9 +6,9 @@ import ipaddress
 
 import pytest
 
-from cqkd_stack import cluster
 from cqkd_stack.core.errors import CqkdError
-from cqkd_stack.images import BaseRelease
+from cqkd_stack.host import cluster
+from cqkd_stack.host.images import BaseRelease
 
 net = ipaddress.IPv4Network
 
