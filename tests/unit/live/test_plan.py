@@ -12,7 +12,7 @@ import json
 import os
 from typing import Any
 
-from cqkd_stack.console import plan_text
+from cqkd_stack.cli.console import plan_text
 from cqkd_stack.core.contract import key_values
 from cqkd_stack.core.policy import load_policy
 from cqkd_stack.lint.stackfile import load_stack

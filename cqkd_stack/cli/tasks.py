@@ -22,14 +22,15 @@ from typing import Any, TypeVar
 
 from invoke import Argument, Collection, Context, Exit, Task, task
 
-from . import DEFAULT_NODE_IMAGE, report
-from .core.documents import write_atomically
-from .core.errors import BUG, INVALID, CqkdError, UsageError
-from .core.policy import Policy, load_policy
-from .core.results import Results
-from .lint.validate import read_sources, validate_texts
-from .targets.base import RenderOptions
-from .targets.registry import target_named
+from .. import DEFAULT_NODE_IMAGE
+from ..core.documents import write_atomically
+from ..core.errors import BUG, INVALID, CqkdError, UsageError
+from ..core.policy import Policy, load_policy
+from ..core.results import Results
+from ..lint.validate import read_sources, validate_texts
+from ..targets.base import RenderOptions
+from ..targets.registry import target_named
+from . import report
 
 F = TypeVar("F", bound=Callable[..., Any])
 TEXT_OR_JSON = ("text", "json")
@@ -352,8 +353,8 @@ def setup(
     restart_engine: bool = False,
 ) -> None:
     """Install and start the Docker engine, initialise the swarm, build the images (idempotent)."""
+    from ..host import engine, images
     from .console import stderr_console
-    from .host import engine, images
 
     _format(format)
     console = stderr_console()
@@ -402,8 +403,8 @@ def _spread_image(image: str, say: Callable[[str], None]) -> list[str]:
     """
     from docker.errors import DockerException
 
-    from .live.client import local_engine
-    from .live.distribution import ensure_on_nodes
+    from ..live.client import local_engine
+    from ..live.distribution import ensure_on_nodes
 
     client = local_engine()
     if client is None:
@@ -465,12 +466,12 @@ def deploy(
     With --dry-run, the same rendering and checks against the live swarm, then
     the plan instead of the deploy: nothing on the swarm changes.
     """
+    from ..core.errors import NotDeployed
+    from ..live.client import connect
+    from ..live.deploy import DeployRequest, check_stack, deploy_stack
+    from ..live.distribution import registry_reference
+    from ..live.plan import plan_deploy
     from .console import print_port_map, stderr_console, with_progress
-    from .core.errors import NotDeployed
-    from .live.client import connect
-    from .live.deploy import DeployRequest, check_stack, deploy_stack
-    from .live.distribution import registry_reference
-    from .live.plan import plan_deploy
 
     _format(format)
     name = _setting(c, "stack", stack)
@@ -536,9 +537,9 @@ def deploy(
 @operator_errors
 def ports(c: Context, stack: str = "", format: str = "text", policy: str = "") -> None:
     """The live port map: slot, task, node, address, port, state; duplicates and gaps flagged."""
+    from ..live.client import connect
+    from ..live.inspection import port_map
     from .console import print_port_map
-    from .live.client import connect
-    from .live.inspection import port_map
 
     if _format(format, (*TEXT_OR_JSON, "table", "prometheus")) == "table":
         format = "text"
@@ -562,8 +563,8 @@ def ports(c: Context, stack: str = "", format: str = "text", policy: str = "") -
 
 
 def _probe(client: Any, stack: str) -> Any:
-    from .live.inspection import port_map
-    from .live.readiness import probe_stack
+    from ..live.inspection import port_map
+    from ..live.readiness import probe_stack
 
     rows = port_map(client, stack).tasks
     return probe_stack(client, stack, rows)
@@ -587,9 +588,9 @@ def dht_check(
     c: Context, stack: str = "", format: str = "text", all: bool = False, target: str = "swarm"
 ) -> None:
     """Alice stores a value in the DHT and Bob reads it back through the network."""
+    from ..live.client import connect
+    from ..live.dhtcheck import check_stack_dht as check
     from .console import probe_text
-    from .live.client import connect
-    from .live.dhtcheck import check_stack_dht as check
 
     _format(format)
     compose = target_named(target, ("swarm", "compose")).name == "compose"
@@ -598,7 +599,7 @@ def dht_check(
     name = _setting(c, "stack", stack)
     client = connect()
     if compose:
-        from .live.compose_project import check_project_dht as check
+        from ..live.compose_project import check_project_dht as check
     result = check(client, name)
     probed = _probe(client, name) if all else None
     if format == "json":
@@ -634,8 +635,8 @@ def probe(c: Context, stack: str = "", format: str = "text") -> None:
 
     Exit 1 if any task is silent or has no contacts.
     """
+    from ..live.client import connect
     from .console import probe_text
-    from .live.client import connect
 
     _format(format)
     result = _probe(connect(), _setting(c, "stack", stack))
@@ -674,11 +675,11 @@ def scale(
 
     With --dry-run, the same checks, then the plan: nothing is scaled.
     """
+    from ..core.errors import NotDeployed
+    from ..live.client import connect
+    from ..live.deploy import check_scale, scale_stack
+    from ..live.plan import plan_scale
     from .console import stderr_console, with_progress
-    from .core.errors import NotDeployed
-    from .live.client import connect
-    from .live.deploy import check_scale, scale_stack
-    from .live.plan import plan_scale
 
     _format(format)
     if replicas < 1:
@@ -734,10 +735,10 @@ def teardown(
 
     With --dry-run, what would be removed: nothing is.
     """
+    from ..live.client import connect
+    from ..live.plan import plan_teardown
+    from ..live.teardown import stack_rm
     from .console import stderr_console, with_progress
-    from .live.client import connect
-    from .live.plan import plan_teardown
-    from .live.teardown import stack_rm
 
     _format(format)
     compose = target_named(target, ("swarm", "compose")).name == "compose"
@@ -750,7 +751,7 @@ def teardown(
         _show_plan(plan_teardown(client, name), format)
         return
     if compose:
-        from .live.compose_project import check_project_name, down
+        from ..live.compose_project import check_project_name, down
 
         removed = down(client, check_project_name(name))
         if format == "json":
@@ -791,11 +792,11 @@ def _deploy_compose(
     wait: bool,
     format: str,
 ) -> None:
+    from ..core.errors import NotDeployed
+    from ..live import compose_project
+    from ..live.client import connect
+    from ..targets.compose import render_compose
     from .console import stderr_console, with_progress
-    from .core.errors import NotDeployed
-    from .live import compose_project
-    from .live.client import connect
-    from .targets.compose import render_compose
 
     if file:
         [(name, text)] = read_sources([file])
@@ -843,7 +844,7 @@ def _deploy_compose(
 def _local_engine() -> Any:
     """The engine on this machine: the cluster's nodes are its containers, whatever
     DOCKER_HOST or ``--host`` point the other tasks at."""
-    from .live.client import local_engine
+    from ..live.client import local_engine
 
     client = local_engine()
     if client is None:
@@ -871,8 +872,8 @@ def cluster_up(
     format: str = "text",
 ) -> None:
     """Start a swarm of Docker-in-Docker nodes on this machine, with the node image on each."""
+    from ..host import cluster
     from .console import stderr_console
-    from .host import cluster
 
     _format(format)
     console = stderr_console()
@@ -910,8 +911,8 @@ def cluster_up(
 @operator_errors
 def cluster_down(c: Context, name: str = "cqkd-cluster", format: str = "text") -> None:
     """Remove the cluster's nodes, bridge network and docker context (idempotent)."""
+    from ..host import cluster
     from .console import stderr_console
-    from .host import cluster
 
     _format(format)
     console = stderr_console()
@@ -933,7 +934,7 @@ def cluster_down(c: Context, name: str = "cqkd-cluster", format: str = "text") -
 @cqkd_task(help={"pytest-args": "extra arguments for pytest, e.g. '-k render' (default: none)"})
 def test(c: Context, pytest_args: str = "") -> None:
     """Lint, set up the engine and images, then run the unit and end-to-end tests."""
-    from .host import engine
+    from ..host import engine
 
     c.run(f"{sys.executable} -m ruff check .", pty=False)
     setup(c)

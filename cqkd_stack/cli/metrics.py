@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from prometheus_client.core import GaugeMetricFamily
     from prometheus_client.metrics_core import Metric
 
-    from .core.policy import Policy
-    from .live.inspection import PortMap
+    from ..core.policy import Policy
+    from ..live.inspection import PortMap
 
 
 class PortMapCollector:

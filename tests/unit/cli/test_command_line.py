@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent.parent
+REPO = Path(__file__).resolve().parents[3]
 STACK = REPO / "tests" / "cases" / "positive" / "plain-stack" / "stack.yml"
 POLICY = REPO / "stacks" / "port-policy.yml"
 INSTALLED = Path(sys.executable).parent / "cqkd-stack"
@@ -265,7 +265,7 @@ def _option_rows(help_text: str) -> dict[str, str]:
 
 
 def test_help_shows_every_options_default(cli) -> None:
-    from cqkd_stack.tasks import ns
+    from cqkd_stack.cli.tasks import ns
 
     for name in ns.task_names:
         done = cli(*name.split("."), "--help")
@@ -293,8 +293,8 @@ def test_validate_help_shows_files_as_arguments_not_options(cli) -> None:
 
 
 def test_exit_codes_are_in_the_programs_help_and_every_tasks(cli) -> None:
+    from cqkd_stack.cli.tasks import ns
     from cqkd_stack.core.errors import EXIT_CODES
-    from cqkd_stack.tasks import ns
 
     for args in (["--help"], *([*name.split("."), "--help"] for name in ns.task_names)):
         text = " ".join(cli(*args).out.split())
@@ -363,7 +363,7 @@ class TestProjectSettings:
         """setup reads cqkd.mirror and cqkd.suite: refusing them broke a documented setting."""
         import ast
 
-        from cqkd_stack import tasks
+        from cqkd_stack.cli import tasks
 
         tree = ast.parse(Path(tasks.__file__).read_text())
         read = {

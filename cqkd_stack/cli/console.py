@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .core.results import compact
+from ..core.results import compact
 
 if TYPE_CHECKING:
     import rich.progress
     from rich.console import Console
 
-    from .live.inspection import PortMap
-    from .live.plan import Plan, ServicePlan
-    from .live.readiness import ProbeReport
+    from ..live.inspection import PortMap
+    from ..live.plan import Plan, ServicePlan
+    from ..live.readiness import ProbeReport
 
 
 def stderr_console() -> Console:
@@ -174,7 +174,7 @@ def _service_line(service: ServicePlan) -> str:
         if number:
             parts.append(f"{number} task{'s' if number != 1 else ''} {what}")
     if service.stepped:
-        from .live.teardown import DRAIN_STEP
+        from ..live.teardown import DRAIN_STEP
 
         parts.append(f"stepped down {DRAIN_STEP} tasks at a time first")
     return "  ".join(parts)

@@ -6,11 +6,11 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from cqkd_stack.cli.metrics import exposition
 from cqkd_stack.core.policy import load_policy
 from cqkd_stack.live.inspection import build_port_map
-from cqkd_stack.metrics import exposition
 
-from .live.test_readiness import WORKER_ENV, service, task
+from ..live.test_readiness import WORKER_ENV, service, task
 
 POLICY = load_policy()
 NODES = {

@@ -38,8 +38,8 @@ from invoke.parser.context import flag_key, to_flag
 from invoke.terminals import pty_size
 from invoke.util import helpline
 
-from . import __version__
-from .core.errors import BUG, EXIT_CODES, USAGE, CqkdError, UsageError
+from .. import __version__
+from ..core.errors import BUG, EXIT_CODES, USAGE, CqkdError, UsageError
 from .settings import SECTION, check_project_file, project_file
 from .tasks import ns
 

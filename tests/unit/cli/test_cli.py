@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent.parent
+REPO = Path(__file__).resolve().parents[3]
 CASES = REPO / "tests" / "cases"
 
 
@@ -51,7 +51,7 @@ def test_standard_input_is_read_for_dash(cli) -> None:
 
 
 def test_short_flags_mean_the_same_in_every_task() -> None:
-    from cqkd_stack.tasks import SHORT_FLAGS, ns
+    from cqkd_stack.cli.tasks import SHORT_FLAGS, ns
 
     for name in ns.task_names:
         for argument in ns[name].get_arguments():
@@ -61,7 +61,7 @@ def test_short_flags_mean_the_same_in_every_task() -> None:
 
 
 def test_every_reporting_task_takes_format() -> None:
-    from cqkd_stack.tasks import ns
+    from cqkd_stack.cli.tasks import ns
 
     for name in ("setup", "validate", "deploy", "ports", "probe", "dht-check", "scale", "teardown"):
         assert "format" in [a.name for a in ns[name].get_arguments()], name

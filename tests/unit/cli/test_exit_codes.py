@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent.parent
+REPO = Path(__file__).resolve().parents[3]
 STACK = REPO / "tests" / "cases" / "positive" / "plain-stack" / "stack.yml"
 BROKEN_POLICY = "version: 1\nroles:\n  worker: {start: 7000, end: 6000}\n"
 

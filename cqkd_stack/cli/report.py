@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from .core.results import NOTHING_CHECKED, Results
+from ..core.results import NOTHING_CHECKED, Results
 
 
 def text(results: Results) -> str:

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .core.documents import line_of, parse_yaml_nodes, read_text
-from .core.errors import CqkdError, UsageError
+from ..core.documents import line_of, parse_yaml_nodes, read_text
+from ..core.errors import CqkdError, UsageError
 
 PROJECT_FILES = ("invoke.yaml", "invoke.yml", "invoke.json")
 SECTION = "cqkd"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cqkd_stack import report
+from cqkd_stack.cli import report
 from cqkd_stack.core.results import Problem, Results
 
 
