@@ -140,7 +140,7 @@ def ensure_dind_image(
     release = images.base_release(host, suite)
     tag = f"{DIND_REPOSITORY}:{release.suite}"
     inputs = dind_inputs_hash(release)
-    existing = images._get_image(client, tag)
+    existing = images.find_image(client, tag)
     if existing is not None and existing.labels.get(images.HASH_LABEL) == inputs:
         return tag, False
     mirror = mirror or images.host_mirror(release, host)
@@ -301,7 +301,7 @@ def cluster_up(
         raise CqkdError("a cluster needs at least one node")
     if not 1 <= managers <= nodes:
         raise CqkdError(f"--managers must be between 1 and the node count ({nodes})")
-    if images._get_image(client, image) is None:
+    if images.find_image(client, image) is None:
         raise CqkdError(f"image {image} is not on this engine: build it with `cqkd-stack setup`")
     started = time.monotonic()
     result = Cluster(name=name, manager_url="", subnet="", nodes=[])

@@ -77,7 +77,8 @@ class ImageResult:
     done: list[str] = field(default_factory=list)
 
 
-def _get_image(client: docker.DockerClient, name: str) -> Image | None:
+def find_image(client: docker.DockerClient, name: str) -> Image | None:
+    """The image named so on this engine, or None (the cluster asks its nodes' engines too)."""
     try:
         return client.images.get(name)
     except docker.errors.ImageNotFound:
@@ -462,7 +463,7 @@ def ensure_base_image(
     """
     host = host or host_release()
     release = release or base_release(host)
-    image = _get_image(client, release.image)
+    image = find_image(client, release.image)
     if image is not None:
         return image, False
     mirror = mirror or host_mirror(release, host, apt_dir)
@@ -511,7 +512,7 @@ def build_rootfs_image(
         _import_rootfs(client, rootfs, name, {VERSION_LABEL: __version__, **(labels or {})}, cmd)
     finally:
         _remove_tree(work)
-    image = _get_image(client, name)
+    image = find_image(client, name)
     if image is None:
         raise CqkdError(f"the import of {name} finished but the image is not there")
     return image
@@ -719,7 +720,7 @@ def ensure_node_image(
     inputs = build_inputs_hash(project_dir, base.id)
     repo, _ = _split_tag(tag)
     done: list[str] = []
-    existing = _get_image(client, tag)
+    existing = find_image(client, tag)
     if not force and existing is not None and existing.labels.get(HASH_LABEL) == inputs:
         if _tag_latest(client, existing, repo):
             done.append(f"tagged {repo}:latest")
@@ -764,7 +765,7 @@ def ensure_node_image(
 
 
 def _tag_latest(client: docker.DockerClient, image: Image, repo: str) -> bool:
-    latest = _get_image(client, f"{repo}:latest")
+    latest = find_image(client, f"{repo}:latest")
     if latest is not None and latest.id == image.id:
         return False
     image.tag(repo, "latest")
