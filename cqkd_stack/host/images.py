@@ -671,14 +671,30 @@ def build_wheelhouse(
 # --- node image ----------------------------------------------------------------
 
 
+# What decides the node image's content: the code its containers run (node/,
+# the package's __init__, which every module of it imports, and the short
+# names the images call: python3 -m cqkd_stack.resolver, .nodectl, .probe)
+# and its recipe (image/). The rest of the package travels in the wheel but
+# never runs in a container, so editing the linter or a --help text does not
+# rebuild the image and copy it again to every node.
+IMAGE_SOURCES = (
+    "cqkd_stack/__init__.py",
+    "cqkd_stack/resolver.py",
+    "cqkd_stack/nodectl.py",
+    "cqkd_stack/probe.py",
+    "cqkd_stack/node",
+    "cqkd_stack/image",
+)
+
+
 def build_inputs_hash(project_dir: Path, base_id: str) -> str:
     """A digest of everything that decides the node image's content.
 
-    The package sources (the Dockerfile included, it lives there),
-    pyproject.toml, the pinned requirements and the base image's id. The
-    stack templates and schemas the wheel also carries are left out on
-    purpose: the node never reads them, and editing a template should not
-    rebuild the image.
+    IMAGE_SOURCES (the code the containers run and the Dockerfile), the
+    pinned requirements and the base image's id. Left out on purpose: the
+    rest of the package, pyproject.toml, the stack templates and schemas the
+    wheel also carries; the node never reads them, and editing them should
+    not rebuild the image.
     """
     digest = hashlib.sha256()
 
@@ -687,15 +703,17 @@ def build_inputs_hash(project_dir: Path, base_id: str) -> str:
 
     add("base", base_id.encode())
     add("requirements", "\n".join(NODE_REQUIREMENTS).encode())
-    add("pyproject.toml", (project_dir / "pyproject.toml").read_bytes())
-    package = project_dir / "cqkd_stack"
-    for path in sorted(package.rglob("*")):
-        rel = path.relative_to(project_dir)
-        if not path.is_file() or any(p.startswith(".") or p == "__pycache__" for p in rel.parts):
-            continue
-        if path.suffix in (".pyc", ".pyo"):
-            continue
-        add(rel.as_posix(), path.read_bytes())
+    for source in IMAGE_SOURCES:
+        top = project_dir / source
+        for path in sorted(top.rglob("*")) if top.is_dir() else [top]:
+            rel = path.relative_to(project_dir)
+            if not path.is_file() or any(
+                p.startswith(".") or p == "__pycache__" for p in rel.parts
+            ):
+                continue
+            if path.suffix in (".pyc", ".pyo"):
+                continue
+            add(rel.as_posix(), path.read_bytes())
     return digest.hexdigest()
 
 
