@@ -16,6 +16,7 @@ from .. import DEFAULT_NODE_IMAGE
 from ..core.errors import CqkdError
 from ..core.process import Progress
 from .inspection import (
+    TaskPort,
     expected_replicas,
     port_rule,
     replicas_of,
@@ -113,6 +114,43 @@ def poll_interval(total: int, running: int) -> float:
     return min(MAX_POLL_SECONDS, max(POLL_SECONDS, total / TASKS_PER_POLL_SECOND))
 
 
+@dataclass
+class StackRound:
+    """What one round of a wait read of the stack: services, tasks and nodes, one call each."""
+
+    services: list[dict[str, Any]]
+    tasks: list[dict[str, Any]]
+    # Service ID -> (name, replicas) as the swarm wants them now.
+    wanted: dict[str, tuple[str, int]]
+    # The DHT tasks Swarm wants running, as port map rows, by task ID.
+    rows: dict[str, TaskPort]
+    total: int  # replicas wanted
+    running: int  # of them, running
+    dht_total: int  # replicas of the DHT services
+
+    @property
+    def all_running(self) -> bool:
+        return self.running == self.total
+
+
+def read_round(client: docker.DockerClient, stack: str) -> StackRound:
+    """The stack as it is now; pure counting after three list calls."""
+    services = client.api.services(filters=stack_filter(stack))
+    wanted = replicas_of(services)
+    tasks = client.api.tasks(filters=stack_filter(stack))
+    nodes = {n["ID"]: n for n in client.api.nodes()}
+    counts = running_counts(tasks)
+    return StackRound(
+        services=services,
+        tasks=tasks,
+        wanted=wanted,
+        rows={r.task_id: r for r in task_rows(stack, services, tasks, nodes)},
+        total=sum(n for _, n in wanted.values()),
+        running=sum(min(counts[sid], n) for sid, (_, n) in wanted.items()),
+        dht_total=sum(n for sid, (_, n) in wanted.items() if _is_dht_service(services, sid)),
+    )
+
+
 def wait_until_ready(
     client: docker.DockerClient,
     stack: str,
@@ -132,70 +170,81 @@ def wait_until_ready(
     """
     start = time.monotonic()
     deadline = start + timeout
-    joined_ids: set[str] = set()
+    joined: set[str] = set()  # IDs of the tasks seen answering, in the DHT
     running_at: float | None = None
     early = ignores_probe(client, stack)
     with Prober(client, stack, image) as prober:
         while True:
             round_start = time.monotonic()
-            services = client.api.services(filters=stack_filter(stack))
-            wanted = replicas_of(services)
-            tasks = client.api.tasks(filters=stack_filter(stack))
-            nodes = {n["ID"]: n for n in client.api.nodes()}
-            total = sum(n for _, n in wanted.values())
-            counts = running_counts(tasks)
-            running = sum(min(counts[sid], n) for sid, (_, n) in wanted.items())
-            if wanted and running == total and running_at is None:
+            seen = read_round(client, stack)
+            if seen.wanted and seen.all_running and running_at is None:
                 running_at = time.monotonic() - start
-            rows = {r.task_id: r for r in task_rows(stack, services, tasks, nodes)}
-            joined_ids &= rows.keys()
-            dht_total = sum(n for sid, (_, n) in wanted.items() if _is_dht_service(services, sid))
-            pending = [r for tid, r in rows.items() if tid not in joined_ids]
-            confirm = running == total and len(joined_ids) >= dht_total
-            asked = list(rows.values()) if confirm else pending
-            answers: dict[str, Any] = {}
-            probe_error = ""
-            if running < total and not early:
-                probe_error = "waiting for Swarm to run every task (a stock node keeps the probe)"
-            else:
-                try:
-                    # Attaching a probe to the overlay goes through the same
-                    # manager and agent that start the tasks: at 1003 tasks
-                    # that attach timed out ("context deadline exceeded") and
-                    # each failure leaked an attachment. Sharing a local
-                    # task's network namespace needs neither, so until every
-                    # task runs only that is tried; rounds then overlap the start.
-                    answers = prober.round(targets_of(asked), attach=running == total).answers
-                except ProbeUnavailable as exc:
-                    probe_error = exc.message  # the next round tries again
-            if probe_error:
-                confirm = False
-            for task_id, row in rows.items():
-                (target,) = targets_of([row])
-                if target.askable and target.ready(answers.get(target.text)):
-                    joined_ids.add(task_id)
-                elif confirm or task_id not in joined_ids:
-                    joined_ids.discard(task_id)
-            joined = min(len(joined_ids), dht_total)
+            joined &= seen.rows.keys()
+            # Every task answered once: this round asks them all again to confirm.
+            confirm = seen.all_running and len(joined) >= seen.dht_total
+            answers, probe_error = _ask(prober, seen, joined, confirm, early)
+            confirm = confirm and not probe_error
+            _count_answers(joined, seen, answers, confirm)
+            count = min(len(joined), seen.dht_total)
             if progress is not None:
-                progress(
-                    joined,
-                    dht_total,
-                    f"{running}/{total} running, {joined}/{dht_total} joined",
-                )
-            if confirm and running == total and len(joined_ids) >= dht_total:
+                what = f"{seen.running}/{seen.total} running, {count}/{seen.dht_total} joined"
+                progress(count, seen.dht_total, what)
+            if confirm and len(joined) >= seen.dht_total:
                 now = time.monotonic() - start
-                return WaitResult(now, joined, dht_total, running_at, now)
+                return WaitResult(now, count, seen.dht_total, running_at, now)
             if time.monotonic() >= deadline:
-                error = _not_ready(stack, timeout, tasks, wanted, running, total, rows, joined_ids)
-                if probe_error:
-                    error.message += f"\n  the probe: {probe_error}"
-                    error.args = (error.message,)
-                raise error
-            if not probe_error and running == total and len(joined_ids) >= dht_total:
+                raise _timed_out(stack, timeout, seen, joined, probe_error)
+            if not probe_error and seen.all_running and len(joined) >= seen.dht_total:
                 continue  # everything answered: confirm at once, no reason to wait
-            pause = poll_interval(total, running) - (time.monotonic() - round_start)
+            pause = poll_interval(seen.total, seen.running) - (time.monotonic() - round_start)
             time.sleep(max(0.0, pause))
+
+
+def _ask(
+    prober: Prober, seen: StackRound, joined: set[str], confirm: bool, early: bool
+) -> tuple[dict[str, Any], str]:
+    """One probe round (every task to confirm, else those not yet joined); (answers, why none).
+
+    A stock Kademlia node keeps the probe in its routing table, so its stack
+    is probed only once Swarm runs every task (``early``: ours ignores it).
+    """
+    if not seen.all_running and not early:
+        return {}, "waiting for Swarm to run every task (a stock node keeps the probe)"
+    asked = [r for task_id, r in seen.rows.items() if confirm or task_id not in joined]
+    try:
+        # Attaching a probe to the overlay goes through the same manager and
+        # agent that start the tasks: at 1003 tasks that attach timed out
+        # ("context deadline exceeded") and each failure leaked an
+        # attachment. Sharing a local task's network namespace needs neither,
+        # so until every task runs only that is tried; rounds then overlap the start.
+        return prober.round(targets_of(asked), attach=seen.all_running).answers, ""
+    except ProbeUnavailable as exc:
+        return {}, exc.message  # the next round tries again
+
+
+def _count_answers(
+    joined: set[str], seen: StackRound, answers: dict[str, Any], confirm: bool
+) -> None:
+    """A task that answered, joined, is in; one that did not leaves when confirming (or was out)."""
+    for task_id, row in seen.rows.items():
+        (task,) = targets_of([row])
+        if task.askable and task.ready(answers.get(task.text)):
+            joined.add(task_id)
+        elif confirm or task_id not in joined:
+            joined.discard(task_id)
+
+
+def _timed_out(
+    stack: str, timeout: float, seen: StackRound, joined: set[str], probe_error: str
+) -> NotReady:
+    """The wait's error: every task not running or not joined, and why the probe did not ask."""
+    error = _not_ready(
+        stack, timeout, seen.tasks, seen.wanted, seen.running, seen.total, seen.rows, joined
+    )
+    if probe_error:
+        error.message += f"\n  the probe: {probe_error}"
+        error.args = (error.message,)
+    return error
 
 
 def _is_dht_service(services: list[dict[str, Any]], service_id: str) -> bool:
