@@ -473,7 +473,7 @@ def stage_floor(
         # The same stepped removal as the project's teardown: the engine's own
         # ceiling for that method (a plain `docker stack rm` of 1000 sleepers
         # once took containerd and dockerd down here).
-        log(f"floor: stepped removal of {stack} (cqkd_stack.deploy.stack_rm)")
+        log(f"floor: stepped removal of {stack} (cqkd_stack.live.teardown.stack_rm)")
         removed = stack_rm(client, stack, timeout, Throttled("floor teardown"))
         out["teardown_seconds"] = removed.seconds
         stacks.gone(stack)

@@ -953,7 +953,7 @@ ns.add_task(probe)
 ns.add_task(scale)
 ns.add_task(teardown)
 ns.add_task(test)
-# `cqkd-stack cluster.up` (and `cluster up`: main.py joins the two words).
+# `cqkd-stack cluster.up` (and `cluster up`: cli.main joins the two words).
 ns.add_collection(Collection("cluster", up=cluster_up, down=cluster_down))
 # Every setting a task reads with ``_setting``: invoke.yaml may set these and
 # only these (settings.py refuses any other key under ``cqkd:``).

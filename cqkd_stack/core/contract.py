@@ -1,10 +1,11 @@
-"""The stack contract: what render writes and validate, swarm and deploy read back.
+"""The stack contract: what the targets write and the linter and the live code read back.
 
-Labels, network names, subnet sizing and the slot template are one agreement
-between the stack file and the code that inspects the live swarm; writing
-them here once keeps render, validate, swarm and deploy from drifting apart.
-The port a task gets is not here: only ``cqkd_stack.resolver`` computes it,
-and :func:`resolve_slot` asks it, the same way each task does.
+Labels, roles, network names, subnet sizing and the slot template are one
+agreement between the stack file and the code that inspects the live swarm;
+writing them here once keeps the renderers, the linter, the inspection of a
+live swarm and deploy from drifting apart. The port a task gets is not here:
+only ``cqkd_stack.node.resolver`` computes it, and :func:`resolve_slot` asks
+it, the same way each task does.
 """
 
 from __future__ import annotations

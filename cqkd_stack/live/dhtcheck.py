@@ -300,7 +300,7 @@ def remove_control_volumes(
     """``<stack>_control`` removed on this engine and on the other nodes' (``others``).
 
     The manager's API removes a local volume on its own node only; teardown
-    passes the engines of the labelled nodes (``distribute.other_engines``).
+    passes the engines of the labelled nodes (``distribution.other_engines``).
     An unlabelled node keeps its empty volume, which a redeploy reuses.
     """
     for engine in (client, *others):

@@ -9,7 +9,7 @@ comes from the same Swarm template and policy as ``render``, with the slot
 filled in, so the resolver in each container computes the port the file
 publishes.
 
-The file is checked like a stack, by the same port rules (``validate``),
+The file is checked like a stack, by the same port rules (the linter's),
 after docker-compose 1.29.2's own schema (``schemas/compose-v1``), since that
 tool, not ``docker stack``, reads it.
 """
