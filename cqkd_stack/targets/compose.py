@@ -125,11 +125,10 @@ def render_compose_document(policy: Policy, options: RenderOptions) -> dict[str,
     _check_options(options)
     swarm = render_document(policy, options)
     services: dict[str, Any] = {}
-    bootstraps = [
-        n for n, s in swarm["services"].items() if service_role(s, template=True) == "bootstrap"
-    ]
+    roles = {name: service_role(s, template=True) for name, s in swarm["services"].items()}
+    bootstraps = [name for name, role in roles.items() if role == "bootstrap"]
     for name, service in swarm["services"].items():
-        role = service_role(service, template=True)
+        role = roles[name]
         replicas = int((service.get("deploy") or {}).get("replicas", 1))
         for slot in range(1, replicas + 1):
             own = worker_service(slot) if replicas > 1 else name

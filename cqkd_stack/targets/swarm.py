@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ from .base import (
 DEFAULT_TEMPLATE = "cqkd.stack.tmpl.yml"
 EXTENSION = "x-cqkd"
 _PLACEHOLDER = re.compile(r"<<(\.[A-Za-z][\w.]*)>>")
+# Service name -> its role, as the template declares it (None: not a DHT service).
+Roles = Mapping[str, str | None]
 
 
 def swarm_placeholders(text: str) -> str:
@@ -52,7 +54,7 @@ def swarm_placeholders(text: str) -> str:
     return _PLACEHOLDER.sub(r"{{\1}}", text)
 
 
-def _set_healthcheck(doc: dict[str, Any], tasks: int, enabled: bool) -> None:
+def _set_healthcheck(doc: dict[str, Any], roles: Roles, tasks: int, enabled: bool) -> None:
     """Docker health checks off unless asked for; with them, only the interval is set.
 
     Readiness is the toolkit's own Kademlia probe (one process per poll round
@@ -62,8 +64,8 @@ def _set_healthcheck(doc: dict[str, Any], tasks: int, enabled: bool) -> None:
     image's (Test empty = inherit) and its interval keeps the stack within
     HEALTH_CHECKS_PER_SECOND.
     """
-    for service in doc["services"].values():
-        if service_role(service, template=True) is None:
+    for name, service in doc["services"].items():
+        if roles.get(name) is None:
             continue
         if enabled:
             service.setdefault("healthcheck", {})["interval"] = f"{health_interval(tasks)}s"
@@ -123,14 +125,16 @@ def render_document(
     doc, template = load_template(options.template)
     doc = {k: v for k, v in doc.items() if not k.startswith("x-")}
     services: dict[str, dict[str, Any]] = doc["services"]
+    # The template's labels declare the roles; read once, before anything is changed.
+    roles = {name: service_role(service, template=True) for name, service in services.items()}
     if options.is_batch:
-        _keep_workers_only(doc, policy, options)
-        _set_healthcheck(doc, options.replicas, options.healthcheck)
+        _keep_workers_only(doc, roles, policy, options)
+        _set_healthcheck(doc, roles, options.replicas, options.healthcheck)
         return _replace_placeholders(doc)
 
     bootstrap_nodes = []
     for name, service in services.items():
-        role = service_role(service, template=True)
+        role = roles[name]
         if role is None:
             continue
         extension = service.pop(EXTENSION, {}) or {}
@@ -157,34 +161,36 @@ def render_document(
             env["BOOTSTRAP_NODES"] = ",".join(bootstrap_nodes)
 
     tasks = sum(int(s.get("deploy", {}).get("replicas", 1)) for s in services.values())
-    _set_healthcheck(doc, tasks, options.healthcheck)
+    _set_healthcheck(doc, roles, tasks, options.healthcheck)
     if options.network == "host":
         _use_host_network(doc)
         if options.bootstrap_node:
-            _pin_bootstraps(services, options.bootstrap_node)
+            _pin_bootstraps(services, roles, options.bootstrap_node)
     else:
         _size_overlay(doc, options, choose_subnet or subnet_for)
     return _replace_placeholders(doc)
 
 
-def _pin_bootstraps(services: dict[str, dict[str, Any]], node_id: str) -> None:
+def _pin_bootstraps(services: dict[str, dict[str, Any]], roles: Roles, node_id: str) -> None:
     """Bootstrap tasks on the node their address names (host networking only)."""
-    for service in services.values():
-        if service_role(service, template=True) == "bootstrap":
+    for name, service in services.items():
+        if roles[name] == "bootstrap":
             placement = service.setdefault("deploy", {}).setdefault("placement", {})
             constraint = f"node.id == {node_id}"
             if constraint not in placement.setdefault("constraints", []):
                 placement["constraints"].append(constraint)
 
 
-def _keep_workers_only(doc: dict[str, Any], policy: Policy, options: RenderOptions) -> None:
+def _keep_workers_only(
+    doc: dict[str, Any], roles: Roles, policy: Policy, options: RenderOptions
+) -> None:
     """A second batch: only workers, on the first stack's network and bootstrap node.
 
     Service names are namespaced by the stack (``cqkd_bootstrap``), and that
     full name resolves on the shared network from any stack attached to it.
     """
     services = doc["services"]
-    workers = {n: s for n, s in services.items() if service_role(s, template=True) == "worker"}
+    workers = {n: s for n, s in services.items() if roles[n] == "worker"}
     if not workers:
         raise UsageError("the template has no worker service to make a batch of")
     bootstrap = policy.role_range("bootstrap").start
