@@ -38,7 +38,7 @@ import docker
 from scale import NAIVE_DIR, NAIVE_IMAGE, Throttled, ensure_naive_image, log, wait_running
 
 from cqkd_stack import DEFAULT_NODE_IMAGE
-from cqkd_stack.core.documents import write_atomically
+from cqkd_stack.core.files import write_atomically
 from cqkd_stack.host.cluster import Cluster, cluster_down, cluster_up
 from cqkd_stack.live import dhtcheck
 from cqkd_stack.live.client import engine_client

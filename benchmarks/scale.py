@@ -48,7 +48,7 @@ from typing import Any
 
 import docker
 
-from cqkd_stack.core.documents import write_atomically
+from cqkd_stack.core.files import write_atomically
 from cqkd_stack.host import sysctls
 from cqkd_stack.host.images import host_base_image
 from cqkd_stack.live.inspection import STACK_LABEL, stack_filter, stack_leftovers

@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 from invoke import Argument, Collection, Context, Exit, Task, task
 
 from .. import DEFAULT_NODE_IMAGE
-from ..core.documents import write_atomically
 from ..core.errors import BUG, INVALID, CqkdError, UsageError
+from ..core.files import write_atomically
 from ..core.policy import Policy, load_policy
 from ..core.results import Results
 from ..lint.validate import read_sources, validate_texts

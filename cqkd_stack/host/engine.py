@@ -24,8 +24,8 @@ import docker
 import docker.errors
 import requests
 
-from ..core.documents import write_atomically
 from ..core.errors import CqkdError
+from ..core.files import write_atomically
 from ..core.process import Say, run, say, tail
 
 # Command -> Debian package that provides it. ``images`` needs debootstrap and

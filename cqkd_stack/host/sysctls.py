@@ -28,8 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.documents import write_atomically
 from ..core.errors import CqkdError
+from ..core.files import write_atomically
 
 MINIMUMS: dict[str, int] = {
     # A /20 overlay holds 4094 tasks; room for four of its broadcasts at once.

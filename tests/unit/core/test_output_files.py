@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cqkd_stack.core import documents
-from cqkd_stack.core.documents import write_atomically
+from cqkd_stack.core import files
+from cqkd_stack.core.files import write_atomically
 
 
 def _files(folder: Path) -> list[str]:
@@ -140,8 +140,8 @@ def test_the_directory_is_synced_after_the_rename(
         events.append(("replace", os.fspath(dst)))
         real_replace(src, dst)
 
-    monkeypatch.setattr(documents.os, "fsync", fsync)
-    monkeypatch.setattr(documents.os, "replace", replace)
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "replace", replace)
     target = tmp_path / "stack.yml"
     write_atomically(target, "x: 1\n")
     assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
