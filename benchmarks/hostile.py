@@ -21,10 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from cqkd_stack.compose_target import render_compose
-from cqkd_stack.kubernetes import render_kubernetes
-from cqkd_stack.policy import load_policy
-from cqkd_stack.render import RenderOptions, render
+from cqkd_stack.core.policy import load_policy
+from cqkd_stack.targets.base import RenderOptions
+from cqkd_stack.targets.compose import render_compose
+from cqkd_stack.targets.kubernetes import render_kubernetes
+from cqkd_stack.targets.swarm import render
 
 
 def _dense(services: int) -> str:

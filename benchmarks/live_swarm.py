@@ -28,9 +28,11 @@ from pathlib import Path
 
 import docker
 
-from cqkd_stack.deploy import stack_rm, wait_until_running
-from cqkd_stack.policy import load_policy
-from cqkd_stack.render import RenderOptions, render
+from cqkd_stack.core.policy import load_policy
+from cqkd_stack.live.teardown import stack_rm
+from cqkd_stack.live.waits import wait_until_running
+from cqkd_stack.targets.base import RenderOptions
+from cqkd_stack.targets.swarm import render
 
 
 def cqkd(*args: str) -> tuple[float, subprocess.CompletedProcess[str]]:

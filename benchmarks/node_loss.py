@@ -37,12 +37,14 @@ from typing import Any
 import docker
 from scale import NAIVE_DIR, NAIVE_IMAGE, Throttled, ensure_naive_image, log, wait_running
 
-from cqkd_stack import DEFAULT_NODE_IMAGE, dhtcheck
-from cqkd_stack.cluster import Cluster, cluster_down, cluster_up
-from cqkd_stack.deploy import wait_until_ready
-from cqkd_stack.distribute import copy_image, engine_client
-from cqkd_stack.files import write_atomically
-from cqkd_stack.swarm import port_map
+from cqkd_stack import DEFAULT_NODE_IMAGE
+from cqkd_stack.core.files import write_atomically
+from cqkd_stack.host.cluster import Cluster, cluster_down, cluster_up
+from cqkd_stack.live import dhtcheck
+from cqkd_stack.live.client import engine_client
+from cqkd_stack.live.distribution import copy_image
+from cqkd_stack.live.inspection import port_map
+from cqkd_stack.live.waits import wait_until_ready
 
 CLUSTER = "cqkd-bench-cluster"
 SUBNET = "10.214.0.0/20"

@@ -25,9 +25,11 @@ import docker
 import yaml
 
 from cqkd_stack import DEFAULT_NODE_IMAGE
-from cqkd_stack.deploy import stack_rm, wait_until_running
-from cqkd_stack.policy import load_policy
-from cqkd_stack.render import RenderOptions, render
+from cqkd_stack.core.policy import load_policy
+from cqkd_stack.live.teardown import stack_rm
+from cqkd_stack.live.waits import wait_until_running
+from cqkd_stack.targets.base import RenderOptions
+from cqkd_stack.targets.swarm import render
 
 
 def sleeper_stack(workers: int) -> str:

@@ -48,11 +48,11 @@ from typing import Any
 
 import docker
 
-from cqkd_stack import sysctls
-from cqkd_stack.deploy import stack_rm
-from cqkd_stack.files import write_atomically
-from cqkd_stack.images import host_base_image
-from cqkd_stack.swarm import STACK_LABEL, stack_filter, stack_leftovers
+from cqkd_stack.core.files import write_atomically
+from cqkd_stack.host import sysctls
+from cqkd_stack.host.images import host_base_image
+from cqkd_stack.live.inspection import STACK_LABEL, stack_filter, stack_leftovers
+from cqkd_stack.live.teardown import stack_rm
 
 NAIVE_DIR = Path(__file__).resolve().parent / "naive"
 NAIVE_IMAGE = "cqkd-naive-node:bench"
@@ -473,7 +473,7 @@ def stage_floor(
         # The same stepped removal as the project's teardown: the engine's own
         # ceiling for that method (a plain `docker stack rm` of 1000 sleepers
         # once took containerd and dockerd down here).
-        log(f"floor: stepped removal of {stack} (cqkd_stack.deploy.stack_rm)")
+        log(f"floor: stepped removal of {stack} (cqkd_stack.live.teardown.stack_rm)")
         removed = stack_rm(client, stack, timeout, Throttled("floor teardown"))
         out["teardown_seconds"] = removed.seconds
         stacks.gone(stack)
@@ -523,10 +523,10 @@ def _bare(
         out["running_seconds"] = time.monotonic() - start
         log(f"bare: all {tasks} running after {out['running_seconds']:.1f} s")
         try:
-            from cqkd_stack.deploy import wait_until_ready
+            from cqkd_stack.live.waits import wait_until_ready
         except ImportError:
             raise RuntimeError(
-                "cqkd_stack.deploy.wait_until_ready is missing (issue 8, item 1): "
+                "cqkd_stack.live.waits.wait_until_ready is missing (issue 8, item 1): "
                 "cannot measure all-joined the same way as for the project"
             ) from None
         remaining = max(start + timeout - time.monotonic(), 1.0)

@@ -5,7 +5,13 @@ every CI lint. Both are measured as whole processes (what a user waits for),
 interleaved with a bare-interpreter baseline in the same loop so a noisy
 machine shifts every figure alike. Prints medians and ratios to the baseline.
 
-    python benchmarks/startup.py [--runs 21] [--replicas 1000]
+With ``--baseline-ref REF`` the same commands also run from the code of git
+revision REF (exported with ``git archive`` into a temporary folder), in the
+same loop, and the table compares the two: both sides then start as
+``python -m cqkd_stack`` with their own tree first on ``PYTHONPATH``, so
+they differ in their code and nothing else.
+
+    python benchmarks/startup.py [--runs 21] [--replicas 1000] [--baseline-ref REF]
 """
 
 from __future__ import annotations
@@ -16,9 +22,12 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
 
 TARGETS = {"render + validate": 0.300, "validate": 0.300, "resolver": 0.050}
 
@@ -29,30 +38,65 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
+def export(ref: str, dest: Path) -> Path:
+    """The tree of git revision ``ref`` in ``dest``, as ``git archive`` gives it."""
+    archive = dest / "tree.tar"
+    with archive.open("wb") as out:
+        subprocess.run(["git", "-C", str(REPO), "archive", ref], stdout=out, check=True)
+    tree = dest / "tree"
+    with tarfile.open(archive) as tar:
+        tar.extractall(tree, filter="data")
+    return tree
+
+
+def commands_for(
+    cli: list[str], stack: Path, replicas: int, env: dict[str, str]
+) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """The measured commands of one tree: its CLI (``cli``), its resolver, its environment."""
+    resolver_env = env | {"TASK_SLOT": "5", "BASE_PORT": "7000", "PORT_RANGE_END": "7999"}
+    return {
+        "render + validate": (
+            [*cli, "render", "--replicas", str(replicas), "--output", str(stack)],
+            env,
+        ),
+        "validate": ([*cli, "validate", str(stack)], env),
+        "resolver": ([sys.executable, "-m", "cqkd_stack.resolver"], resolver_env),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=21)
     parser.add_argument("--replicas", type=int, default=1000)
+    parser.add_argument(
+        "--baseline-ref", default="", help="also measure the code of this git revision"
+    )
     args = parser.parse_args()
 
-    cli = shutil.which("cqkd-stack")
-    if cli is None:
-        print("cqkd-stack is not installed: pip install -e .", file=sys.stderr)
-        return 2
     work = Path(tempfile.mkdtemp(prefix="cqkd-bench-"))
-    stack = work / "stack.yml"
     env = dict(os.environ)
-    resolver_env = env | {"TASK_SLOT": "5", "BASE_PORT": "7000", "PORT_RANGE_END": "7999"}
-    commands = {
-        "python -c pass (baseline)": ([sys.executable, "-c", "pass"], env),
-        "render + validate": (
-            [cli, "render", "--replicas", str(args.replicas), "--output", str(stack)],
-            env,
-        ),
-        "validate": ([cli, "validate", str(stack)], env),
-        "resolver": ([sys.executable, "-m", "cqkd_stack.resolver"], resolver_env),
-    }
-    timed(*commands["render + validate"])  # the file validate reads, and a warm cache
+    commands = {"python -c pass (baseline)": ([sys.executable, "-c", "pass"], env)}
+    if args.baseline_ref:
+        # Both trees alike: python -m cqkd_stack, each tree first on the path.
+        trees = {"": REPO, f" @{args.baseline_ref}": export(args.baseline_ref, work)}
+        for suffix, tree in trees.items():
+            tree_env = env | {"PYTHONPATH": str(tree)}
+            found = commands_for(
+                [sys.executable, "-m", "cqkd_stack"],
+                work / f"stack{len(suffix)}.yml",
+                args.replicas,
+                tree_env,
+            )
+            commands |= {name + suffix: command for name, command in found.items()}
+    else:
+        cli = shutil.which("cqkd-stack")
+        if cli is None:
+            print("cqkd-stack is not installed: pip install -e .", file=sys.stderr)
+            return 2
+        commands |= commands_for([cli], work / "stack.yml", args.replicas, env)
+    for name, command in commands.items():
+        if name.startswith("render + validate"):
+            timed(*command)  # the file validate reads, and a warm cache
     samples: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(args.runs):
         for name, (cmd, cmd_env) in commands.items():
@@ -61,7 +105,7 @@ def main() -> int:
 
     baseline = statistics.median(samples["python -c pass (baseline)"])
     print(f"{args.runs} runs each, {args.replicas} replicas, interleaved; wall time per process")
-    print(f"{'command':28} {'median':>9} {'min':>9} {'x baseline':>11} {'target':>8}")
+    print(f"{'command':36} {'median':>9} {'min':>9} {'x baseline':>11} {'target':>8}")
     for name, values in samples.items():
         median = statistics.median(values)
         target = TARGETS.get(name)
@@ -69,9 +113,15 @@ def main() -> int:
         if target is not None:
             verdict = f"{target * 1000:.0f}ms " + ("ok" if median < target else "OVER")
         print(
-            f"{name:28} {median * 1000:7.1f}ms {min(values) * 1000:7.1f}ms "
+            f"{name:36} {median * 1000:7.1f}ms {min(values) * 1000:7.1f}ms "
             f"{median / baseline:10.1f}x {verdict:>8}"
         )
+    if args.baseline_ref:
+        print(f"\nthis tree against {args.baseline_ref} (median over median)")
+        for name in ("render + validate", "validate", "resolver"):
+            now = statistics.median(samples[name])
+            then = statistics.median(samples[f"{name} @{args.baseline_ref}"])
+            print(f"{name:36} {now * 1000:7.1f}ms vs {then * 1000:7.1f}ms  {now / then:5.2f}x")
     return 0
 
 

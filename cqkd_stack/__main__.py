@@ -1,5 +1,5 @@
 """``python -m cqkd_stack``: the same program as the installed ``cqkd-stack``."""
 
-from .main import program
+from .cli.main import program
 
 program.run()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cqkd_stack.main import program
+from cqkd_stack.cli.main import program
 
 REPO = Path(__file__).resolve().parent.parent
 

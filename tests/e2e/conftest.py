@@ -22,9 +22,10 @@ import docker.errors
 import pytest
 import requests
 
-from cqkd_stack import cluster as harness
-from cqkd_stack import images, swarm
-from cqkd_stack.errors import CqkdError
+from cqkd_stack.core.errors import CqkdError
+from cqkd_stack.host import cluster as harness
+from cqkd_stack.host import images
+from cqkd_stack.live.client import local_engine
 
 E2E_DIR = Path(__file__).resolve().parent
 # Not the default name: the tests must never take down a cluster of the developer's.
@@ -157,7 +158,7 @@ def cluster(docker_client: docker.DockerClient, node_image: str) -> Iterator[har
         if on_ci():
             pytest.fail("the DinD cluster needs root on CI", pytrace=False)
         pytest.skip("the DinD cluster needs root (debootstrap, a node's capabilities)")
-    host = swarm.local_engine()  # the nodes are containers of this machine's engine
+    host = local_engine()  # the nodes are containers of this machine's engine
     if host is None:
         pytest.fail("the local engine stopped answering", pytrace=False)
     try:

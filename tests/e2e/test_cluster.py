@@ -21,10 +21,10 @@ import pytest
 from docker.types import Healthcheck, ServiceMode
 from test_stack import wait_for
 
-from cqkd_stack import cluster as harness
-from cqkd_stack import swarm
-from cqkd_stack.distribute import ENGINE_LABEL
-from cqkd_stack.errors import CqkdError
+from cqkd_stack.core.errors import CqkdError
+from cqkd_stack.host import cluster as harness
+from cqkd_stack.live.client import local_engine
+from cqkd_stack.live.distribution import ENGINE_LABEL
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +44,7 @@ def manager(cluster: harness.Cluster) -> Iterator[docker.DockerClient]:
 
 @pytest.fixture
 def host() -> Iterator[docker.DockerClient]:
-    client = swarm.local_engine()
+    client = local_engine()
     assert client is not None, "the local engine stopped answering"
     try:
         yield client

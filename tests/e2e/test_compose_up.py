@@ -22,10 +22,10 @@ from pathlib import Path
 import docker
 import pytest
 
-from cqkd_stack.compose_project import PROJECT_LABEL, SERVICE_LABEL
-from cqkd_stack.compose_target import render_compose
-from cqkd_stack.policy import load_policy
-from cqkd_stack.render import RenderOptions
+from cqkd_stack.core.policy import load_policy
+from cqkd_stack.live.compose_project import PROJECT_LABEL, SERVICE_LABEL
+from cqkd_stack.targets.base import RenderOptions
+from cqkd_stack.targets.compose import render_compose
 
 pytestmark = pytest.mark.e2e
 # Past docker-compose 1.29's pool of 64 threads, where its `up` could deadlock

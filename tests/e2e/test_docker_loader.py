@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cqkd_stack.compose import load_stack
-from cqkd_stack.policy import load_policy
-from cqkd_stack.render import RenderOptions, render
+from cqkd_stack.core.policy import load_policy
+from cqkd_stack.lint.stackfile import load_stack
+from cqkd_stack.targets.base import RenderOptions
+from cqkd_stack.targets.swarm import render
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
 # compose-* cases are docker-compose files: docker-compose reads them in test_compose_up.py.
@@ -23,7 +24,8 @@ POSITIVE = sorted(
     p for p in (CASES / "positive").iterdir() if p.is_dir() and not p.name.startswith("compose-")
 )
 NEGATIVE = sorted(p for p in (CASES / "negative").iterdir() if p.is_dir())
-# What following a negative case's advice gives (tests/unit/test_cases.py): Docker loads it too.
+# What following a negative case's advice gives (tests/unit/lint/test_cases.py):
+# Docker loads it too.
 FIXED = sorted(
     p for case in NEGATIVE if not case.name.startswith("compose-") for p in case.glob("fixed*")
 )

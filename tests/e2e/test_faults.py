@@ -12,8 +12,8 @@ import uuid
 import docker
 from test_stack import STACK_LABEL, cqkd, leftovers, remove_quietly, wait_for
 
-from cqkd_stack.readiness import PROBE_LABEL
-from cqkd_stack.swarm import port_map
+from cqkd_stack.live.inspection import port_map
+from cqkd_stack.live.readiness import PROBE_LABEL
 
 
 def test_teardown_while_a_deploy_is_still_converging_removes_everything(

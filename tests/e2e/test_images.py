@@ -21,7 +21,7 @@ import docker
 import docker.errors
 import pytest
 
-from cqkd_stack import engine, images
+from cqkd_stack.host import engine, images
 
 HEALTH_TEST = ["CMD", "grep", "-qf", "/tmp/cqkd-health", "/proc/net/udp"]
 SECOND = 1_000_000_000  # Docker reports durations in nanoseconds
@@ -151,10 +151,10 @@ def test_image_declares_the_health_check(
 def test_a_source_change_rebuilds_and_reaches_the_image(
     docker_client: docker.DockerClient, node_image: str, tmp_path: Path
 ) -> None:
-    """Build from a copy of the project with one more module, under a throwaway tag."""
+    """Build from a copy of the project with one more module in node/, under a throwaway tag."""
     project = copy_project(images.project_root(), tmp_path / "project")
     token = uuid.uuid4().hex
-    (project / "cqkd_stack" / "_cqkdtest_marker.py").write_text(f"TOKEN = {token!r}\n")
+    (project / "cqkd_stack" / "node" / "_cqkdtest_marker.py").write_text(f"TOKEN = {token!r}\n")
     repo = f"cqkdtest_{uuid.uuid4().hex[:8]}"
     tag = f"{repo}:probe"
     base = docker_client.images.get(images.host_base_image())
@@ -169,7 +169,7 @@ def test_a_source_change_rebuilds_and_reaches_the_image(
 
         output = docker_client.containers.run(
             tag,
-            ["python3", "-c", "import cqkd_stack._cqkdtest_marker as m; print(m.TOKEN)"],
+            ["python3", "-c", "import cqkd_stack.node._cqkdtest_marker as m; print(m.TOKEN)"],
             entrypoint=[],
             name=repo,
             remove=True,
@@ -207,4 +207,4 @@ def remove_container(client: docker.DockerClient, name: str) -> None:
 def _resolver_present() -> None:
     # The image's node computes its port with the resolver; a checkout without
     # it cannot make a working image, and every failure below would say less.
-    assert (images.project_root() / "cqkd_stack" / "resolver.py").is_file()
+    assert (images.project_root() / "cqkd_stack" / "node" / "resolver.py").is_file()

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from cqkd_stack.kubernetes import POD_INDEX_FIELD, render_manifests
-from cqkd_stack.policy import load_policy
+from cqkd_stack.core.policy import load_policy
+from cqkd_stack.targets.kubernetes import POD_INDEX_FIELD, render_manifests
 
 
 def worker_statefulset(replicas: int, ordinals_start: int) -> dict[str, Any]:

@@ -24,10 +24,10 @@ import docker
 import pytest
 import yaml
 
-from cqkd_stack import dhtcheck
-from cqkd_stack.cluster import Cluster, ClusterNode
-from cqkd_stack.distribute import ENGINE_LABEL
-from cqkd_stack.swarm import PortMap, port_map
+from cqkd_stack.host.cluster import Cluster, ClusterNode
+from cqkd_stack.live import dhtcheck
+from cqkd_stack.live.distribution import ENGINE_LABEL
+from cqkd_stack.live.inspection import PortMap, port_map
 
 WORKERS = 12
 STACK_LABEL = "com.docker.stack.namespace"

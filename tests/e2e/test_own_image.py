@@ -24,7 +24,7 @@ import docker
 import docker.errors
 import pytest
 
-from cqkd_stack import images
+from cqkd_stack.host import images
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "docs" / "examples" / "own-image"

@@ -106,7 +106,7 @@ def test_scale_down_and_back_never_shares_a_port(
 ) -> None:
     """300 -> 150 -> 300 with the port map read throughout: never a port held twice,
     every slot always on 7000 + slot - 1, and returning slots on their old ports."""
-    from cqkd_stack.swarm import port_map
+    from cqkd_stack.live.inspection import port_map
 
     name, _ = big_stack
     worker = f"{name}_worker"

@@ -254,8 +254,8 @@ def test_the_probe_sits_beside_the_bootstrap_and_moves_as_tasks_come_and_go(
     stack: str, docker_client: docker.DockerClient
 ) -> None:
     """No ARP flood, no attach through the manager: the probe sits in the bootstrap's netns."""
-    from cqkd_stack.readiness import PROBE_LABEL, Prober, targets_of
-    from cqkd_stack.swarm import task_rows
+    from cqkd_stack.live.inspection import task_rows
+    from cqkd_stack.live.readiness import PROBE_LABEL, Prober, targets_of
 
     def rows() -> list[Any]:
         flt = {"label": f"{STACK_LABEL}={stack}"}

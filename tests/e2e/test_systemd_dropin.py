@@ -29,7 +29,7 @@ import docker.errors
 import pytest
 from docker.models.containers import Container
 
-from cqkd_stack import engine, images
+from cqkd_stack.host import engine, images
 
 pytestmark = pytest.mark.e2e
 
@@ -158,7 +158,7 @@ def _ensure_unit(container: Container, lost: list[str]) -> dict:
     """Run the project's code path inside the machine; its EngineStatus as a dict."""
     script = (
         "import dataclasses, json\n"
-        "from cqkd_stack import engine\n"
+        "from cqkd_stack.host import engine\n"
         "assert engine.systemd_is_init() and engine.docker_unit_managed()\n"
         f"status = engine.ensure_docker_unit(lost=lambda: {lost!r})\n"
         "print(json.dumps(dataclasses.asdict(status), default=str))\n"

@@ -12,10 +12,12 @@ from pathlib import Path
 import docker
 import yaml
 
-from cqkd_stack.deploy import stack_rm, wait_until_running
-from cqkd_stack.policy import load_policy
-from cqkd_stack.render import RenderOptions, render
-from cqkd_stack.swarm import STACK_LABEL, stack_leftovers
+from cqkd_stack.core.policy import load_policy
+from cqkd_stack.live.inspection import STACK_LABEL, stack_leftovers
+from cqkd_stack.live.teardown import stack_rm
+from cqkd_stack.live.waits import wait_until_running
+from cqkd_stack.targets.base import RenderOptions
+from cqkd_stack.targets.swarm import render
 
 
 def test_a_large_stack_is_stepped_down_before_removal(
@@ -78,7 +80,7 @@ def test_teardown_removes_a_dht_check_job_and_the_control_volume(
     `docker stack rm` removes neither."""
     from docker.types import ContainerSpec, Healthcheck, RestartPolicy, ServiceMode, TaskTemplate
 
-    from cqkd_stack.dhtcheck import JOB_LABEL
+    from cqkd_stack.live.dhtcheck import JOB_LABEL
 
     stack = f"cqkdtest_{uuid.uuid4().hex[:8]}"
     volume = docker_client.volumes.create(f"{stack}_control", labels={STACK_LABEL: stack})

@@ -74,7 +74,7 @@ def test_engine_setup_needs_only_the_standard_library_and_the_docker_sdk() -> No
     script = (
         "import sys\n"
         f"for name in {third_party!r}: sys.modules[name] = None\n"
-        "import cqkd_stack.engine, cqkd_stack.sysctls, cqkd_stack.files\n"
+        "import cqkd_stack.host.engine, cqkd_stack.host.sysctls, cqkd_stack.core.files\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=False

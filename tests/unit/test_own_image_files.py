@@ -52,7 +52,7 @@ def test_the_node_uses_the_stock_kademlia_package_and_the_copied_resolver() -> N
 
 def test_the_resolver_runs_as_one_copied_file(tmp_path: Path) -> None:
     """As in the image: the file alone, no site-packages, no cqkd_stack anywhere."""
-    shutil.copy(REPO / "cqkd_stack" / "resolver.py", tmp_path / "cqkd_resolver.py")
+    shutil.copy(REPO / "cqkd_stack" / "node" / "resolver.py", tmp_path / "cqkd_resolver.py")
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TASK_SLOT": "3"}
     run = [sys.executable, "-S", "-I"]
     printed = subprocess.run(

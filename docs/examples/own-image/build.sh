@@ -9,7 +9,7 @@ checkout=${CQKD_STACK:-../../..}
 python=${PYTHON:-$checkout/.venv/bin/python}
 base=${BASE_IMAGE:-cqkd-base:bookworm}
 
-cp "$checkout/cqkd_stack/resolver.py" cqkd_resolver.py
+cp "$checkout/cqkd_stack/node/resolver.py" cqkd_resolver.py
 # Wheels built on the host: the build needs no package index (and containers
 # here do not trust the host's certificate authority anyway).
 "$python" -m pip wheel --quiet --wheel-dir wheels \

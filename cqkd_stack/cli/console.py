@@ -1,0 +1,186 @@
+"""What the live-swarm tasks show people: progress bars, port tables, probe summaries.
+
+Progress and tables go to stderr, so ``--format json`` keeps stdout for the
+one JSON document a program reads. rich is imported inside the functions:
+``validate`` runs in CI linters where start-up time matters and nothing is
+drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..core.results import compact
+
+if TYPE_CHECKING:
+    import rich.progress
+    from rich.console import Console
+
+    from ..live.inspection import PortMap
+    from ..live.plan import Plan, ServicePlan
+    from ..live.readiness import ProbeReport
+
+
+def stderr_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, log_path=False)
+
+
+def _progress_bar(console: Console) -> rich.progress.Progress:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def with_progress(console: Console, label: str, work: Callable[[Any], Any]) -> Any:
+    """Run ``work(progress)``, drawing its (done, total, note) reports as a bar."""
+    with _progress_bar(console) as bar:
+        handle = bar.add_task(label, total=None)
+
+        def report(done: int, total: int, note: str) -> None:
+            bar.update(handle, completed=done, total=total or None, description=f"{label}: {note}")
+
+        return work(report)
+
+
+def print_port_map(console: Console, ports: PortMap) -> None:
+    """The task table, the per-role use, then what is wrong (missing slots, duplicates)."""
+    from rich.table import Table
+
+    table = Table(title=f"stack {ports.stack}: {len(ports.tasks)} tasks")
+    for column in ("slot", "task", "node", "address", "port", "state"):
+        table.add_column(column, justify="right" if column in ("slot", "port") else "left")
+    for row in ports.tasks:
+        state = row.state + (f" ({row.error})" if row.error else "")
+        flag = " [red]DUPLICATE[/red]" if row.duplicate else ""
+        table.add_row(
+            str(row.slot), row.task, row.node, row.address or "-", f"{row.port}{flag}", state
+        )
+    console.print(table)
+    usage = Table(title="port ranges")
+    for column in ("role", "range", "used", "total", "free"):
+        usage.add_column(column)
+    for role in ports.roles:
+        usage.add_row(role.role, role.range, str(role.used), str(role.total), str(role.free))
+    console.print(usage)
+    for service, slots in ports.missing_slots.items():
+        console.print(f"[yellow]{service}: missing slots {compact(slots)}[/yellow]")
+    if ports.duplicate_ports:
+        console.print(f"[red]duplicate ports: {compact(ports.duplicate_ports)}[/red]")
+
+
+def probe_text(result: ProbeReport) -> str:
+    """Answered / joined / total, then the silent and lonely slots by service."""
+    lines = [
+        f"{result.answered}/{result.total} DHT tasks answered at their address and port, "
+        f"{result.joined} in the DHT; probe round {result.round_seconds:.2f} s, "
+        f"{result.seconds:.2f} s in all"
+    ]
+    for label, rows in (("silent", result.silent), ("answering, no contacts", result.not_joined)):
+        by_service: dict[str, list[int]] = {}
+        for row in rows:
+            by_service.setdefault(row["service"], []).append(row["slot"] or 0)
+        for service, slots in sorted(by_service.items()):
+            lines.append(f"{label}: {service} slots {compact(slots)}")
+    return "\n".join(lines)
+
+
+_DONE = {"deploy": "deployed", "scale": "scaled", "teardown": "removed"}
+_IMAGE_ACTIONS = {
+    "present": "present on",
+    "copy": "copied to",
+    "pull": "pulled on",
+    "cannot": "cannot reach",
+    "left to swarm": "left to Swarm's own pull on",
+}
+
+
+def plan_text(plan: Plan) -> str:
+    """A dry run's plan: one line per service, then networks, images, tasks; why it would refuse."""
+    lines = [
+        f"dry run: {plan.operation} of stack '{plan.stack}' (nothing was {_DONE[plan.operation]})"
+    ]
+    width = max((len(s.service) for s in plan.services), default=0)
+    lines += [
+        f"  {s.action:<9}  {s.service:<{width}}  {_service_line(s)}".rstrip() for s in plan.services
+    ]
+    if plan.networks_created:
+        lines.append(f"networks to create: {', '.join(plan.networks_created)}")
+    if plan.networks_removed:
+        lines.append(f"networks to remove: {', '.join(plan.networks_removed)}")
+    if plan.volumes_removed:
+        lines.append(f"volumes to remove: {', '.join(plan.volumes_removed)}")
+    if plan.containers_removed:
+        lines.append(f"containers to remove: {plan.containers_removed}")
+    if plan.pushed:
+        lines.append(f"push to: {plan.pushed} (then deployed pinned by digest)")
+    by_image: dict[str, dict[str, list[str]]] = {}
+    for entry in plan.images:
+        by_image.setdefault(entry.image, {}).setdefault(entry.action, []).append(entry.node)
+    for image, actions in by_image.items():
+        said = "; ".join(
+            f"{_IMAGE_ACTIONS.get(action, action)} {', '.join(nodes)}"
+            for action, nodes in actions.items()
+        )
+        lines.append(f"image {image}: {said}")
+    if plan.bootstrap_first:
+        lines.append("a new stack: its bootstrap node is deployed first, then the rest")
+    totals = plan.totals()
+    lines.append(
+        f"tasks: {totals['starting']} start, {totals['stopping']} stop, "
+        f"{totals['replaced']} replaced"
+    )
+    lines += [f"would refuse: {problem}" for problem in plan.problems]
+    return "\n".join(lines)
+
+
+def _service_line(service: ServicePlan) -> str:
+    if service.action == "kept":
+        return "not in the file: docker stack deploy leaves it as it is"
+    if service.replicas is None and service.current is not None:
+        count = _replicas(service.current)
+    elif service.current is not None and service.current != service.replicas:
+        count = f"{service.current} -> {_replicas(service.replicas)}"
+    else:
+        count = _replicas(service.replicas)
+    parts = [count]
+    ports = service.ports + service.published
+    if ports:
+        parts.append(
+            ("port " if len(ports) == 1 and "-" not in ports[0] else "ports ") + ", ".join(ports)
+        )
+    if service.changed:
+        parts.append(f"{' and '.join(service.changed)} changed:")
+    for number, what in (
+        (service.starting, "start"),
+        (service.stopping, "stop"),
+        (service.replaced, "replaced"),
+    ):
+        if number:
+            parts.append(f"{number} task{'s' if number != 1 else ''} {what}")
+    if service.stepped:
+        from ..live.teardown import DRAIN_STEP
+
+        parts.append(f"stepped down {DRAIN_STEP} tasks at a time first")
+    return "  ".join(parts)
+
+
+def _replicas(count: int | None) -> str:
+    if count is None:
+        return "global"
+    return f"{count} replica{'s' if count != 1 else ''}"

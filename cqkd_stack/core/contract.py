@@ -1,0 +1,131 @@
+"""The stack contract: what the targets write and the linter and the live code read back.
+
+Labels, roles, network names, subnet sizing and the slot template are one
+agreement between the stack file and the code that inspects the live swarm;
+writing them here once keeps the renderers, the linter, the inspection of a
+live swarm and deploy from drifting apart. The port a task gets is not here:
+only ``cqkd_stack.node.resolver`` computes it, and :func:`resolve_slot` asks
+it, the same way each task does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ..node.resolver import Resolution, resolve
+from .errors import InvalidInput
+
+ROLE_LABEL = "cqkd.role"
+# On the node images `setup` builds: the digest of what went into the image. It
+# also tells this project's node (which never keeps the probe) from a stock one.
+HASH_LABEL = "org.cqkd.build-inputs"
+STACK_LABEL = "com.docker.stack.namespace"
+DHT_NETWORK = "dht"
+HOST_NETWORK = "hostnet"
+# Stacks take their overlay subnets from DEFAULT_SUBNET_BASE/SUBNET_POOL_PREFIX.
+DEFAULT_SUBNET_BASE = "10.213.0.0"
+SUBNET_POOL_PREFIX = 16
+# What Docker gives an overlay that names no subnet.
+DOCKER_DEFAULT_SUBNET = ipaddress.IPv4Network("10.0.0.0/24")
+# Addresses an overlay subnet loses before tasks get any: network, broadcast,
+# gateway. Docker also gives each swarm node one load-balancer address.
+RESERVED_ADDRESSES = 3
+# A subnet the engine has given a network already, by network name.
+TakenSubnet = tuple[str, ipaddress.IPv4Network]
+SLOT_PLACEHOLDER = "{{.Task.Slot}}"
+# Go templates allow spaces inside the braces; Swarm renders both alike.
+_SLOT_TEMPLATE = re.compile(r"\{\{-?\s*\.Task\.Slot\s*-?\}\}")
+# A service that sets any of these takes part in the DHT port contract.
+CONTRACT_VARIABLES = ("CQKD_ROLE", "DHT_PORT", "BASE_PORT", "TASK_SLOT", "WORKER_ID")
+SLOT_VARIABLES = ("TASK_SLOT", "WORKER_ID")
+# The resolver's inputs that must be one value for every task of a service:
+# a placeholder there (PORT_OFFSET: "{{.Task.Slot}}") gives each task another rule.
+FIXED_VARIABLES = (
+    "CQKD_ROLE",
+    "BASE_PORT",
+    "PORT_RANGE_END",
+    "PORT_OFFSET",
+    "LEGACY_PORT_MODE",
+    "PORT_PROTOCOL",
+)
+
+
+def key_values(value: Any) -> dict[str, str]:
+    """Compose accepts environment and labels as a mapping or a KEY=VALUE list."""
+    if isinstance(value, dict):
+        return {str(k): "" if v is None else str(v) for k, v in value.items()}
+    if isinstance(value, list):
+        pairs = (str(item).split("=", 1) for item in value)
+        return {p[0]: p[1] if len(p) > 1 else "" for p in pairs}
+    return {}
+
+
+def role_of(env: Mapping[str, str], labels: Mapping[str, str]) -> str | None:
+    """The role a service declares: its CQKD_ROLE, else its deploy label."""
+    return env.get("CQKD_ROLE") or labels.get(ROLE_LABEL) or None
+
+
+def service_role(service: Mapping[str, Any], *, template: bool = False) -> str | None:
+    """The role of a service of a stack file, as ``role_of`` reads a live one.
+
+    ``template``: the service of a template (or of the stack rendered from
+    one), which declares its role with the ``cqkd.role`` label alone, as
+    written; the renderer writes CQKD_ROLE from it, and a label the policy
+    lacks (even an empty one) is refused there rather than passed over.
+    """
+    deploy = service.get("deploy") or {}
+    if template:
+        return (deploy.get("labels") or {}).get(ROLE_LABEL)
+    return role_of(key_values(service.get("environment")), key_values(deploy.get("labels")))
+
+
+def is_dht(env: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Whether a service takes part in the DHT (and so must follow the contract)."""
+    return ROLE_LABEL in labels or any(name in env for name in CONTRACT_VARIABLES)
+
+
+def has_placeholder(value: str) -> bool:
+    """Whether Swarm would render something in ``value`` (any ``{{...}}``)."""
+    return "{{" in value
+
+
+def is_slot_template(value: str) -> bool:
+    """``{{.Task.Slot}}`` and nothing else: extra text would shift every port."""
+    return _SLOT_TEMPLATE.fullmatch(value.strip()) is not None
+
+
+def fill_slot(text: str, slot: int) -> str:
+    """``text`` as task ``slot`` sees it: Swarm fills in the slot template."""
+    return _SLOT_TEMPLATE.sub(str(slot), text)
+
+
+def env_for_slot(env: Mapping[str, str], slot: int) -> dict[str, str]:
+    """The environment task ``slot`` will see."""
+    return {k: fill_slot(v, slot) for k, v in env.items()}
+
+
+def resolve_slot(env: Mapping[str, str], slot: int) -> Resolution:
+    """What the resolver in task ``slot`` will compute (raises ResolverError)."""
+    return resolve(env_for_slot(env, slot))
+
+
+def subnet_capacity(network: ipaddress.IPv4Network) -> int:
+    """Task addresses a subnet holds; dnsrr spends one per task per network."""
+    return max(network.num_addresses - RESERVED_ADDRESSES, 0)
+
+
+def subnet_for(tasks: int, base: str = DEFAULT_SUBNET_BASE) -> ipaddress.IPv4Network:
+    """The smallest subnet, /24 or larger, that holds ``tasks`` with headroom.
+
+    Headroom covers the load-balancer address each node takes and tasks being
+    replaced; a /24 (Docker's default, ~250 addresses) is the floor.
+    """
+    need = tasks + max(16, tasks // 10)
+    for prefix in range(24, 15, -1):
+        network = ipaddress.IPv4Network(f"{base}/{prefix}", strict=False)
+        if subnet_capacity(network) >= need:
+            return network
+    raise InvalidInput(f"{tasks} tasks do not fit in one overlay subnet of /16 or smaller")

@@ -1,0 +1,354 @@
+"""Template + policy + options → a Swarm stack file.
+
+The template in ``stacks/`` carries the structure (services, roles, Swarm
+settings that must not drift); this module carries the numbers (replicas,
+ports, subnet), all taken from the policy so a rendered stack always passes
+validation against the policy it was rendered with.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import __version__
+from ..core.contract import (
+    DHT_NETWORK,
+    DOCKER_DEFAULT_SUBNET,
+    HOST_NETWORK,
+    ROLE_LABEL,
+    TakenSubnet,
+    key_values,
+    resolve_slot,
+    service_role,
+    subnet_capacity,
+    subnet_for,
+)
+from ..core.documents import data_file, parse_yaml, read_text
+from ..core.errors import CqkdError, UsageError
+from ..core.policy import Policy
+from ..core.results import Problem, json_path
+from .base import (
+    NoAliasDumper,
+    RenderOptions,
+    Target,
+    health_interval,
+    port_environment,
+    refuse_kubernetes_options,
+)
+
+DEFAULT_TEMPLATE = "cqkd.stack.tmpl.yml"
+EXTENSION = "x-cqkd"
+_PLACEHOLDER = re.compile(r"<<(\.[A-Za-z][\w.]*)>>")
+# Service name -> its role, as the template declares it (None: not a DHT service).
+Roles = Mapping[str, str | None]
+
+
+def swarm_placeholders(text: str) -> str:
+    """``<<.Task.Slot>>`` → ``{{.Task.Slot}}``."""
+    return _PLACEHOLDER.sub(r"{{\1}}", text)
+
+
+def _set_healthcheck(doc: dict[str, Any], roles: Roles, tasks: int, enabled: bool) -> None:
+    """Docker health checks off unless asked for; with them, only the interval is set.
+
+    Readiness is the toolkit's own Kademlia probe (one process per poll round
+    for the whole stack), not a check per task: every check is an exec through
+    dockerd, and at 1000 tasks they kept the load above 120 and held tasks out
+    of DNS until their first check passed. Enabled, the check stays the
+    image's (Test empty = inherit) and its interval keeps the stack within
+    HEALTH_CHECKS_PER_SECOND.
+    """
+    for name, service in doc["services"].items():
+        if roles.get(name) is None:
+            continue
+        if enabled:
+            service.setdefault("healthcheck", {})["interval"] = f"{health_interval(tasks)}s"
+        else:
+            service["healthcheck"] = {"disable": True}
+
+
+def _environment(service: dict[str, Any]) -> dict[str, Any]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    service["environment"] = env
+    return env
+
+
+def _replace_placeholders(value: Any) -> Any:
+    if isinstance(value, str):
+        return swarm_placeholders(value)
+    if isinstance(value, dict):
+        return {k: _replace_placeholders(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_placeholders(v) for v in value]
+    return value
+
+
+def load_template(path: Path | None) -> tuple[dict[str, Any], str]:
+    path = path or data_file("stacks", DEFAULT_TEMPLATE)
+    data, problems = parse_yaml(read_text(path), str(path), "a stack template with services")
+    if problems:
+        raise UsageError(str(problems[0]))
+    if not isinstance(data.get("services"), dict):
+        raise UsageError(f"{path}::$.services: a template needs a mapping of services")
+    return data, str(path)
+
+
+SubnetChooser = Callable[[int], ipaddress.IPv4Network]
+
+
+def render_document(
+    policy: Policy, options: RenderOptions, choose_subnet: SubnetChooser | None = None
+) -> dict[str, Any]:
+    """The stack as data; ``render`` serialises it.
+
+    ``choose_subnet`` picks the overlay's subnet from the number of tasks on
+    it when ``options.subnet`` is not given (deploy asks the live engine for
+    a free one); without it the subnet is sized at the default base.
+    """
+    refuse_kubernetes_options(options)
+    if options.replicas < 1:
+        raise UsageError(f"--replicas must be at least 1, got {options.replicas}")
+    if options.port_offset < 0:
+        raise UsageError(f"--port-offset must be 0 or more, got {options.port_offset}")
+    if options.network not in ("overlay", "host"):
+        raise UsageError(f"--network must be overlay or host, got '{options.network}'")
+    if not options.image.strip() or any(c.isspace() for c in options.image):
+        raise UsageError(f"--image must name an image (NAME[:TAG]), got {options.image!r}")
+    doc, template = load_template(options.template)
+    doc = {k: v for k, v in doc.items() if not k.startswith("x-")}
+    services: dict[str, dict[str, Any]] = doc["services"]
+    # The template's labels declare the roles; read once, before anything is changed.
+    roles = {name: service_role(service, template=True) for name, service in services.items()}
+    if options.is_batch:
+        _keep_workers_only(doc, roles, policy, options)
+        _set_healthcheck(doc, roles, options.replicas, options.healthcheck)
+        return _replace_placeholders(doc)
+
+    bootstrap_nodes = []
+    for name, service in services.items():
+        role = roles[name]
+        if role is None:
+            continue
+        extension = service.pop(EXTENSION, {}) or {}
+        deploy = service.setdefault("deploy", {})
+        if role == "worker":
+            deploy["replicas"] = options.replicas
+        offset = int(extension.get("port-offset", 0))
+        if role == "worker":
+            offset += options.port_offset
+        _environment(service).update(port_environment(policy, role, offset))
+        service["image"] = options.image
+        if role == "bootstrap":
+            host = name if options.network == "overlay" else options.bootstrap_host
+            # The bootstrap's own tasks will resolve these ports the same way.
+            env = {k: swarm_placeholders(v) for k, v in key_values(service["environment"]).items()}
+            replicas = int(deploy.get("replicas", 1))
+            slots = range(1, replicas + 1)
+            bootstrap_nodes += [f"{host}:{resolve_slot(env, n).port}" for n in slots]
+    if not bootstrap_nodes:
+        raise CqkdError(f"{template}: no service has {ROLE_LABEL}: bootstrap; nodes cannot join")
+    for service in services.values():
+        env = service.get("environment")
+        if isinstance(env, dict) and env.get("CQKD_ROLE") not in (None, "bootstrap"):
+            env["BOOTSTRAP_NODES"] = ",".join(bootstrap_nodes)
+
+    tasks = sum(int(s.get("deploy", {}).get("replicas", 1)) for s in services.values())
+    _set_healthcheck(doc, roles, tasks, options.healthcheck)
+    if options.network == "host":
+        _use_host_network(doc)
+        if options.bootstrap_node:
+            _pin_bootstraps(services, roles, options.bootstrap_node)
+    else:
+        _size_overlay(doc, options, choose_subnet or subnet_for)
+    return _replace_placeholders(doc)
+
+
+def _pin_bootstraps(services: dict[str, dict[str, Any]], roles: Roles, node_id: str) -> None:
+    """Bootstrap tasks on the node their address names (host networking only)."""
+    for name, service in services.items():
+        if roles[name] == "bootstrap":
+            placement = service.setdefault("deploy", {}).setdefault("placement", {})
+            constraint = f"node.id == {node_id}"
+            if constraint not in placement.setdefault("constraints", []):
+                placement["constraints"].append(constraint)
+
+
+def _keep_workers_only(
+    doc: dict[str, Any], roles: Roles, policy: Policy, options: RenderOptions
+) -> None:
+    """A second batch: only workers, on the first stack's network and bootstrap node.
+
+    Service names are namespaced by the stack (``cqkd_bootstrap``), and that
+    full name resolves on the shared network from any stack attached to it.
+    """
+    services = doc["services"]
+    workers = {n: s for n, s in services.items() if roles[n] == "worker"}
+    if not workers:
+        raise UsageError("the template has no worker service to make a batch of")
+    bootstrap = policy.role_range("bootstrap").start
+    if options.network == "host":
+        host = options.bootstrap_host
+    else:
+        host = f"{options.join_stack}_bootstrap"
+    for service in workers.values():
+        service.pop(EXTENSION, None)
+        service["image"] = options.image
+        service.setdefault("deploy", {})["replicas"] = options.replicas
+        _environment(service).update(
+            port_environment(policy, "worker", options.port_offset),
+            BOOTSTRAP_NODES=f"{host}:{bootstrap}",
+        )
+    doc["services"] = workers
+    # The template's named volumes (Alice's and Bob's control volume) belong
+    # to the services left out.
+    doc.pop("volumes", None)
+    if options.network == "host":
+        _use_host_network(doc)
+    else:
+        external = {"external": True, "name": f"{options.join_stack}_{DHT_NETWORK}"}
+        doc["networks"] = {DHT_NETWORK: external}
+
+
+def dht_tasks(policy: Policy, options: RenderOptions) -> int:
+    """How many tasks the rendered stack puts on its DHT network (sizes its subnet)."""
+    return _tasks_on(render_document(policy, options), DHT_NETWORK)
+
+
+def _tasks_on(doc: dict[str, Any], network: str) -> int:
+    total = 0
+    for service in doc["services"].values():
+        if network in (service.get("networks") or []):
+            total += int(service.get("deploy", {}).get("replicas", 1))
+    return total
+
+
+def _size_overlay(
+    doc: dict[str, Any], options: RenderOptions, choose_subnet: SubnetChooser
+) -> None:
+    tasks = _tasks_on(doc, DHT_NETWORK)
+    if options.subnet:
+        try:
+            subnet = ipaddress.IPv4Network(options.subnet)
+        except ValueError as exc:
+            raise UsageError(f"--subnet: {exc}") from None
+    else:
+        subnet = choose_subnet(tasks)
+    network = doc.setdefault("networks", {}).setdefault(DHT_NETWORK, {"driver": "overlay"})
+    network["ipam"] = {"config": [{"subnet": str(subnet)}]}
+
+
+def _use_host_network(doc: dict[str, Any]) -> None:
+    """Tasks share the host's network: the unique port is what keeps them apart."""
+    for service in doc["services"].values():
+        service["networks"] = [HOST_NETWORK]
+    doc["networks"] = {HOST_NETWORK: {"external": True, "name": "host"}}
+
+
+def render(
+    policy: Policy, options: RenderOptions, choose_subnet: SubnetChooser | None = None
+) -> str:
+    doc = render_document(policy, options, choose_subnet)
+    batch = f" (a batch at port offset {options.port_offset})" if options.is_batch else ""
+    header = (
+        f"# Rendered by cqkd-stack {__version__}: {options.replicas} workers{batch}, "
+        f"network {options.network}, policy {policy.source}.\n"
+        "# Validate before deploying: cqkd-stack validate FILE\n"
+    )
+    body = yaml.dump(doc, Dumper=NoAliasDumper, sort_keys=False, default_flow_style=False)
+    return header + body
+
+
+# --- what Swarm needs of a stack that no schema says ---------------------------
+
+
+def network_problems(
+    doc: dict[str, Any], file: str, policy: Policy, taken: Sequence[TakenSubnet] = ()
+) -> list[Problem]:
+    """dnsrr gives every task an address on each network it joins: check they fit.
+
+    The Swarm target's own rules on a stack (the registry's ``problems``; the
+    policy has no say in them). ``taken`` are subnets of networks that already
+    exist: an overlay that overlaps one is created, but its tasks never get
+    addresses.
+    """
+    problems = []
+    networks = doc.get("networks") or {}
+    demand: dict[str, int] = {}
+    for service in doc["services"].values():
+        deploy = service.get("deploy") or {}
+        if deploy.get("mode", "replicated") != "replicated":
+            continue
+        replicas = deploy.get("replicas", 1)
+        joined = service.get("networks") or ["default"]
+        for name in joined:
+            demand[name] = demand.get(name, 0) + (replicas if isinstance(replicas, int) else 1)
+    for name, tasks in demand.items():
+        network = networks.get(name) or {}
+        if network.get("external") or network.get("driver", "overlay") != "overlay":
+            continue
+        configs = (network.get("ipam") or {}).get("config") or []
+        where = ["networks", name, "ipam", "config", 0, "subnet"]
+        subnet_text = configs[0].get("subnet") if configs else None
+        if subnet_text is None:
+            subnet, what = DOCKER_DEFAULT_SUBNET, "Docker's default /24"
+            where = ["networks", name] if name in networks else ["services"]
+        else:
+            try:
+                subnet = ipaddress.IPv4Network(subnet_text)
+            except ValueError as exc:
+                problems.append(Problem(file, json_path(where), f"not a valid IPv4 subnet: {exc}"))
+                continue
+            what = f"subnet {subnet}"
+            for other, used in taken:
+                if subnet.overlaps(used):
+                    problems.append(
+                        Problem(
+                            file,
+                            json_path(where),
+                            f"subnet {subnet} overlaps network '{other}' ({used}) on this "
+                            "engine; Swarm would create the network but never give its "
+                            "tasks addresses",
+                        )
+                    )
+        problems += capacity_problems(file, json_path(where), name, what, subnet, tasks)
+    return problems
+
+
+def capacity_problems(
+    file: str, where: str, name: str, what: str, subnet: ipaddress.IPv4Network, tasks: int
+) -> list[Problem]:
+    """Each task on a dnsrr network takes an address: refuse more tasks than the subnet has."""
+    capacity = subnet_capacity(subnet)
+    if tasks <= capacity:
+        return []
+    prefix = next(
+        p
+        for p in range(subnet.prefixlen, 0, -1)
+        if subnet_capacity(subnet.supernet(new_prefix=p)) >= tasks
+    )
+    return [
+        Problem(
+            file,
+            where,
+            f"{tasks} tasks join network '{name}' and each needs an address, but "
+            f"{what} holds {capacity}; use a /{prefix} or larger",
+        )
+    ]
+
+
+TARGET = Target(
+    name="swarm",
+    render=render,
+    # The default: a file that declares no other target is a Swarm stack file.
+    declared_by=lambda text: False,
+    load=None,
+    problems=network_problems,
+)
