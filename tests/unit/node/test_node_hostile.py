@@ -24,7 +24,8 @@ import pytest
 import umsgpack
 
 from cqkd_stack.node.daemon import HealthFile
-from tests.unit.node.test_node import (
+
+from .test_node import (
     PYTHON,
     REPO_ROOT,
     NodeProc,
