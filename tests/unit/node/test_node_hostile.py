@@ -449,3 +449,45 @@ def test_health_file_never_writes_through_a_planted_link(tmp_path: Path) -> None
     HealthFile(health, 7000).write()
     assert victim.read_text() == "precious"
     assert health.read_bytes() == b":1B58 " and not health.is_symlink()
+
+
+# --------------------------------------------------------------------------- values survive
+
+
+def test_holders_republish_so_a_value_outlives_its_holder(
+    spawn: Callable[..., NodeProc], peers: Callable[..., Peer]
+) -> None:
+    """A value held by one node only is on the others after a republish round.
+
+    Nothing republished before: a value wiped from its holders was lost.
+    """
+    quick = {**QUICK, "CQKD_REPUBLISH_INTERVAL": "1"}
+    boot_port, *ports = free_udp_ports(3)
+    boot = spawn("boot", boot_port, "bootstrap", **quick)
+    boot.wait_healthy()
+    holder, other = (
+        spawn(f"w{i}", p, "worker", f"127.0.0.1:{boot_port}", **quick) for i, p in enumerate(ports)
+    )
+    holder.wait_healthy()
+    other.wait_healthy()
+    wait_for(lambda: boot.ctl("status")[1]["neighbours"] == 2, 5, "boot to know both workers")
+    wait_for(lambda: holder.ctl("status")[1]["neighbours"] == 2, 5, "the holder to know both")
+
+    key = near(node_id_of(holder), 42)
+    publisher = peers()
+    verified(publisher, holder)
+    assert publisher.call(holder.port, "store", [publisher.id, key, "keep me"]) is True
+    time.sleep(2.5)  # two republish rounds
+    holder.stop()  # SIGKILL: the only node the value was stored on is gone
+
+    reader = peers()
+
+    def held_by_the_others() -> bool:
+        for node in (boot, other):
+            verified(reader, node)
+            answer = reader.call(node.port, "find_value", [reader.id, key])
+            if answer != {"value": "keep me"}:
+                return False
+        return True
+
+    assert held_by_the_others()
