@@ -9,6 +9,7 @@ message id, then msgpack ``[name, args]``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import socket
@@ -491,3 +492,57 @@ def test_holders_republish_so_a_value_outlives_its_holder(
         return True
 
     assert held_by_the_others()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_running_out_of_descriptors_does_not_spin_the_loop(
+    tmp_path: Path, peers: Callable[..., Peer]
+) -> None:
+    """accept() failing with EMFILE left the listener readable: the loop spun at 100% CPU."""
+    import resource
+
+    (port,) = free_udp_ports(1)
+    sock = tmp_path / "c.sock"
+    env = {
+        **base_env(),
+        "CQKD_ROLE": "bootstrap",
+        "DHT_PORT": str(port),
+        "CQKD_HEALTH_FILE": str(tmp_path / "health"),
+        "CQKD_CONTROL_SOCKET": str(sock),
+    }
+
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
+
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "cqkd_stack.node"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=few_descriptors,
+    )
+    clients: list[socket.socket] = []
+    try:
+        wait_for(sock.exists, 5, "the control socket")
+        for _ in range(24):  # more than the node has descriptors left; the rest wait queued
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                client.connect(str(sock))
+            clients.append(client)
+        time.sleep(0.5)
+        before = _cpu_seconds(proc.pid)
+        time.sleep(1.0)
+        spent = _cpu_seconds(proc.pid) - before
+        assert spent < 0.3, f"{spent:.2f} s of CPU in 1 s with no descriptor left"
+        assert ping_latency(peers(), port) is not None
+    finally:
+        for client in clients:
+            client.close()
+        proc.kill()
+        proc.wait(timeout=5)
