@@ -546,3 +546,40 @@ def test_running_out_of_descriptors_does_not_spin_the_loop(
             client.close()
         proc.kill()
         proc.wait(timeout=5)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to listen as another user")
+def test_nodectl_refuses_a_socket_another_user_listens_on(tmp_path: Path) -> None:
+    """In a shared /tmp another user could take the socket path first and forge values."""
+    path = tmp_path / "taken.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    pid = os.fork()
+    if pid == 0:  # the other user: credentials are the listener's at listen()
+        try:
+            os.setuid(65534)
+            listener.listen(1)
+            conn, _ = listener.accept()
+            conn.recv(4096)
+            conn.sendall(b'{"ok": true, "key": "k", "value": "forged"}\n')
+            conn.close()
+        finally:
+            os._exit(0)
+    listener.close()
+    try:
+        wait_for(lambda: _listening(path), 5, "the other user's listener")
+        from cqkd_stack.node import nodectl
+
+        reply = nodectl.request(str(path), {"op": "get", "key": "k"}, timeout=5)
+        assert reply["ok"] is False and "uid 65534" in reply["error"], reply
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+
+
+def _listening(path: Path) -> bool:
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8 and fields[-1] == str(path) and fields[3] == "00010000":
+            return True  # __SO_ACCEPTCON: listening
+    return False
