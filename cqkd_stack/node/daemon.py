@@ -1175,17 +1175,25 @@ class DhtNode:
 
         def settle(ok: bool, data: Any) -> None:
             if not ok:
-                self._bootstrap_gone(contact[0])
-                if self.table.remove(contact[0]):
+                # Only the contact at that address: a peer listing a known
+                # id at a dead address must not evict the real one.
+                if self.table.get(contact[0]) == contact:
+                    self._bootstrap_gone(contact[0])
+                    self.table.remove(contact[0])
                     self.say("DEBUG", f"no answer from {contact[1]}:{contact[2]}; contact dropped")
             elif name == "ping" and data != contact[0]:
                 # Another node answers at that address now (a restart).
-                self._bootstrap_gone(contact[0])
-                self.table.remove(contact[0])
+                if self.table.get(contact[0]) == contact:
+                    self._bootstrap_gone(contact[0])
+                    self.table.remove(contact[0])
                 if _is_id(data):
                     self.welcome(data, contact[1], contact[2])
+            elif name == "ping" or self.table.get(contact[0]) == contact:
+                self.welcome(*contact)  # its own pong, or a contact we know there
             else:
-                self.welcome(*contact)
+                # The address answered, but its id came from whoever listed
+                # it: only its own pong may put an id there.
+                self._verify((contact[1], contact[2]))
             if callback is not None:
                 callback(ok, data)
 

@@ -583,3 +583,39 @@ def _listening(path: Path) -> bool:
         if len(fields) >= 8 and fields[-1] == str(path) and fields[3] == "00010000":
             return True  # __SO_ACCEPTCON: listening
     return False
+
+
+def test_an_id_listed_by_a_peer_never_enters_the_table_under_someone_elses_address(
+    boot: NodeProc, peers: Callable[..., Peer]
+) -> None:
+    """Only a node's own pong puts its id in the table; a listing by another peer does not.
+
+    Before, any answer from the listed address made the listed id a contact
+    there, so one peer could plant made-up ids at honest nodes' addresses.
+    """
+
+    def empty(peer: Peer, msgid: bytes, name: str, args: list[Any], src: Any) -> None:
+        if name in ("find_node", "find_value"):
+            peer.sock.sendto(b"\x01" + msgid + umsgpack.packb([]), src)
+
+    honest = peers(on_request=empty)
+    verified(honest, boot)
+    planted = os.urandom(20)
+
+    def plant(peer: Peer, msgid: bytes, name: str, args: list[Any], src: Any) -> None:
+        if name in ("find_node", "find_value"):
+            listing = _contact_answer([(planted, "127.0.0.1", honest.port)])
+            peer.sock.sendto(b"\x01" + msgid + umsgpack.packb(listing), src)
+
+    liar = peers(on_request=plant)
+    verified(liar, boot)
+    code, _ = boot.ctl("get", "anything")  # a lookup: boot asks the liar, then the listed address
+    assert code == 1
+    wait_for(lambda: honest.requests_received("find_value"), 5, "boot to ask the listed address")
+    time.sleep(0.3)
+    asker = peers()
+    verified(asker, boot)
+    beside = planted[:19] + bytes([planted[19] ^ 1])  # an answer never lists the target
+    answer = asker.call(boot.port, "find_node", [asker.id, beside])
+    assert answer is not None
+    assert planted not in {bytes(c[0]) for c in answer}, answer
