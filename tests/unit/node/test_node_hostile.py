@@ -58,9 +58,10 @@ class Peer:
         answer_pings: bool = True,
         on_request: Callable[[Peer, bytes, str, list[Any], tuple[str, int]], None] | None = None,
         node_id: bytes | None = None,
+        ip: str = "127.0.0.1",
     ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((ip, 0))
         self.sock.settimeout(0.05)
         self.port = self.sock.getsockname()[1]
         self.id = node_id or os.urandom(20)
@@ -619,3 +620,18 @@ def test_an_id_listed_by_a_peer_never_enters_the_table_under_someone_elses_addre
     answer = asker.call(boot.port, "find_node", [asker.id, beside])
     assert answer is not None
     assert planted not in {bytes(c[0]) for c in answer}, answer
+
+
+def test_one_ip_or_one_net24_cannot_fill_the_routing_table(
+    spawn: Callable[..., NodeProc], peers: Callable[..., Peer]
+) -> None:
+    """~3,100 contacts from one address and 40 ports were measured; now capped per IP and /24."""
+    (port,) = free_udp_ports(1)
+    node = spawn("boot", port, "bootstrap", CQKD_MAX_PER_NET24="15", **QUICK)
+    node.wait_healthy()
+    for _ in range(30):  # one IP, many ports, each answering as a fresh id
+        verified(peers(), node)
+    assert node.ctl("status")[1]["neighbours"] == 10  # CQKD_MAX_PER_IP's default
+    for n in range(2, 12):  # more IPs of the same /24 (all of 127/8 is loopback)
+        verified(peers(ip=f"127.0.0.{n}"), node)
+    assert node.ctl("status")[1]["neighbours"] == 15
