@@ -78,8 +78,10 @@ Limits on a hostile network (every datagram may come from an attacker):
   start as ``[name, args]``;
 * a request from an unknown id brings at most one ping of ours to its
   address (once per ``UNREACHABLE_FOR`` if unanswered); the contact joins the
-  routing table only once it answers there, and a request never moves a
-  known id to another address; at most ``CQKD_MAX_PER_IP`` contacts per IP and
+  routing table only once it answers there, under the id its own pong gives
+  (an id another peer listed for an address is never taken on trust); a
+  request never moves a known id to another address, and a failed RPC drops
+  a contact only at the address it failed at; at most ``CQKD_MAX_PER_IP`` contacts per IP and
   ``CQKD_MAX_PER_NET24`` per /24 (the defaults hold a 1000-task overlay in a
   /22, and the loopback tests; raise the first for many workers per host in
   host-network mode); one id per address;
@@ -93,6 +95,10 @@ Limits on a hostile network (every datagram may come from an attacker):
   each source ip:port gets ``CQKD_RATE`` requests a second;
 * a newcomer is handed at most ``HANDOVER_MAX_VALUES`` values and
   ``HANDOVER_MAX_BYTES`` bytes, only once it answered our ping;
+* the only datagrams sent to an address that has not answered us are the
+  answer to its own request, that one ping, and a lookup's queries to the
+  contacts other nodes list (at most ``LOOKUP_MAX_QUERIES`` per lookup, each
+  smaller than the answer that listed it);
 * contact addresses from the network are IPv4 literals (a host name would
   be resolved on the loop); a lookup ends after ``CQKD_LOOKUP_DEADLINE``, or
   ``LOOKUP_MAX_QUERIES`` RPCs, and keeps at most ``LOOKUP_MAX_KNOWN`` contacts;
@@ -100,7 +106,9 @@ Limits on a hostile network (every datagram may come from an attacker):
   ``CQKD_REPUBLISH_INTERVAL``, and the publisher its own values;
 * the control socket is created with mode 0600 and refused in a directory
   others may write to without the sticky bit, or over a path another user
-  owns; a client that does not read its reply is dropped after 2 s; the
+  owns (``nodectl`` refuses a listener running as another user); accept()
+  failing for want of descriptors pauses the listener 0.5 s instead of
+  spinning; a client that does not read its reply is dropped after 2 s; the
   health file is written through a fresh ``O_EXCL | O_NOFOLLOW`` temporary file.
 
 ``JOIN_RETRIES`` is accepted and ignored: the node no longer gives up joining.
