@@ -61,6 +61,55 @@ Environment (besides the port variables, ``CQKD_ROLE`` and ``BOOTSTRAP_NODES``):
 ``CQKD_HEALTH_INTERVAL``  seconds between neighbour checks (default 10)
 ``CQKD_RPC_TIMEOUT``      seconds to wait for one Kademlia RPC reply (default 2; rpcudp's is 5)
 ``CQKD_LOG_LEVEL``        DEBUG, INFO, WARNING (default) or ERROR, for diagnostics on stderr
+``CQKD_STORE_BYTES``      byte budget of all values held for others (default 4194304)
+``CQKD_STORE_QUOTA``      bytes one source IP may have held here (default 262144)
+``CQKD_VALUE_TTL``        seconds a value is held unless stored again (default 86400)
+``CQKD_REPUBLISH_INTERVAL`` seconds between republishing held values (default 3600)
+``CQKD_RATE``             requests per second served per source ip:port (default 100, burst 2x)
+``CQKD_MAX_PER_IP``       routing-table contacts per IP (default 10)
+``CQKD_MAX_PER_NET24``    routing-table contacts per /24 (default 64)
+``CQKD_LOOKUP_DEADLINE``  seconds any lookup, the join's included, may run (default 20)
+
+Limits on a hostile network (every datagram may come from an attacker):
+
+* nothing is decoded before its size and first bytes are checked: a request
+  over ``MAX_REQUEST_DATAGRAM`` (1 KiB) or a response over rpcudp's 8 KiB
+  plus header, a response to no message id of ours, a body that does not
+  start as ``[name, args]``;
+* a request from an unknown id brings at most one ping of ours to its
+  address (once per ``UNREACHABLE_FOR`` if unanswered); the contact joins the
+  routing table only once it answers there, under the id its own pong gives
+  (an id another peer listed for an address is never taken on trust); a
+  request never moves a known id to another address, and a failed RPC drops
+  a contact only at the address it failed at; at most ``CQKD_MAX_PER_IP`` contacts per IP and
+  ``CQKD_MAX_PER_NET24`` per /24 (the defaults hold a 1000-task overlay in a
+  /22, and the loopback tests; raise the first for many workers per host in
+  host-network mode); one id per address;
+* a STORE is accepted only from an address that answered one of our RPCs,
+  for a key this node is among the k closest to, with one scalar value of
+  at most ``MAX_VALUE_BYTES`` (512) packed bytes, within the store budget and
+  the sender IP's quota; when they are spent new keys are refused, nothing is
+  evicted; values expire after ``CQKD_VALUE_TTL`` unless stored again;
+* an answer is at most ``REPLY_FACTOR`` (10) times its request's bytes, and
+  ``UNVERIFIED_REPLY_FACTOR`` (3) times for a sender that never answered us;
+  each source ip:port gets ``CQKD_RATE`` requests a second;
+* a newcomer is handed at most ``HANDOVER_MAX_VALUES`` values and
+  ``HANDOVER_MAX_BYTES`` bytes, only once it answered our ping;
+* the only datagrams sent to an address that has not answered us are the
+  answer to its own request, that one ping, and a lookup's queries to the
+  contacts other nodes list (at most ``LOOKUP_MAX_QUERIES`` per lookup, each
+  smaller than the answer that listed it);
+* contact addresses from the network are IPv4 literals (a host name would
+  be resolved on the loop); a lookup ends after ``CQKD_LOOKUP_DEADLINE``, or
+  ``LOOKUP_MAX_QUERIES`` RPCs, and keeps at most ``LOOKUP_MAX_KNOWN`` contacts;
+* holders republish every value to the current closest nodes each
+  ``CQKD_REPUBLISH_INTERVAL``, and the publisher its own values;
+* the control socket is created with mode 0600 and refused in a directory
+  others may write to without the sticky bit, or over a path another user
+  owns (``nodectl`` refuses a listener running as another user); accept()
+  failing for want of descriptors pauses the listener 0.5 s instead of
+  spinning; a client that does not read its reply is dropped after 2 s; the
+  health file is written through a fresh ``O_EXCL | O_NOFOLLOW`` temporary file.
 
 ``JOIN_RETRIES`` is accepted and ignored: the node no longer gives up joining.
 """
@@ -78,6 +127,7 @@ import time
 import umsgpack
 
 from .errors import CqkdError
+from .guard import RateLimiter, ValueStore
 from .resolver import ResolverError, resolve
 from .wire import PROBE_NODE_ID, split_host_port
 
@@ -103,8 +153,43 @@ ID_BYTES = 20
 # rpcudp refuses to send an RPC whose msgpack body is larger.
 MAX_RPC_BYTES = 8192
 MAX_DATAGRAM = 65535
-# A node stores what others ask it to; keep the newest this many keys.
+HEADER_BYTES = 1 + ID_BYTES
+# Holding a key costs a dict slot even for a tiny value: at most this many.
 MAX_STORED = 4096
+# A value is one scalar of at most this many msgpack bytes, so the largest
+# honest request (a STORE) stays under MAX_REQUEST_DATAGRAM and a find_value
+# answer under REPLY_FACTOR times the request that asks for it.
+MAX_VALUE_BYTES = 512
+# Requests are a name and up to three short arguments: anything longer is
+# not ours to decode. Responses (only to a message id we sent) may use
+# rpcudp's whole limit.
+MAX_REQUEST_DATAGRAM = 1024
+MAX_RESPONSE_DATAGRAM = HEADER_BYTES + MAX_RPC_BYTES
+# msgpack's fixarray of two: every rpcudp body starts [name, args].
+BODY_START = 0x92
+# An answer is at most this many times the request's bytes; to a sender that
+# has not yet answered one of our RPCs, at most UNVERIFIED_REPLY_FACTOR times.
+REPLY_FACTOR = 10
+UNVERIFIED_REPLY_FACTOR = 3
+# A contact is verified by answering our ping; these bound that work.
+MAX_VERIFYING = 256
+MAX_VERIFIED = 8192
+# An address that did not answer is not pinged again for this long.
+UNREACHABLE_FOR = 60.0
+# What one newcomer can be handed at most when it joins the table.
+HANDOVER_MAX_VALUES = 32
+HANDOVER_MAX_BYTES = 16 * 1024
+# A lookup asks at most this many nodes and remembers at most this many.
+LOOKUP_MAX_QUERIES = 100
+LOOKUP_MAX_KNOWN = 8 * K
+# Republish lookups run this many at a time.
+REPUBLISH_PARALLEL = 2
+# The values this node published through its control socket, republished.
+MAX_PUBLISHED = 1024
+# A control client that does not read its reply is dropped after this long.
+CONTROL_WRITE_TIMEOUT = 2.0
+# accept() failing with EMFILE: stop watching the listener for this long.
+ACCEPT_PAUSE = 0.5
 
 # A control operation crawls the network; a crawl round waits at most one RPC
 # timeout, so 30 s covers several rounds without letting a client hang forever.
@@ -149,10 +234,18 @@ class NodeConfig:
         "join_backoff",
         "join_backoff_max",
         "log_level",
+        "lookup_deadline",
+        "max_per_ip",
+        "max_per_net24",
         "name",
         "port",
+        "rate",
+        "republish_interval",
         "role",
         "rpc_timeout",
+        "store_bytes",
+        "store_quota",
+        "value_ttl",
     )
 
     def __init__(
@@ -171,6 +264,14 @@ class NodeConfig:
         rpc_timeout: float = 2.0,
         interface: str = "0.0.0.0",
         log_level: int = LEVELS["WARNING"],
+        store_bytes: int = 4 * 1024 * 1024,
+        store_quota: int = 256 * 1024,
+        value_ttl: float = 86400.0,
+        republish_interval: float = 3600.0,
+        rate: float = 100.0,
+        max_per_ip: int = 10,
+        max_per_net24: int = 64,
+        lookup_deadline: float = 20.0,
     ) -> None:
         self.role = role
         self.port = port
@@ -184,6 +285,14 @@ class NodeConfig:
         self.rpc_timeout = rpc_timeout
         self.interface = interface
         self.log_level = log_level
+        self.store_bytes = store_bytes
+        self.store_quota = store_quota
+        self.value_ttl = value_ttl
+        self.republish_interval = republish_interval
+        self.rate = rate
+        self.max_per_ip = max_per_ip
+        self.max_per_net24 = max_per_net24
+        self.lookup_deadline = lookup_deadline
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
@@ -230,6 +339,14 @@ class NodeConfig:
             rpc_timeout=_parse_number(env, "CQKD_RPC_TIMEOUT", 2.0),
             interface=resolution.bind_host,
             log_level=LEVELS.get(level_name, LEVELS["WARNING"]),
+            store_bytes=int(_parse_number(env, "CQKD_STORE_BYTES", 4 * 1024 * 1024)),
+            store_quota=int(_parse_number(env, "CQKD_STORE_QUOTA", 256 * 1024)),
+            value_ttl=_parse_number(env, "CQKD_VALUE_TTL", 86400.0),
+            republish_interval=_parse_number(env, "CQKD_REPUBLISH_INTERVAL", 3600.0),
+            rate=_parse_number(env, "CQKD_RATE", 100.0),
+            max_per_ip=max(1, int(_parse_number(env, "CQKD_MAX_PER_IP", 10))),
+            max_per_net24=max(1, int(_parse_number(env, "CQKD_MAX_PER_NET24", 64))),
+            lookup_deadline=_parse_number(env, "CQKD_LOOKUP_DEADLINE", 20.0),
         )
 
 
@@ -300,6 +417,20 @@ def _is_ipv4(host: str) -> bool:
     return True
 
 
+def _is_contact_ip(host: str) -> bool:
+    """An IPv4 literal a peer can be at: a host name would be resolved on the loop.
+
+    ``sendto`` resolves a name synchronously (10 s frozen per name against a
+    DNS server that does not answer); 0.0.0.0 and the broadcast address are
+    nobody's.
+    """
+    return _is_ipv4(host) and host not in ("0.0.0.0", "255.255.255.255")
+
+
+def _net24(ip: str) -> str:
+    return ip.rpartition(".")[0]
+
+
 def _as_int(node_id: bytes) -> int:
     return int.from_bytes(node_id, "big")
 
@@ -319,11 +450,28 @@ def _contacts_from(answer: object) -> list[Contact]:
             and len(item) == 3
             and _is_id(item[0])
             and isinstance(item[1], str)
+            and _is_contact_ip(item[1])
             and isinstance(item[2], int)
             and 0 < item[2] < 65536
         ):
             found.append((item[0], item[1], item[2]))
     return found
+
+
+def value_size(value: object) -> int | None:
+    """The packed size of a value this node holds or passes on, None if it is not one.
+
+    One scalar (the control socket's own rule: string, number, boolean) of at
+    most MAX_VALUE_BYTES: a container value of nested empty arrays cost 4 MiB
+    of memory per 64 KB datagram.
+    """
+    if value is None or not isinstance(value, (str, int, float, bool)):
+        return None
+    try:
+        size = len(umsgpack.packb(value))
+    except Exception:  # an int beyond 64 bits
+        return None
+    return size if size <= MAX_VALUE_BYTES else None
 
 
 def _random_fraction() -> float:
@@ -346,14 +494,24 @@ class HealthFile:
 
         No trailing newline, because ``grep -f`` would read the empty line
         after it as a pattern that matches every line of /proc/net/udp.
+        The temporary file has a fresh random name and is created with
+        ``O_EXCL | O_NOFOLLOW``: in a shared directory a name known in advance
+        could be a planted symlink, and the write would go where it points.
+        ``os.replace`` then swaps the name itself, never following a link there.
         """
         folder, name = os.path.split(self.path)
-        tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+        tmp = os.path.join(folder, f".{name}.{os.urandom(6).hex()}.tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         try:
-            with open(tmp, "w", encoding="ascii") as handle:
-                handle.write(self.pattern)
+            fd = os.open(tmp, flags, 0o644)
+            try:
+                os.write(fd, self.pattern.encode("ascii"))
+            finally:
+                os.close(fd)
             os.replace(tmp, self.path)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise CqkdError(f"cannot write health file {self.path}: {exc}") from None
 
     def remove(self) -> None:
@@ -384,20 +542,32 @@ class RoutingTable:
     first. A full bucket keeps its old contacts (they have proven to stay up):
     the newcomer waits among the bucket's spares while the node pings the
     oldest contact, and takes its place only if that one turns out dead.
+
+    A known id is never moved to another address (one ping from anywhere
+    used to re-point it), an address holds one id, and one IP or /24 holds at
+    most ``max_per_ip`` / ``max_per_net24`` contacts, so one host cannot fill
+    the table with ids of its choosing.
     """
 
-    def __init__(self, own_id: bytes, k: int = K) -> None:
+    def __init__(
+        self, own_id: bytes, k: int = K, max_per_ip: int = 1 << 30, max_per_net24: int = 1 << 30
+    ) -> None:
         self.own_id = own_id
-        self._own = _as_int(own_id)
+        self.own = _as_int(own_id)
         self.k = k
+        self.max_per_ip = max_per_ip
+        self.max_per_net24 = max_per_net24
         self.buckets: dict[int, list[Contact]] = {}
         self.spares: dict[int, list[Contact]] = {}
+        self.addresses: dict[tuple[str, int], bytes] = {}
+        self.per_ip: dict[str, int] = {}
+        self.per_net: dict[str, int] = {}
 
     def index(self, node_id: bytes) -> int:
-        return (_as_int(node_id) ^ self._own).bit_length()
+        return (_as_int(node_id) ^ self.own).bit_length()
 
     def __len__(self) -> int:
-        return sum(len(bucket) for bucket in self.buckets.values())
+        return len(self.addresses)
 
     def contacts(self) -> list[Contact]:
         return [c for bucket in self.buckets.values() for c in bucket]
@@ -408,21 +578,54 @@ class RoutingTable:
                 return contact
         return None
 
-    def touch(self, contact: Contact) -> tuple[str, Contact | None]:
-        """Record that ``contact`` was seen.
+    def at(self, address: tuple[str, int]) -> bytes | None:
+        """The id the table holds at ``address``, if any."""
+        return self.addresses.get(address)
 
-        Returns "known", "added" or "full", and for "full" the bucket's oldest
-        contact, which the caller pings.
+    def _room_for(self, contact: Contact) -> bool:
+        ip = contact[1]
+        return (
+            (ip, contact[2]) not in self.addresses
+            and self.per_ip.get(ip, 0) < self.max_per_ip
+            and self.per_net.get(_net24(ip), 0) < self.max_per_net24
+        )
+
+    def _count(self, contact: Contact, step: int) -> None:
+        ip, net = contact[1], _net24(contact[1])
+        for counts, name in ((self.per_ip, ip), (self.per_net, net)):
+            left = counts.get(name, 0) + step
+            if left > 0:
+                counts[name] = left
+            else:
+                counts.pop(name, None)
+        if step > 0:
+            self.addresses[(ip, contact[2])] = contact[0]
+        else:
+            self.addresses.pop((ip, contact[2]), None)
+
+    def touch(self, contact: Contact) -> tuple[str, Contact | None]:
+        """Record that ``contact`` was seen (the caller has verified it).
+
+        Returns "known", "added", "full" (with the bucket's oldest contact,
+        which the caller pings), or "refused": the id is known at another
+        address, the address holds another id, or its IP or /24 is at its cap.
         """
         index = self.index(contact[0])
         bucket = self.buckets.setdefault(index, [])
         for position, known in enumerate(bucket):
             if known[0] == contact[0]:
+                if known[1:] != contact[1:]:
+                    return "refused", None
                 del bucket[position]
-                bucket.append(contact)  # the address may have changed
+                bucket.append(known)
                 return "known", None
+        if not self._room_for(contact):
+            if not bucket:
+                del self.buckets[index]
+            return "refused", None
         if len(bucket) < self.k:
             bucket.append(contact)
+            self._count(contact, 1)
             return "added", None
         spares = self.spares.setdefault(index, [])
         spares[:] = [c for c in spares if c[0] != contact[0]]
@@ -431,7 +634,7 @@ class RoutingTable:
         return "full", bucket[0]
 
     def remove(self, node_id: bytes) -> bool:
-        """Drop a contact (it did not answer); the newest spare of its bucket moves in."""
+        """Drop a contact (it did not answer); the newest spare of its bucket that fits moves in."""
         index = self.index(node_id)
         spares = self.spares.get(index)
         if spares:
@@ -442,8 +645,15 @@ class RoutingTable:
         kept = [c for c in bucket if c[0] != node_id]
         if len(kept) == len(bucket):
             return False
-        if spares:
-            kept.append(spares.pop())
+        for contact in bucket:
+            if contact[0] == node_id:
+                self._count(contact, -1)
+        while spares:
+            spare = spares.pop()
+            if self._room_for(spare):
+                kept.append(spare)
+                self._count(spare, 1)
+                break
         if kept:
             self.buckets[index] = kept
         else:
@@ -451,6 +661,28 @@ class RoutingTable:
         if not spares:
             self.spares.pop(index, None)
         return True
+
+    def closer_than_us(self, target: bytes, limit: int) -> int:
+        """How many contacts are closer to ``target`` than this node, counting up to ``limit``.
+
+        Only the target's own bucket and the ones below it can hold such
+        contacts (a contact in a higher bucket differs from us on a bit where
+        the target agrees with us), so a STORE costs a few buckets, not a
+        sort of the whole table.
+        """
+        goal = _as_int(target)
+        mine = self.own ^ goal
+        top = mine.bit_length()
+        count = 0
+        for index, bucket in self.buckets.items():
+            if index > top:
+                continue
+            for contact in bucket:
+                if _as_int(contact[0]) ^ goal < mine:
+                    count += 1
+                    if count >= limit:
+                        return count
+        return count
 
     def nearest(
         self, target: bytes, k: int = K, exclude: tuple[str, int] | None = None
@@ -498,14 +730,27 @@ class Lookup:
         self.without_value: list[Contact] = []
         self.in_flight = 0
         self.finished = False
+        self.timer: list[Any] | None = None
 
     def start(self) -> Lookup:
+        """Begin; whatever happens, it ends by the node's lookup deadline.
+
+        A peer that keeps answering with ever-closer (made-up) contacts would
+        otherwise keep a lookup, the join's included, running for ever.
+        """
+        self.timer = self.node.later(self.node.config.lookup_deadline, self._deadline)
         self.add(self.node.table.nearest(self.target))
         self.pump()
         return self
 
     def cancel(self) -> None:
         self.finished = True
+        self.node.cancel(self.timer)
+
+    def _deadline(self) -> None:
+        if not self.finished:
+            answered = [c for c in self.nearest() if c[0] in self.asked]
+            self._finish(None, answered)
 
     def add(self, contacts: Iterable[Contact]) -> None:
         for contact in contacts:
@@ -515,6 +760,12 @@ class Lookup:
             if node_id in (self.node.id, PROBE_NODE_ID):
                 continue
             self.known[node_id] = contact
+        if len(self.known) > LOOKUP_MAX_KNOWN:
+            # Keep the closest and every contact asked (their answers count).
+            ranked = sorted(self.known.values(), key=self._distance)
+            keep = ranked[:LOOKUP_MAX_KNOWN]
+            keep += [c for c in ranked[LOOKUP_MAX_KNOWN:] if c[0] in self.asked]
+            self.known = {c[0]: c for c in keep}
 
     def _distance(self, contact: Contact) -> int:
         return _as_int(contact[0]) ^ self._goal
@@ -531,6 +782,8 @@ class Lookup:
                 break
             if contact[0] in self.asked:
                 continue
+            if len(self.asked) >= LOOKUP_MAX_QUERIES:
+                break
             self.asked.add(contact[0])
             self.in_flight += 1
             self.node.rpc(
@@ -540,7 +793,7 @@ class Lookup:
                 lambda ok, data, contact=contact: self._answer(contact, ok, data),
             )
         if self.in_flight == 0:
-            self._finish(None, self.nearest())
+            self._finish(None, [c for c in self.nearest() if c[0] in self.asked])
 
     def _answer(self, contact: Contact, ok: bool, data: Any) -> None:
         self.in_flight -= 1
@@ -548,14 +801,16 @@ class Lookup:
             return
         if not ok:
             self.known.pop(contact[0], None)
-        elif self.want_value and isinstance(data, dict) and data.get("value") is not None:
+        elif (
+            self.want_value and isinstance(data, dict) and value_size(data.get("value")) is not None
+        ):
             value = data["value"]
             # As kademlia's crawl: the closest node that did not have the value
             # gets a copy, so the next lookup ends sooner.
             if self.without_value:
                 closest = min(self.without_value, key=self._distance)
                 self.node.rpc(closest, "store", [self.node.id, self.target, value])
-            self._finish(value, self.nearest())
+            self._finish(value, [c for c in self.nearest() if c[0] in self.asked])
             return
         else:
             self.without_value.append(contact)
@@ -564,6 +819,7 @@ class Lookup:
 
     def _finish(self, value: Any, nodes: list[Contact]) -> None:
         self.finished = True
+        self.node.cancel(self.timer)
         self.done(value, nodes)
 
 
@@ -628,11 +884,12 @@ def parse_request(raw: bytes) -> Request:
 class _Client:
     """One control connection: the request line being read, then the operation."""
 
-    __slots__ = ("buffer", "conn", "lookup", "replied", "timer")
+    __slots__ = ("buffer", "conn", "lookup", "out", "replied", "timer")
 
     def __init__(self, conn: socket.socket) -> None:
         self.conn = conn
         self.buffer = b""
+        self.out = b""  # the reply not yet written
         self.lookup: Lookup | None = None
         self.replied = False
         self.timer: list[Any] | None = None
@@ -654,6 +911,67 @@ class _JoinAttempt:
         self.timer: list[Any] | None = None
 
 
+# --------------------------------------------------------------------------- control socket file
+
+
+def open_control_socket(path: str) -> socket.socket:
+    """Listen on ``path`` with mode 0600, in a directory nobody else can plant things in.
+
+    With the umask alone (umask 000) any local user could connect; in a
+    shared directory another user could take the path first and answer
+    ``nodectl`` with forged values. So: the directory is created (0700) if
+    missing, and must be a real directory owned by us or root that others
+    cannot write to, unless it has the sticky bit (``/tmp``: there nobody can
+    remove or replace what we create, and a path someone else already holds
+    is refused); the socket is bound under umask 077.
+    """
+    import stat
+
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        info = os.lstat(folder)
+    except OSError as exc:
+        raise CqkdError(f"cannot open control socket {path}: {exc}") from None
+    mode = info.st_mode
+    if not stat.S_ISDIR(mode):
+        raise CqkdError(f"control socket directory {folder} is not a directory (a link?)")
+    if info.st_uid not in (0, os.geteuid()):
+        raise CqkdError(f"control socket directory {folder} belongs to uid {info.st_uid}, not us")
+    if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
+        raise CqkdError(
+            f"control socket directory {folder} is writable by others "
+            f"(mode {stat.S_IMODE(mode):o}): another user could replace the socket"
+        )
+    try:
+        existing = os.lstat(path)
+    except FileNotFoundError:
+        existing = None
+    except OSError as exc:
+        raise CqkdError(f"cannot open control socket {path}: {exc}") from None
+    if existing is not None:
+        if existing.st_uid != os.geteuid() or not stat.S_ISSOCK(existing.st_mode):
+            raise CqkdError(
+                f"control socket path {path} is already taken by something that is not "
+                "our socket; refusing to use it"
+            )
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_mask = os.umask(0o177)
+    try:
+        control.bind(path)
+        os.chmod(path, 0o600)
+        control.listen(16)
+    except OSError as exc:
+        control.close()
+        raise CqkdError(f"cannot open control socket {path}: {exc}") from None
+    finally:
+        os.umask(old_mask)
+    control.setblocking(False)
+    return control
+
+
 # --------------------------------------------------------------------------- the node
 
 
@@ -671,16 +989,30 @@ class DhtNode:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.id = os.urandom(ID_BYTES)
-        self.table = RoutingTable(self.id)
-        self.storage: dict[bytes, Any] = {}
+        self.table = RoutingTable(self.id, K, config.max_per_ip, config.max_per_net24)
+        self.storage = ValueStore(
+            config.store_bytes, config.store_quota, config.value_ttl, MAX_STORED
+        )
+        # What this node published through its control socket: it republishes them.
+        self.published: dict[bytes, Any] = {}
+        self.limiter = RateLimiter(config.rate, 2 * config.rate)
+        # Addresses that answered one of our RPCs -> the id their pong gave
+        # (None for another RPC's answer); oldest first, bounded.
+        self.verified: dict[tuple[str, int], bytes | None] = {}
+        # Our verification pings in flight, and addresses that did not answer one.
+        self._verifying: set[tuple[str, int]] = set()
+        self._unreachable: dict[tuple[str, int], float] = {}
+        self._republishing: list[bytes] = []
+        self._republish_running = 0
+        self._accept_paused = False
         self.health = HealthFile(config.health_file, config.port)
         self.started = _LOADED
         self.selector = selectors.DefaultSelector()
         self.sock: socket.socket | None = None
         self.control: socket.socket | None = None
         self.wake_r, self.wake_w = socket.socketpair()
-        # msgid -> (deadline, callback)
-        self.pending: dict[bytes, tuple[float, Reply]] = {}
+        # msgid -> (deadline, callback, address)
+        self.pending: dict[bytes, tuple[float, Reply, tuple[str, int]]] = {}
         # [when, callback]; a cancelled timer's callback is None
         self.timers: list[list[Any]] = []
         self.stopping = False
@@ -789,21 +1121,7 @@ class DhtNode:
                 "the node never picks another port"
             ) from None
         sock.setblocking(False)
-        path = self.config.control_socket
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise CqkdError(f"cannot open control socket {path}: {exc}") from None
-        try:
-            control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.control = control
-            control.bind(path)
-            control.listen(16)
-        except OSError as exc:
-            raise CqkdError(f"cannot open control socket {path}: {exc}") from None
-        control.setblocking(False)
+        control = self.control = open_control_socket(self.config.control_socket)
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
         self.selector.register(sock, selectors.EVENT_READ, self._on_datagrams)
         self.selector.register(control, selectors.EVENT_READ, self._on_accept)
@@ -815,6 +1133,7 @@ class DhtNode:
         else:
             self.join_attempt()
         self.later(self.config.health_interval, self.health_round)
+        self.later(self.config.republish_interval, self.republish_round)
 
     def close(self) -> None:
         """Health file first, so the health check fails before anything else goes away."""
@@ -855,7 +1174,7 @@ class DhtNode:
         except Exception as exc:  # fails on the next loop turn, never re-entrantly
             self.say("DEBUG", f"cannot send {name} to {address[0]}:{address[1]}: {exc}")
             deadline = 0.0
-        self.pending[msgid] = (deadline, callback)
+        self.pending[msgid] = (deadline, callback, address)
 
     def rpc(
         self, contact: Contact, name: str, args: list[Any], callback: Reply | None = None
@@ -864,17 +1183,25 @@ class DhtNode:
 
         def settle(ok: bool, data: Any) -> None:
             if not ok:
-                self._bootstrap_gone(contact[0])
-                if self.table.remove(contact[0]):
+                # Only the contact at that address: a peer listing a known
+                # id at a dead address must not evict the real one.
+                if self.table.get(contact[0]) == contact:
+                    self._bootstrap_gone(contact[0])
+                    self.table.remove(contact[0])
                     self.say("DEBUG", f"no answer from {contact[1]}:{contact[2]}; contact dropped")
             elif name == "ping" and data != contact[0]:
                 # Another node answers at that address now (a restart).
-                self._bootstrap_gone(contact[0])
-                self.table.remove(contact[0])
+                if self.table.get(contact[0]) == contact:
+                    self._bootstrap_gone(contact[0])
+                    self.table.remove(contact[0])
                 if _is_id(data):
                     self.welcome(data, contact[1], contact[2])
+            elif name == "ping" or self.table.get(contact[0]) == contact:
+                self.welcome(*contact)  # its own pong, or a contact we know there
             else:
-                self.welcome(*contact)
+                # The address answered, but its id came from whoever listed
+                # it: only its own pong may put an id there.
+                self._verify((contact[1], contact[2]))
             if callback is not None:
                 callback(ok, data)
 
@@ -898,7 +1225,11 @@ class DhtNode:
         return bool(self.config.bootstrap_nodes) and not self.bootstrap_ids
 
     def welcome(self, node_id: bytes, ip: str, port: int) -> None:
-        """kademlia's ``welcome_if_new``, minus two ways a node can fool itself.
+        """kademlia's ``welcome_if_new`` for a contact that answered one of our RPCs there.
+
+        Only verified contacts come here: a request alone never adds nor moves
+        a contact (see :meth:`_heard_from`). Two ways a node could fool itself
+        are kept out as well:
 
         * A node never enters its own routing table. Stock kademlia adds any
           pinger, so a node listed in its own BOOTSTRAP_NODES (or a bootstrap
@@ -908,41 +1239,69 @@ class DhtNode:
           right after pinging, and as a contact it would make a node that has
           not joined look joined, then cost the next lookup an RPC timeout.
 
-        A new contact gets the stored values it should hold (it is closer to
-        the key than our farthest neighbour for it, and we are the closest
-        holder), as the paper's section 2.5 and the library do.
+        A new contact gets the stored values it should hold, as the paper's
+        section 2.5 and the library do, within bounds: see :meth:`_hand_over`.
         """
-        if node_id == self.id or node_id == PROBE_NODE_ID:
+        if node_id == self.id or node_id == PROBE_NODE_ID or not _is_contact_ip(ip):
             return
         contact = (node_id, ip, port)
         status, oldest = self.table.touch(contact)
         if status == "added":
             self._hand_over(contact)
-        elif status == "full" and oldest is not None and oldest[0] not in self._pinging:
-            # Keep the old contact unless a ping shows it dead; then a spare moves in.
-            self._pinging.add(oldest[0])
-            self.rpc(oldest, "ping", [self.id], lambda ok, data: self._pinging.discard(oldest[0]))
+        elif status == "full" and oldest is not None:
+            self._check_alive(oldest)
+
+    def _check_alive(self, contact: Contact) -> None:
+        """Ping a contact we know (it answered us before) unless a ping is out already."""
+        if contact[0] in self._pinging:
+            return
+        self._pinging.add(contact[0])
+        self.rpc(contact, "ping", [self.id], lambda ok, data: self._pinging.discard(contact[0]))
 
     def _hand_over(self, contact: Contact) -> None:
-        if not self.storage:
-            return
-        new = _as_int(contact[0])
-        for key, value in list(self.storage.items()):
-            goal = _as_int(key)
-            near = [c for c in self.table.nearest(key, K + 1) if c[0] != contact[0]][:K]
-            if not near or (
-                new ^ goal < _as_int(near[-1][0]) ^ goal
-                and self.table._own ^ goal < _as_int(near[0][0]) ^ goal
-            ):
-                self.rpc(contact, "store", [self.id, key, value])
+        """Send a verified newcomer the values it is closer to than we are, boundedly.
 
-    def _store(self, key: bytes, value: Any) -> None:
-        self.storage.pop(key, None)
-        self.storage[key] = value
-        while len(self.storage) > MAX_STORED:
-            del self.storage[next(iter(self.storage))]
+        One XOR per held key (no sort of the table per key, which cost 5 s of
+        CPU per newcomer with 3,100 contacts and 4,096 keys), and at most
+        HANDOVER_MAX_VALUES values or HANDOVER_MAX_BYTES bytes: the republish
+        covers what does not fit.
+        """
+        new = _as_int(contact[0])
+        own = self.table.own
+        sent = size = 0
+        for key, value in self.storage.items():
+            goal = _as_int(key)
+            if new ^ goal >= own ^ goal:
+                continue
+            cost = value_size(value) or MAX_VALUE_BYTES
+            if sent >= HANDOVER_MAX_VALUES or size + cost > HANDOVER_MAX_BYTES:
+                break
+            sent += 1
+            size += cost
+            self.rpc(contact, "store", [self.id, key, value])
+
+    def _accept_store(self, key: bytes, value: Any, ip: str) -> bool:
+        """Hold a value for ``ip`` if it is one, small, ours to hold and within budget."""
+        size = value_size(value)
+        if size is None:
+            return False
+        if self.table.closer_than_us(key, K) >= K:
+            return False  # k known nodes are closer: it is theirs to hold
+        return self.storage.put(key, value, size, ip)
+
+    def _store(self, key: bytes, value: Any) -> bool:
+        """Hold a value this node publishes itself (charged to no network source)."""
+        size = value_size(value)
+        return size is not None and self.storage.put(key, value, size, "")
 
     def _on_datagrams(self) -> None:
+        """Read up to 64 datagrams; each is checked before any decoding.
+
+        Only a request of at most MAX_REQUEST_DATAGRAM bytes that starts as
+        ``[name, args]`` from a source within its rate, or a response to a
+        message id we sent, is decoded: a 57 KB map of colliding keys cost
+        0.3 s of CPU to decode.
+        """
         assert self.sock is not None
         for _ in range(64):  # then give timers and the control socket a turn
             try:
@@ -952,51 +1311,152 @@ class DhtNode:
             except OSError as exc:
                 self.say("DEBUG", f"receive failed: {exc}")
                 return
-            if len(data) < 22:
+            size = len(data)
+            if size <= HEADER_BYTES:
                 continue
-            msgid = data[1:21]
+            msgid = data[1:HEADER_BYTES]
+            kind = data[0]
+            if kind == 0:
+                if data[HEADER_BYTES] != BODY_START:
+                    continue
+                if not self.limiter.allow((address[0], address[1])):
+                    continue
+                if size > MAX_REQUEST_DATAGRAM:
+                    if data[HEADER_BYTES + 1 : HEADER_BYTES + 7] == b"\xa5store":
+                        # A refusal costs less than the request, and a stock
+                        # kademlia peer does not drop us as dead for it.
+                        self._send(b"\x01" + msgid + b"\xc2", address)
+                    continue
+            elif kind == 1:
+                entry = self.pending.get(msgid)
+                if entry is None or size > MAX_RESPONSE_DATAGRAM:
+                    continue
+            else:
+                continue
             try:
-                payload = umsgpack.unpackb(data[21:])
+                payload = umsgpack.unpackb(data[HEADER_BYTES:])
             except Exception as exc:
                 self.say("DEBUG", f"undecodable datagram from {address[0]}:{address[1]}: {exc}")
                 continue
-            if data[0] == 0:
-                self._guard(self._serve, msgid, payload, address)
-            elif data[0] == 1:
+            if kind == 0:
+                self._guard(self._serve, msgid, payload, address, size)
+            else:
                 entry = self.pending.pop(msgid, None)
                 if entry is not None:
+                    # The message id went only to that address: it receives.
+                    self._mark_verified(entry[2], payload if _is_id(payload) else None)
                     self._guard(entry[1], True, payload)
 
-    def _serve(self, msgid: bytes, payload: Any, address: tuple[str, int]) -> None:
-        """Answer one request as kademlia's ``KademliaProtocol`` does; malformed ones get none."""
+    def _mark_verified(self, address: tuple[str, int], node_id: bytes | None) -> None:
+        if node_id is None:
+            node_id = self.verified.get(address)
+        self.verified.pop(address, None)
+        self.verified[address] = node_id
+        self._unreachable.pop(address, None)
+        while len(self.verified) > MAX_VERIFIED:
+            del self.verified[next(iter(self.verified))]
+
+    def _heard_from(self, node_id: bytes, address: tuple[str, int]) -> None:
+        """A request claims ``node_id`` from ``address``: refresh, or verify, never trust.
+
+        * known there: seen again;
+        * known elsewhere: the known address is pinged (it has answered us
+          before); the claim moves nothing;
+        * unknown: one ping of ours to that address, and the contact joins the
+          table only when the answer comes back from it.
+        """
+        if node_id in (self.id, PROBE_NODE_ID):
+            return
+        known = self.table.get(node_id)
+        if known is not None:
+            if (known[1], known[2]) == address:
+                self.table.touch(known)
+            else:
+                self._check_alive(known)
+            return
+        if self.verified.get(address) == node_id:
+            self.welcome(node_id, address[0], address[1])
+            return
+        self._verify(address)
+
+    def _verify(self, address: tuple[str, int]) -> None:
+        """Ping an address that sent us a request, at most once at a time and per while."""
+        if address in self._verifying or len(self._verifying) >= MAX_VERIFYING:
+            return
+        if not _is_contact_ip(address[0]) or self.table.at(address) is not None:
+            return
+        now = time.monotonic()
+        until = self._unreachable.get(address)
+        if until is not None and until > now:
+            return
+        if len(self._unreachable) >= MAX_VERIFIED:
+            self._unreachable = {a: t for a, t in self._unreachable.items() if t > now}
+            if len(self._unreachable) >= MAX_VERIFIED:
+                return  # too many silent addresses: ping none until some expire
+        self._verifying.add(address)
+
+        def answered(ok: bool, data: Any) -> None:
+            self._verifying.discard(address)
+            if ok and _is_id(data):
+                self.welcome(data, address[0], address[1])
+            elif not ok:
+                self._unreachable[address] = time.monotonic() + UNREACHABLE_FOR
+
+        self.call(address, "ping", [self.id], answered)
+
+    def _send(self, datagram: bytes, address: tuple[str, int]) -> None:
+        assert self.sock is not None
+        try:
+            self.sock.sendto(datagram, address)
+        except OSError as exc:
+            self.say("DEBUG", f"cannot answer {address[0]}:{address[1]}: {exc}")
+
+    def _serve(self, msgid: bytes, payload: Any, address: tuple[str, int], size: int) -> None:
+        """Answer one request as kademlia's ``KademliaProtocol`` does; malformed ones get none.
+
+        The answer is at most REPLY_FACTOR times the request, and
+        UNVERIFIED_REPLY_FACTOR times for a sender that never answered us (its
+        source address may be a victim's); a find_node answer is cut to fit,
+        and a value that does not fit is answered with contacts instead.
+        """
         if not (isinstance(payload, list) and len(payload) == 2 and isinstance(payload[1], list)):
             return
         name, args = payload
         ip, port = address[0], address[1]
+        trusted = address in self.verified
+        budget = size * (REPLY_FACTOR if trusted else UNVERIFIED_REPLY_FACTOR) - HEADER_BYTES
         if name == "stun" and not args:
             answer: Any = [ip, port]
         elif name == "ping" and len(args) == 1 and _is_id(args[0]):
-            self.welcome(args[0], ip, port)
+            self._heard_from(args[0], address)
             answer = self.id
         elif name == "store" and len(args) == 3 and _is_id(args[0]) and _is_id(args[1]):
-            self.welcome(args[0], ip, port)
-            self._store(args[1], args[2])
-            answer = True
+            self._heard_from(args[0], address)
+            # Only from an address that has shown it receives (BEP 5's token
+            # does the same): a spoofed STORE must not fill the budget.
+            answer = trusted and self._accept_store(args[1], args[2], ip)
         elif name in ("find_node", "find_value") and len(args) == 2 and all(map(_is_id, args)):
-            self.welcome(args[0], ip, port)
-            value = self.storage.get(args[1]) if name == "find_value" else None
-            if value is not None:
-                answer = {"value": value}
-            else:
-                answer = self.table.nearest(args[1], K, exclude=(ip, port))
+            self._heard_from(args[0], address)
+            answer = None
+            if name == "find_value":
+                value = self.storage.get(args[1])
+                if value is not None and len(umsgpack.packb({"value": value})) <= budget:
+                    answer = {"value": value}
+            if answer is None:
+                answer = self._contacts_within(args[1], address, budget)
         else:
             self.say("DEBUG", f"ignored request {name!r} from {ip}:{port}")
             return
-        assert self.sock is not None
-        try:
-            self.sock.sendto(b"\x01" + msgid + umsgpack.packb(answer), address)
-        except OSError as exc:
-            self.say("DEBUG", f"cannot answer {ip}:{port}: {exc}")
+        self._send(b"\x01" + msgid + umsgpack.packb(answer), address)
+
+    def _contacts_within(self, target: bytes, asker: tuple[str, int], budget: int) -> list[Contact]:
+        contacts = self.table.nearest(target, K, exclude=asker)
+        used = 3  # the array's header
+        for count, contact in enumerate(contacts):
+            used += len(umsgpack.packb(contact))
+            if used > budget:
+                return contacts[:count]
+        return contacts
 
     # -- joining
 
@@ -1285,13 +1745,59 @@ class DhtNode:
         finally:
             self.later(self.config.health_interval, self.health_round)
 
+    # -- republish
+
+    def republish_round(self) -> None:
+        """Store every held and published value again on the current closest nodes.
+
+        The Kademlia paper's hourly republish: holders that die or a value
+        refused somewhere must not lose it while one holder (or the publisher)
+        lives. Expired values go first; lookups run REPUBLISH_PARALLEL at a time.
+        """
+        try:
+            self.storage.expire()
+            keys = [key for key, _ in self.storage.items()]
+            keys += [key for key in self.published if key not in self.storage.entries]
+            self._republishing = keys
+            for _ in range(REPUBLISH_PARALLEL):
+                self._republish_next()
+        finally:
+            self.later(self.config.republish_interval, self.republish_round)
+
+    def _republish_next(self) -> None:
+        if self._republish_running >= REPUBLISH_PARALLEL or self.stopping:
+            return
+        while self._republishing:
+            key = self._republishing.pop()
+            value = self.storage.get(key)
+            if value is None:
+                value = self.published.get(key)
+            if value is not None and len(self.table):
+                break
+        else:
+            return
+        self._republish_running += 1
+
+        def located(_: Any, nodes: list[Contact]) -> None:
+            self._republish_running -= 1
+            for contact in nodes:
+                self.rpc(contact, "store", [self.id, key, value])
+            self._republish_next()
+
+        Lookup(self, key, False, located).start()
+
     # -- control socket
 
     def _on_accept(self) -> None:
         assert self.control is not None
         try:
             conn, _ = self.control.accept()
+        except BlockingIOError:
+            return
         except OSError:
+            # EMFILE/ENFILE: the pending connection stays queued and the
+            # listener stays readable, so watching it now would spin the loop.
+            self._pause_accept()
             return
         conn.setblocking(False)
         client = _Client(conn)
@@ -1325,6 +1831,20 @@ class DhtNode:
         except Exception as exc:  # a bug must not kill the node, and the client hears back
             self._reply(client, {"ok": False, "error": f"internal error: {exc!r}"})
 
+    def _pause_accept(self) -> None:
+        if self._accept_paused or self.control is None:
+            return
+        self._accept_paused = True
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(self.control)
+
+        def resume() -> None:
+            self._accept_paused = False
+            if self.control is not None and not self.stopping:
+                self.selector.register(self.control, selectors.EVENT_READ, self._on_accept)
+
+        self.later(ACCEPT_PAUSE, resume)
+
     def _client_timed_out(self, client: _Client) -> None:
         if client.lookup is not None:
             client.lookup.cancel()
@@ -1352,13 +1872,39 @@ class DhtNode:
             line = json.dumps(reply)
         except (TypeError, ValueError):  # another node stored bytes, say, under the key
             line = json.dumps({"ok": False, "error": "the value found is not JSON data"})
+        client.replied = True
+        client.out = line.encode() + b"\n"
+        self.cancel(client.timer)
+        # Written as the client reads, never waited for: a client that does
+        # not read its reply used to stall the whole node for 2 s.
+        client.timer = self.later(CONTROL_WRITE_TIMEOUT, lambda: self._close(client))
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(client.conn)
+        self._on_writable(client)
+
+    def _on_writable(self, client: _Client) -> None:
         try:
-            client.conn.setblocking(True)
-            client.conn.settimeout(2.0)
-            client.conn.sendall(line.encode() + b"\n")
+            sent = client.conn.send(client.out)
+        except BlockingIOError:
+            sent = 0
         except OSError:
-            pass  # the client went away; nobody is left to tell
-        self._drop(client)
+            self._close(client)  # the client went away; nobody is left to tell
+            return
+        client.out = client.out[sent:]
+        if not client.out:
+            self._close(client)
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(client.conn)
+        self.selector.register(
+            client.conn, selectors.EVENT_WRITE, lambda: self._on_writable(client)
+        )
+
+    def _close(self, client: _Client) -> None:
+        self.cancel(client.timer)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(client.conn)
+        client.conn.close()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -1390,8 +1936,10 @@ class DhtNode:
         if not len(self.table):
             raise RequestError("this node has no neighbours to store on")
         value = request.value
-        if len(umsgpack.packb(["store", [self.id, target, value]])) > MAX_RPC_BYTES:
-            raise RequestError(f"value is too large for one Kademlia RPC ({MAX_RPC_BYTES} bytes)")
+        if value_size(value) is None:
+            raise RequestError(
+                f"value is larger than the {MAX_VALUE_BYTES} msgpack bytes a node holds"
+            )
 
         def located(_: Any, nodes: list[Contact]) -> None:
             self._store_on(client, key, target, value, nodes)
@@ -1409,9 +1957,13 @@ class DhtNode:
             return
         goal = _as_int(target)
         farthest = max(_as_int(c[0]) ^ goal for c in nodes)
-        local = self.table._own ^ goal < farthest
+        local = self.table.own ^ goal < farthest
         if local:
             self._store(target, value)
+        self.published.pop(target, None)
+        self.published[target] = value
+        while len(self.published) > MAX_PUBLISHED:
+            del self.published[next(iter(self.published))]
         acked = [0]
         left = [len(nodes)]
 

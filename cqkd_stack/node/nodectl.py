@@ -27,6 +27,20 @@ DEFAULT_SOCKET = "/tmp/cqkd-control.sock"
 DEFAULT_TIMEOUT = 40.0
 
 
+def _peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process that listens on a connected Unix socket (Linux), else None."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    import struct
+
+    try:
+        _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option, 12))
+    except OSError:
+        return None
+    return uid
+
+
 def request(path: str, payload: dict[str, Any], timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
     """Send one request and return the node's reply; connection problems become replies too.
 
@@ -37,6 +51,15 @@ def request(path: str, payload: dict[str, Any], timeout: float = DEFAULT_TIMEOUT
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(path)
+            owner = _peer_uid(sock)
+            if owner is not None and owner not in (0, os.geteuid()):
+                # In a shared directory another user may have taken the path
+                # first: its answers would be forged values.
+                return {
+                    "ok": False,
+                    "error": f"the process at {path} runs as uid {owner}, "
+                    "neither root nor us; not talking to it",
+                }
             sock.sendall(json.dumps(payload).encode() + b"\n")
             sock.shutdown(socket.SHUT_WR)
             chunks = []
