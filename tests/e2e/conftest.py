@@ -25,6 +25,7 @@ import requests
 from cqkd_stack.core.errors import CqkdError
 from cqkd_stack.host import cluster as harness
 from cqkd_stack.host import images
+from cqkd_stack.live import inspection
 from cqkd_stack.live.client import local_engine
 
 E2E_DIR = Path(__file__).resolve().parent
@@ -110,6 +111,16 @@ def node_image(docker_client: docker.DockerClient) -> str:
     except CqkdError as exc:
         pytest.fail(f"cannot build the node image: {exc.message}", pytrace=False)
     return result.node_image
+
+
+@pytest.fixture
+def free_subnet(docker_client: docker.DockerClient) -> str:
+    """A /24 no network on the engine uses, for a test that deploys a stack file itself.
+
+    A rendered file without an engine carries the default subnet; deployed beside
+    any stack that already holds it, Swarm leaves every task in "new" (CI saw it).
+    """
+    return str(inspection.free_subnet(inspection.taken_subnets(docker_client), 6))
 
 
 @pytest.fixture

@@ -37,12 +37,14 @@ def services_of(client: docker.DockerClient, stack: str) -> list[dict]:
 
 
 def test_a_worker_s_env_file_beside_the_stack_reaches_its_tasks(
-    docker_client: docker.DockerClient, node_image: str, tmp_path: Path
+    docker_client: docker.DockerClient, node_image: str, tmp_path: Path, free_subnet: str
 ) -> None:
     folder = tmp_path / "deploy"
     folder.mkdir()
     stack_file = folder / "cqkd.yml"
-    assert cqkd("render", "--replicas", "3", "--output", str(stack_file)).returncode == 0
+    assert cqkd(
+        "render", "--replicas", "3", "--subnet", free_subnet, "--output", str(stack_file)
+    ).returncode == 0
     doc = yaml.safe_load(stack_file.read_text())
     worker = doc["services"]["worker"]
     lines = [f"{name}={worker['environment'].pop(name)}" for name in MOVED]

@@ -21,11 +21,12 @@ from cqkd_stack.targets.swarm import render
 
 
 def test_a_large_stack_is_stepped_down_before_removal(
-    docker_client: docker.DockerClient, node_image: str
+    docker_client: docker.DockerClient, node_image: str, free_subnet: str
 ) -> None:
     """At full size (step 100) a 1000-task rm killed containerd; here step 2 on 6 tasks."""
     stack = f"cqkdtest_{uuid.uuid4().hex[:8]}"
-    doc = yaml.safe_load(render(load_policy(), RenderOptions(replicas=6, image=node_image)))
+    options = RenderOptions(replicas=6, image=node_image, subnet=free_subnet)
+    doc = yaml.safe_load(render(load_policy(), options))
     doc["services"] = {"worker": doc["services"]["worker"]}
     doc["services"]["worker"]["entrypoint"] = ["sleep", "infinity"]
     doc["services"]["worker"]["healthcheck"] = {"disable": True}
