@@ -146,6 +146,10 @@ ROLES = ("bootstrap", "special", "worker")
 DEFAULT_HEALTH_FILE = "/tmp/cqkd-health"
 DEFAULT_CONTROL_SOCKET = "/tmp/cqkd-control.sock"
 
+# Bytes of values held for others (CQKD_STORE_BYTES): the stack's memory
+# limits (stacks/cqkd.stack.tmpl.yml) are sized to hold it.
+DEFAULT_STORE_BYTES = 4 * 1024 * 1024
+
 # Kademlia's parameters, as the kademlia library's defaults.
 K = 20
 ALPHA = 3
@@ -264,7 +268,7 @@ class NodeConfig:
         rpc_timeout: float = 2.0,
         interface: str = "0.0.0.0",
         log_level: int = LEVELS["WARNING"],
-        store_bytes: int = 4 * 1024 * 1024,
+        store_bytes: int = DEFAULT_STORE_BYTES,
         store_quota: int = 256 * 1024,
         value_ttl: float = 86400.0,
         republish_interval: float = 3600.0,
@@ -339,7 +343,7 @@ class NodeConfig:
             rpc_timeout=_parse_number(env, "CQKD_RPC_TIMEOUT", 2.0),
             interface=resolution.bind_host,
             log_level=LEVELS.get(level_name, LEVELS["WARNING"]),
-            store_bytes=int(_parse_number(env, "CQKD_STORE_BYTES", 4 * 1024 * 1024)),
+            store_bytes=int(_parse_number(env, "CQKD_STORE_BYTES", DEFAULT_STORE_BYTES)),
             store_quota=int(_parse_number(env, "CQKD_STORE_QUOTA", 256 * 1024)),
             value_ttl=_parse_number(env, "CQKD_VALUE_TTL", 86400.0),
             republish_interval=_parse_number(env, "CQKD_REPUBLISH_INTERVAL", 3600.0),

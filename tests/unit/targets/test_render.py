@@ -10,6 +10,7 @@ from cqkd_stack.core.contract import subnet_capacity, subnet_for
 from cqkd_stack.core.errors import UsageError
 from cqkd_stack.core.policy import load_policy
 from cqkd_stack.lint.validate import validate_texts
+from cqkd_stack.node.daemon import DEFAULT_STORE_BYTES
 from cqkd_stack.targets.base import RenderOptions
 from cqkd_stack.targets.swarm import render, swarm_placeholders
 
@@ -191,3 +192,33 @@ def test_every_dht_node_is_restarted_whatever_its_exit() -> None:
     doc = rendered(replicas=3)
     policies = {s["deploy"]["restart_policy"]["condition"] for s in doc["services"].values()}
     assert policies == {"any"}
+
+
+# The node's memory once joined, measured (docs/operations.md): 4.55 MiB of
+# anonymous memory, 9.10 MiB of host memory per task with everything counted.
+NODE_BASELINE_BYTES = int(9.1 * 1024 * 1024)
+MEMORY_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def memory_bytes(text: str) -> int:
+    """Docker's memory notation (``64M``, ``128m``, ``1g``, bytes) as bytes."""
+    text = str(text).strip().lower().removesuffix("b") or "0"
+    if text[-1] in MEMORY_UNITS:
+        return int(float(text[:-1]) * MEMORY_UNITS[text[-1]])
+    return int(text)
+
+
+@pytest.mark.parametrize("options", [{"replicas": 3}, {"replicas": 5, "network": "host"}])
+def test_every_dht_service_has_a_memory_limit_holding_the_store_budget(options: dict) -> None:
+    services = rendered(**options)["services"]
+    assert set(services) == {"bootstrap", "alice", "bob", "worker"}
+    for name, service in services.items():
+        limit = service["deploy"]["resources"]["limits"]["memory"]
+        assert memory_bytes(limit) >= NODE_BASELINE_BYTES + DEFAULT_STORE_BYTES, (name, limit)
+
+
+def test_memory_notation_is_read_as_docker_reads_it() -> None:
+    assert memory_bytes("64M") == 64 * 1024 * 1024
+    assert memory_bytes("128mb") == 128 * 1024 * 1024
+    assert memory_bytes("1g") == 1024**3
+    assert memory_bytes("4096") == 4096
