@@ -92,7 +92,9 @@ Limits on a hostile network (every datagram may come from an attacker):
   evicted; values expire after ``CQKD_VALUE_TTL`` unless stored again;
 * an answer is at most ``REPLY_FACTOR`` (10) times its request's bytes, and
   ``UNVERIFIED_REPLY_FACTOR`` (3) times for a sender that never answered us;
-  each source ip:port gets ``CQKD_RATE`` requests a second;
+  each source ip:port gets ``CQKD_RATE`` requests a second, and one refused
+  a burst's worth in a row is dropped by the kernel (a socket filter) for
+  ``MUTE_SECONDS`` (60), at most ``MAX_MUTED`` (64) sources at a time;
 * a newcomer is handed at most ``HANDOVER_MAX_VALUES`` values and
   ``HANDOVER_MAX_BYTES`` bytes, only once it answered our ping;
 * the only datagrams sent to an address that has not answered us are the
@@ -127,7 +129,7 @@ import time
 import umsgpack
 
 from .errors import CqkdError
-from .guard import RateLimiter, ValueStore
+from .guard import KernelMute, RateLimiter, ValueStore
 from .resolver import ResolverError, resolve
 from .wire import PROBE_NODE_ID, split_host_port
 
@@ -190,6 +192,10 @@ LOOKUP_MAX_KNOWN = 8 * K
 REPUBLISH_PARALLEL = 2
 # The values this node published through its control socket, republished.
 MAX_PUBLISHED = 1024
+# A source the rate limit finds flooding is dropped by the kernel this long;
+# at most this many at a time (guard.KernelMute).
+MUTE_SECONDS = 60.0
+MAX_MUTED = 64
 # A control client that does not read its reply is dropped after this long.
 CONTROL_WRITE_TIMEOUT = 2.0
 # accept() failing with EMFILE: stop watching the listener for this long.
@@ -1013,6 +1019,7 @@ class DhtNode:
         self.started = _LOADED
         self.selector = selectors.DefaultSelector()
         self.sock: socket.socket | None = None
+        self.muted: KernelMute | None = None
         self.control: socket.socket | None = None
         self.wake_r, self.wake_w = socket.socketpair()
         # msgid -> (deadline, callback, address)
@@ -1125,6 +1132,7 @@ class DhtNode:
                 "the node never picks another port"
             ) from None
         sock.setblocking(False)
+        self.muted = KernelMute(sock, MAX_MUTED, MUTE_SECONDS)
         control = self.control = open_control_socket(self.config.control_socket)
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
         self.selector.register(sock, selectors.EVENT_READ, self._on_datagrams)
@@ -1324,6 +1332,8 @@ class DhtNode:
                 if data[HEADER_BYTES] != BODY_START:
                     continue
                 if not self.limiter.allow((address[0], address[1])):
+                    if self.limiter.flooding:
+                        self._mute_floods()
                     continue
                 if size > MAX_REQUEST_DATAGRAM:
                     if data[HEADER_BYTES + 1 : HEADER_BYTES + 7] == b"\xa5store":
@@ -1350,6 +1360,28 @@ class DhtNode:
                     # The message id went only to that address: it receives.
                     self._mark_verified(entry[2], payload if _is_id(payload) else None)
                     self._guard(entry[1], True, payload)
+
+    def _mute_floods(self) -> None:
+        """Have the kernel drop the sources the rate limit found flooding, for a while."""
+        assert self.muted is not None
+        for source in self.limiter.flooding:
+            if self.muted.add(source):
+                self.say(
+                    "WARNING",
+                    f"{source[0]}:{source[1]} sent over {self.limiter.burst:g} requests beyond "
+                    f"its rate without a pause: the kernel drops its datagrams for "
+                    f"{MUTE_SECONDS:g} s",
+                )
+                self.later(MUTE_SECONDS, self._unmute)
+            elif not self.muted.available and self.muted.error is not None:
+                self.say("WARNING", f"cannot mute a flooding source: {self.muted.error}")
+                self.muted.error = None  # said once
+        self.limiter.flooding.clear()
+
+    def _unmute(self) -> None:
+        assert self.muted is not None
+        for source in self.muted.expire():
+            self.limiter.forget(source)
 
     def _mark_verified(self, address: tuple[str, int], node_id: bytes | None) -> None:
         if node_id is None:
@@ -1918,6 +1950,7 @@ class DhtNode:
             "port": self.config.port,
             "node_id": self.id.hex(),
             "neighbours": len(self.table),
+            "muted": len(self.muted) if self.muted is not None else 0,
             "healthy": self.health.exists(),
         }
 

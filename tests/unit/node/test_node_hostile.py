@@ -339,6 +339,28 @@ def test_a_ping_flood_is_rate_limited(boot: NodeProc, peers: Callable[..., Peer]
     assert answered_honest is not None and answered_honest < 0.1
 
 
+def test_a_flooding_source_is_muted_in_the_kernel(
+    boot: NodeProc, peers: Callable[..., Peer]
+) -> None:
+    """A flood faster than the loop reads filled the socket's queue: honest pings were lost."""
+    attacker = peers(answer_pings=False)
+    honest = peers()
+    for _ in range(3000):
+        attacker.send(boot.port, request("ping", [attacker.id]))
+    wait_for(lambda: boot.ctl("status")[1]["muted"] == 1, 5, "the flooder to be muted")
+    # Its bucket refills at 100 a second: only the mute keeps these unanswered.
+    asked = []
+    answered_honest = []
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        asked.append(attacker.send(boot.port, request("ping", [attacker.id])))
+        answered_honest.append(ping_latency(honest, boot.port))
+        time.sleep(0.02)  # pacing: the honest peer stays well within its own rate
+    with attacker.lock:
+        assert not set(asked) & set(attacker.responses)
+    assert all(t is not None and t < 0.1 for t in answered_honest), answered_honest
+
+
 # --------------------------------------------------------------------------- lookups
 
 
