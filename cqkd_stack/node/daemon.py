@@ -55,7 +55,7 @@ Environment (besides the port variables, ``CQKD_ROLE`` and ``BOOTSTRAP_NODES``):
 
 ``CQKD_NODE_NAME``        optional name of a special node (``alice``), shown in logs and status
 ``CQKD_HEALTH_FILE``      health file path (default ``/tmp/cqkd-health``)
-``CQKD_CONTROL_SOCKET``   control socket path (default ``/tmp/cqkd-control.sock``)
+``CQKD_CONTROL_SOCKET``   control socket path (default ``/tmp/cqkd/control.sock``)
 ``JOIN_BACKOFF``          first pause between join attempts in seconds (default 0.5)
 ``JOIN_BACKOFF_MAX``      longest pause between join attempts (default 5)
 ``CQKD_HEALTH_INTERVAL``  seconds between neighbour checks (default 10)
@@ -131,7 +131,7 @@ import umsgpack
 from .errors import CqkdError
 from .guard import KernelMute, RateLimiter, ValueStore
 from .resolver import ResolverError, resolve
-from .wire import PROBE_NODE_ID, split_host_port
+from .wire import DEFAULT_CONTROL_SOCKET, PROBE_NODE_ID, split_host_port
 
 # Evaluated by type checkers only: ``typing`` and ``collections.abc`` would
 # cost memory and start-up time in every container for nothing.
@@ -146,7 +146,6 @@ if TYPE_CHECKING:
 PROG = "cqkd-node"
 ROLES = ("bootstrap", "special", "worker")
 DEFAULT_HEALTH_FILE = "/tmp/cqkd-health"
-DEFAULT_CONTROL_SOCKET = "/tmp/cqkd-control.sock"
 
 # Bytes of values held for others (CQKD_STORE_BYTES): the stack's memory
 # limits (stacks/cqkd.stack.tmpl.yml) are sized to hold it.
@@ -928,12 +927,11 @@ def open_control_socket(path: str) -> socket.socket:
     """Listen on ``path`` with mode 0600, in a directory nobody else can plant things in.
 
     With the umask alone (umask 000) any local user could connect; in a
-    shared directory another user could take the path first and answer
-    ``nodectl`` with forged values. So: the directory is created (0700) if
-    missing, and must be a real directory owned by us or root that others
-    cannot write to, unless it has the sticky bit (``/tmp``: there nobody can
-    remove or replace what we create, and a path someone else already holds
-    is refused); the socket is bound under umask 077.
+    shared directory such as ``/tmp`` another user could take the path first
+    and answer ``nodectl`` with forged values. So: the directory is created
+    (0700) if missing, and must be a real directory owned by us or root that
+    no one else can write to, sticky bit or not; the socket is bound under
+    umask 077.
     """
     import stat
 
@@ -948,10 +946,11 @@ def open_control_socket(path: str) -> socket.socket:
         raise CqkdError(f"control socket directory {folder} is not a directory (a link?)")
     if info.st_uid not in (0, os.geteuid()):
         raise CqkdError(f"control socket directory {folder} belongs to uid {info.st_uid}, not us")
-    if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise CqkdError(
             f"control socket directory {folder} is writable by others "
-            f"(mode {stat.S_IMODE(mode):o}): another user could replace the socket"
+            f"(mode {stat.S_IMODE(mode):o}): another user could take or replace the "
+            "socket; give it a directory of its own, e.g. /tmp/cqkd/control.sock"
         )
     try:
         existing = os.lstat(path)

@@ -24,7 +24,10 @@ from typing import Any
 import pytest
 import umsgpack
 
-from cqkd_stack.node.daemon import HealthFile
+from cqkd_stack.node import nodectl
+from cqkd_stack.node.daemon import HealthFile, open_control_socket
+from cqkd_stack.node.errors import CqkdError
+from cqkd_stack.node.wire import DEFAULT_CONTROL_SOCKET
 
 from .test_node import (
     PYTHON,
@@ -450,10 +453,14 @@ def test_control_socket_is_private_under_umask_000(tmp_path: Path) -> None:
         proc.wait(timeout=5)
 
 
-def test_control_socket_refused_in_a_directory_others_can_write(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [0o777, 0o1777], ids=["open", "sticky-like-tmp"])
+def test_control_socket_refused_in_a_directory_others_can_write(
+    tmp_path: Path, mode: int
+) -> None:
+    """Even with /tmp's sticky bit: another user could have taken the path first."""
     shared = tmp_path / "shared"
     shared.mkdir()
-    shared.chmod(0o777)  # writable by all, no sticky bit
+    shared.chmod(mode)
     proc = _start_node(tmp_path, shared / "c.sock", 0o022)
     try:
         assert proc.wait(timeout=5) == 1
@@ -462,6 +469,32 @@ def test_control_socket_refused_in_a_directory_others_can_write(tmp_path: Path) 
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
+
+
+def test_control_socket_directory_is_created_private(tmp_path: Path) -> None:
+    path = tmp_path / "cqkd" / "control.sock"
+    control = open_control_socket(str(path))
+    try:
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        control.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to plant another user's directory")
+def test_control_socket_refused_in_a_directory_another_user_planted(tmp_path: Path) -> None:
+    planted = tmp_path / "cqkd"
+    planted.mkdir(mode=0o755)
+    os.chown(planted, 65534, 65534)
+    with pytest.raises(CqkdError, match="belongs to uid 65534"):
+        open_control_socket(str(planted / "control.sock"))
+    assert list(planted.iterdir()) == []
+
+
+def test_the_default_control_socket_is_in_a_directory_of_its_own() -> None:
+    assert DEFAULT_CONTROL_SOCKET == nodectl.DEFAULT_SOCKET
+    folder = os.path.dirname(DEFAULT_CONTROL_SOCKET)
+    assert folder not in ("/tmp", "/var/tmp", "/dev/shm")
 
 
 def test_health_file_never_writes_through_a_planted_link(tmp_path: Path) -> None:
