@@ -497,6 +497,31 @@ def test_the_default_control_socket_is_in_a_directory_of_its_own() -> None:
     assert folder not in ("/tmp", "/var/tmp", "/dev/shm")
 
 
+def test_slow_control_clients_cost_other_clients_and_peers_nothing(
+    boot: NodeProc, peers: Callable[..., Peer]
+) -> None:
+    """Clients that send half a request, or ask and never read, hold nothing up."""
+    honest = peers()
+    stalled = []
+    try:
+        for index in range(60):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            client.connect(str(boot.sock))
+            # Half of them never finish their line; the others never read the answer.
+            client.sendall(b'{"op": "sta' if index % 2 else b'{"op": "status"}\n')
+            stalled.append(client)
+        latencies = [ping_latency(honest, boot.port) for _ in range(20)]
+        assert all(t is not None and t < 0.1 for t in latencies), latencies
+        start = time.monotonic()
+        code, status = boot.ctl("status")
+        assert code == 0 and status["ok"], status
+        assert time.monotonic() - start < 5  # nodectl's own start-up included
+    finally:
+        for client in stalled:
+            client.close()
+
+
 def test_health_file_never_writes_through_a_planted_link(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("precious")
