@@ -22,8 +22,6 @@ from functools import partial
 from itertools import pairwise
 from typing import Any
 
-import yaml
-
 from .. import DEFAULT_NODE_IMAGE, __version__
 from ..core.contract import ROLE_LABEL, TakenSubnet
 from ..core.documents import MAX_BYTES, LoadedStack, line_of, parse_yaml_nodes
@@ -31,7 +29,7 @@ from ..core.errors import InvalidInput, UsageError
 from ..core.policy import Policy, PortRange, load_policy
 from ..core.results import Problem, json_path
 from ..node.resolver import ResolverError, resolve
-from .base import NoAliasDumper, RenderOptions, Target, health_interval, port_environment
+from .base import RenderOptions, Target, dump_documents, health_interval, port_environment
 
 # The newest Kubernetes whose schemas kubernetes-validate 1.37 ships (its
 # versions follow Kubernetes'); the lower bound in pyproject.toml guarantees it.
@@ -354,7 +352,7 @@ def render_kubernetes(
         f"(schemas {DEFAULT_KUBERNETES_VERSION}), policy {policy.source}.\n"
         f"# Check: cqkd-stack validate --target kubernetes FILE; deploy: {apply}\n"
     )
-    body = yaml.dump_all(docs, Dumper=NoAliasDumper, sort_keys=False, default_flow_style=False)
+    body = dump_documents(list(docs))
     return header + body
 
 

@@ -14,8 +14,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .. import __version__
 from ..core.contract import (
     DHT_NETWORK,
@@ -34,9 +32,9 @@ from ..core.errors import CqkdError, UsageError
 from ..core.policy import Policy
 from ..core.results import Problem, json_path
 from .base import (
-    NoAliasDumper,
     RenderOptions,
     Target,
+    dump_documents,
     health_interval,
     port_environment,
     refuse_kubernetes_options,
@@ -273,7 +271,7 @@ def render(
         f"network {options.network}, policy {policy.source}.\n"
         "# Validate before deploying: cqkd-stack validate FILE\n"
     )
-    body = yaml.dump(doc, Dumper=NoAliasDumper, sort_keys=False, default_flow_style=False)
+    body = dump_documents([doc])
     return header + body
 
 
