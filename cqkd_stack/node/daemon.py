@@ -1644,7 +1644,14 @@ class DhtNode:
     ) -> None:
         attempt = self.attempt
         if attempt is None or name not in attempt.names:
-            return  # that attempt is over (it timed out, or someone answered)
+            # That attempt is over: it timed out, or a known peer answered
+            # before the name did, as a peer always does when a node joins
+            # again for a lost bootstrap. The new bootstrap must still hear
+            # from us, or the nodes that lived through the loss and those
+            # that joined it since stay two DHTs for good.
+            for address in found or ():
+                self._ping_bootstrap(address)
+            return
         attempt.names.remove(name)
         attempt.waiting -= 1
         if found is None:
@@ -1653,6 +1660,16 @@ class DhtNode:
             attempt.bootstraps.add(address)
             self._join_ping(attempt, address)
         self._join_check(attempt)
+
+    def _ping_bootstrap(self, address: tuple[str, int]) -> None:
+        """One ping to an address of BOOTSTRAP_NODES; its answer is a contact and a bootstrap."""
+
+        def answered(ok: bool, data: Any) -> None:
+            if ok and _is_id(data) and data not in (self.id, PROBE_NODE_ID):
+                self.welcome(data, address[0], address[1])
+                self.bootstrap_ids.add(data)
+
+        self.call(address, "ping", [self.id], answered)
 
     def _names_timed_out(self, attempt: _JoinAttempt) -> None:
         for host, port in attempt.names:
