@@ -7,9 +7,9 @@ command says is checked against the engine: the killed containers are dead
 by SIGKILL, Alice's task is the one that ran before, and Swarm started new
 tasks in the killed ones' place.
 
-Measured by hand with the interval left at its default (3600 s) and
-``--timeout 60``: the read never comes back and the command exits 1
-(docs/operations.md, "A value outlives its holders").
+Left at the default interval (3600 s) the same check fails: the read never
+comes back within 60 s and the command exits 1 (``benchmarks/kill_holders.py``
+measures both; figures in docs/operations.md, "A value outlives its holders").
 """
 
 from __future__ import annotations
