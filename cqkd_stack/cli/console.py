@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import rich.progress
     from rich.console import Console
 
+    from ..live.holders import SurvivalCheck
     from ..live.inspection import PortMap
     from ..live.plan import Plan, ServicePlan
     from ..live.readiness import ProbeReport
@@ -184,3 +185,28 @@ def _replicas(count: int | None) -> str:
     if count is None:
         return "global"
     return f"{count} replica{'s' if count != 1 else ''}"
+
+
+def survival_text(result: SurvivalCheck) -> str:
+    """One line: holders found, killed, and when (or whether) Bob read the value again."""
+    held = f"{len(result.holders)} of {result.tasks} DHT tasks held it"
+    if result.publisher_holds:
+        held += f" ({result.stored_by} too: her copy outlives the kill)"
+    killed = ", ".join(result.killed) or "none"
+    gone = f"; already gone: {', '.join(result.gone)}" if result.gone else ""
+    left = ", ".join(result.survivors_holding) or "none"
+    head = (
+        f"{result.stored_by} stored {result.key} (node {result.stored_on}); {held}; "
+        f"killed {killed}{gone}; other tasks holding it after the kill: {left}"
+    )
+    interval = f"republish interval {result.republish_interval:g} s"
+    if result.ok:
+        return (
+            f"ok: {head}; {result.read_by} read it again {result.seconds_to_read:.1f} s after "
+            f"the kill ({result.reads} reads; {interval})"
+        )
+    why = result.last_error or "not found"
+    return (
+        f"FAIL: {head}; {result.read_by} did not read it again within {result.timeout:g} s "
+        f"({result.reads} reads, last: {why}; {interval})"
+    )

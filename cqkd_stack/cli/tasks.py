@@ -581,13 +581,30 @@ def _probe_dict(result: Any) -> dict[str, Any]:
         "format": "text (default) or json",
         "all": "also probe every DHT task at its address and port (as the probe task)",
         "target": "swarm (default) or compose (the stack name is the compose project)",
+        "kill-holders": "prove a value outlives its holders: Alice stores it under a key she "
+        "is not among the closest nodes to, every other task that holds it is killed "
+        "(SIGKILL; Swarm starts fresh, empty ones), and Bob reads until it is back "
+        "(republished by Alice) or --timeout passes; needs docker exec and kill on every "
+        "node running a DHT task (this engine's, or an org.cqkd.engine label)",
+        "timeout": "with --kill-holders: seconds Bob may take to read the value again after "
+        "the kill (default: Alice's CQKD_REPUBLISH_INTERVAL + 2 health rounds + 30)",
     },
 )
 @operator_errors
 def dht_check(
-    c: Context, stack: str = "", format: str = "text", all: bool = False, target: str = "swarm"
+    c: Context,
+    stack: str = "",
+    format: str = "text",
+    all: bool = False,
+    target: str = "swarm",
+    kill_holders: bool = False,
+    timeout: int = 0,
 ) -> None:
-    """Alice stores a value in the DHT and Bob reads it back through the network."""
+    """Alice stores a value in the DHT and Bob reads it back through the network.
+
+    With --kill-holders, the holders of Alice's value are killed first and Bob
+    reads until it is back: exit 1 if it is not back within --timeout.
+    """
     from ..live.client import connect
     from ..live.dhtcheck import check_stack_dht as check
     from .console import probe_text
@@ -596,8 +613,17 @@ def dht_check(
     compose = target_named(target, ("swarm", "compose")).name == "compose"
     if compose and all:
         raise UsageError("--all probes a Swarm stack; deploy --target compose probes every node")
+    if compose and kill_holders:
+        raise UsageError("--kill-holders kills Swarm tasks; a compose project has none")
+    if timeout and not kill_holders:
+        raise UsageError("--timeout is the wait of --kill-holders")
+    if timeout < 0:
+        raise UsageError("--timeout must be a number of seconds (0: the default)")
     name = _setting(c, "stack", stack)
     client = connect()
+    if kill_holders:
+        _kill_holders_check(client, name, format, timeout, all)
+        return
     if compose:
         from ..live.compose_project import check_project_dht as check
     result = check(client, name)
@@ -620,6 +646,31 @@ def dht_check(
         if probed is not None:
             print(probe_text(probed))
     if probed is not None and not probed.ok:
+        raise Exit(code=1)
+
+
+def _kill_holders_check(client: Any, name: str, format: str, timeout: int, all: bool) -> None:
+    """dht-check --kill-holders: progress on stderr, the outcome on stdout, exit 1 on failure."""
+    from ..live.holders import check_survival
+    from .console import probe_text, stderr_console, survival_text, with_progress
+
+    console = stderr_console()
+    result = with_progress(
+        console,
+        "kill-holders",
+        lambda progress: check_survival(client, name, timeout=timeout, progress=progress),
+    )
+    probed = _probe(client, name) if all else None
+    if format == "json":
+        out: dict[str, Any] = asdict(result)
+        if probed is not None:
+            out["probe"] = _probe_dict(probed)
+        _print_json(out)
+    else:
+        print(survival_text(result))
+        if probed is not None:
+            print(probe_text(probed))
+    if not result.ok or (probed is not None and not probed.ok):
         raise Exit(code=1)
 
 

@@ -28,8 +28,10 @@ is needed in front of it. The node
   time: once none answers (Swarm replaced a lost one), it joins again each
   round until one does, so the nodes that join the replacement and the older
   ones stay one DHT;
-* serves ``set`` / ``get`` / ``status`` on a Unix control socket (one JSON line
-  in, one out), where ``get`` always asks the network and never this node;
+* serves ``set`` / ``get`` / ``status`` / ``holds`` on a Unix control socket
+  (one JSON line in, one out), where ``get`` always asks the network and
+  never this node, and ``holds`` only says whether this node's own store has
+  the key (``dht-check --kill-holders`` finds the holders with it);
 * stops at once on SIGTERM/SIGINT and exits 0, so tearing down 1000 tasks does
   not wait out ``stop_grace_period`` per task.
 
@@ -836,7 +838,7 @@ class Lookup:
 
 
 class Request:
-    """One parsed control request: ``op`` plus, for set/get, a key (and a value)."""
+    """One parsed control request: ``op`` plus, for set/get/holds, a key (and a value)."""
 
     __slots__ = ("key", "op", "value")
 
@@ -874,13 +876,13 @@ def parse_request(raw: bytes) -> Request:
     op = data.get("op")
     if op == "status":
         return Request("status")
-    if op not in ("set", "get"):
-        raise RequestError(f"unknown op {op!r}; expected set, get or status")
+    if op not in ("set", "get", "holds"):
+        raise RequestError(f"unknown op {op!r}; expected set, get, holds or status")
     key = data.get("key")
     if not isinstance(key, str) or not key:
         raise RequestError(f"{op} needs a non-empty string 'key'")
-    if op == "get":
-        return Request("get", key)
+    if op in ("get", "holds"):
+        return Request(op, key)
     if "value" not in data:
         raise RequestError("set needs a 'value'")
     value = data["value"]
@@ -1642,7 +1644,14 @@ class DhtNode:
     ) -> None:
         attempt = self.attempt
         if attempt is None or name not in attempt.names:
-            return  # that attempt is over (it timed out, or someone answered)
+            # That attempt is over: it timed out, or a known peer answered
+            # before the name did, as a peer always does when a node joins
+            # again for a lost bootstrap. The new bootstrap must still hear
+            # from us, or the nodes that lived through the loss and those
+            # that joined it since stay two DHTs for good.
+            for address in found or ():
+                self._ping_bootstrap(address)
+            return
         attempt.names.remove(name)
         attempt.waiting -= 1
         if found is None:
@@ -1651,6 +1660,16 @@ class DhtNode:
             attempt.bootstraps.add(address)
             self._join_ping(attempt, address)
         self._join_check(attempt)
+
+    def _ping_bootstrap(self, address: tuple[str, int]) -> None:
+        """One ping to an address of BOOTSTRAP_NODES; its answer is a contact and a bootstrap."""
+
+        def answered(ok: bool, data: Any) -> None:
+            if ok and _is_id(data) and data not in (self.id, PROBE_NODE_ID):
+                self.welcome(data, address[0], address[1])
+                self.bootstrap_ids.add(data)
+
+        self.call(address, "ping", [self.id], answered)
 
     def _names_timed_out(self, attempt: _JoinAttempt) -> None:
         for host, port in attempt.names:
@@ -1960,6 +1979,14 @@ class DhtNode:
         key = request.key
         assert key is not None
         target = digest(key)
+        if request.op == "holds":
+            # Read-only and local: no lookup, nothing sent to the network.
+            held = self.storage.get(target) is not None
+            self._reply(
+                client,
+                {"ok": True, "key": key, "holds": held, "published": target in self.published},
+            )
+            return
         if request.op == "get":
             if not len(self.table):
                 raise RequestError("this node has no neighbours to ask")

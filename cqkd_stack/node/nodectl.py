@@ -1,4 +1,4 @@
-"""Talk to a running node's control socket: ``set KEY VALUE``, ``get KEY``, ``status``.
+"""Talk to a running node's control socket: ``set``, ``get``, ``holds`` and ``status``.
 
 ``dht-check`` runs this as a short Swarm job beside the node (sharing the
 volume that holds its socket) and parses the last line of its output, so
@@ -7,8 +7,8 @@ line on stdout with the elapsed ``seconds`` added. Standard library only: it
 must run in any image that has the package, without kademlia.
 
 Exit codes: 0 when the node said ``ok`` (for ``set``: and at least one node
-stored the value; for ``get``: and a value was found), 1 otherwise, 2 for a
-usage error.
+stored the value; for ``get``: and a value was found; for ``holds``: and this
+node's own store has the key), 1 otherwise, 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -93,6 +93,8 @@ def exit_code(op: str, reply: dict[str, Any]) -> int:
         return 1
     if op == "set" and not reply.get("stored"):
         return 1
+    if op == "holds" and not reply.get("holds"):
+        return 1
     return 0
 
 
@@ -112,12 +114,16 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_TIMEOUT,
         help="seconds to wait for the reply (default: %(default)s)",
     )
-    ops = parser.add_subparsers(dest="op", required=True, metavar="{set,get,status}")
+    ops = parser.add_subparsers(dest="op", required=True, metavar="{set,get,holds,status}")
     setter = ops.add_parser("set", help="store VALUE under KEY in the DHT")
     setter.add_argument("key")
     setter.add_argument("value")
     getter = ops.add_parser("get", help="look KEY up in the network (never the local store)")
     getter.add_argument("key")
+    holder = ops.add_parser(
+        "holds", help="whether this node's own store has KEY (asks no other node)"
+    )
+    holder.add_argument("key")
     ops.add_parser("status", help="role, port, node id and neighbour count")
     return parser
 
@@ -128,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: 2 for usage errors, 0 for --help
         return exc.code if isinstance(exc.code, int) else 2
     payload: dict[str, Any] = {"op": args.op}
-    if args.op in ("set", "get"):
+    if args.op in ("set", "get", "holds"):
         payload["key"] = args.key
     if args.op == "set":
         payload["value"] = args.value

@@ -1,0 +1,143 @@
+"""dht-check --kill-holders: the key it draws, the holders it kills, the containers it may touch.
+
+Pure logic only; tests/e2e/test_survival.py kills real holders on a real swarm.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+
+from cqkd_stack.core.errors import CqkdError
+from cqkd_stack.live.dhtcheck import Control
+from cqkd_stack.live.holders import (
+    DEFAULT_REPUBLISH_INTERVAL,
+    SERVICE_LABEL,
+    STACK_LABEL,
+    TASK_LABEL,
+    DhtTask,
+    K,
+    choose_victims,
+    closer_than,
+    draw_key,
+    is_task_container,
+    key_id,
+    survival_timeout,
+    task_order,
+)
+from cqkd_stack.node import daemon
+
+
+def test_a_key_s_place_is_the_node_s_own() -> None:
+    for key in ("k", "cqkd-survival-0a1b2c", "ünïcode"):
+        assert key_id(key) == daemon.digest(key)
+
+
+def test_the_node_keeps_its_k() -> None:
+    assert daemon.K == K
+
+
+@pytest.mark.parametrize("others", [1, 7, K, K + 1, 60])
+def test_the_drawn_key_leaves_the_publisher_out_of_its_closest(others: int) -> None:
+    publisher = os.urandom(20)
+    ids = [os.urandom(20) for _ in range(others)]
+    key = draw_key(publisher, ids)
+    closer = closer_than(key_id(key), publisher, ids)
+    # k or fewer others: the publisher is the farthest of all; more: k are closer.
+    assert closer >= min(K, others)
+    if others <= K:
+        assert closer == others
+
+
+def test_closer_than_counts_by_xor_distance() -> None:
+    key = bytes(20)
+    near, far = bytes(19) + b"\x01", b"\x80" + bytes(19)
+    assert closer_than(key, far, [near]) == 1
+    assert closer_than(key, near, [far]) == 0
+    # Equal distance is not closer.
+    assert closer_than(key, near, [near]) == 0
+
+
+def test_the_publisher_alone_cannot_be_checked() -> None:
+    me = os.urandom(20)
+    with pytest.raises(CqkdError, match="only node"):
+        draw_key(me, [me])
+
+
+def test_a_draw_that_never_fits_gives_up_instead_of_spinning() -> None:
+    publisher = bytes(20)
+    # Every key of this draw is nearer the publisher (id 0) than the other node's id.
+    other = b"\xff" * 20
+    fixed = next(k for k in (f"k{n}" for n in itertools.count()) if key_id(k)[0] < 0x80)
+    with pytest.raises(CqkdError, match="draws"):
+        draw_key(publisher, [other], draw=lambda: fixed)
+
+
+def test_every_holder_but_the_publisher_is_killed() -> None:
+    holds = {
+        "alice.1": {"ok": True, "holds": True, "published": True},
+        "bob.1": {"ok": True, "holds": True},
+        "bootstrap.1": {"ok": True, "holds": True},
+        "worker.10": {"ok": True, "holds": True},
+        "worker.9": {"ok": True, "holds": True},
+        "worker.2": {"ok": True, "holds": False},
+        # Nothing that is not a clear yes counts: a failed reply, a truthy non-bool.
+        "worker.3": {"ok": False, "holds": True},
+        "worker.4": {"ok": True, "holds": "yes"},
+    }
+    holders, victims = choose_victims(holds, "alice")
+    assert holders == ["alice.1", "bob.1", "bootstrap.1", "worker.9", "worker.10"]
+    assert victims == ["bob.1", "bootstrap.1", "worker.9", "worker.10"]
+
+
+def test_a_service_named_like_the_publisher_is_not_the_publisher() -> None:
+    holds = {"alice.1": {"ok": True, "holds": True}, "alice2.1": {"ok": True, "holds": True}}
+    assert choose_victims(holds, "alice")[1] == ["alice2.1"]
+
+
+def test_tasks_sort_by_service_then_slot_number() -> None:
+    names = ["worker.10", "bob.1", "worker.2", "worker.1"]
+    assert sorted(names, key=task_order) == ["bob.1", "worker.1", "worker.2", "worker.10"]
+
+
+TASK = DhtTask(
+    name="worker.3",
+    service="s1_worker",
+    task_id="task3",
+    control=Control("s1_worker", "node1", "c3", "img", "/tmp/cqkd-control.sock", None),
+)
+
+
+@pytest.mark.parametrize(
+    ("labels", "ours"),
+    [
+        ({STACK_LABEL: "s1", SERVICE_LABEL: "s1_worker", TASK_LABEL: "task3"}, True),
+        # Another stack's task, another task of ours, a container that is no task.
+        ({STACK_LABEL: "s2", SERVICE_LABEL: "s1_worker", TASK_LABEL: "task3"}, False),
+        ({STACK_LABEL: "s1", SERVICE_LABEL: "s1_worker", TASK_LABEL: "task4"}, False),
+        ({STACK_LABEL: "s1", SERVICE_LABEL: "s1_alice", TASK_LABEL: "task3"}, False),
+        ({}, False),
+    ],
+)
+def test_only_that_task_s_container_of_that_stack_may_be_killed(
+    labels: dict[str, str], ours: bool
+) -> None:
+    assert is_task_container(labels, "s1", TASK) is ours
+
+
+@pytest.mark.parametrize(
+    ("env", "interval", "timeout"),
+    [
+        ({}, DEFAULT_REPUBLISH_INTERVAL, DEFAULT_REPUBLISH_INTERVAL + 50),
+        ({"CQKD_REPUBLISH_INTERVAL": "5"}, 5, 55),
+        ({"CQKD_REPUBLISH_INTERVAL": "5", "CQKD_HEALTH_INTERVAL": "2"}, 5, 39),
+        # What the node would refuse to start with is not ours to judge: defaults.
+        ({"CQKD_REPUBLISH_INTERVAL": "soon"}, DEFAULT_REPUBLISH_INTERVAL, 3650),
+    ],
+)
+def test_the_default_wait_follows_the_publisher_s_republish_interval(
+    env: dict[str, str], interval: float, timeout: float
+) -> None:
+    assert survival_timeout(env) == (interval, timeout)
