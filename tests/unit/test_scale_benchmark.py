@@ -172,3 +172,11 @@ def test_the_final_cleanup_swallows_the_interrupt() -> None:
     with scale.interrupts_held("cleaning up", reraise=False):
         os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_all_joined_is_when_it_was_first_seen_not_when_the_wait_got_to_look() -> None:
+    # The all-running figures' probe found every task joined at 7.5 s; the
+    # wait for the join, which only starts after those figures, saw it at 15.
+    assert scale.joined_seconds(15.0, {"all_joined_by_seconds": 7.5}) == (7.5, True)
+    assert scale.joined_seconds(40.0, {}) == (40.0, False)
+    assert scale.joined_seconds(40.0, {"all_joined_by_seconds": None}) == (40.0, False)
