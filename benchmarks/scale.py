@@ -835,7 +835,9 @@ def _bare(
         try:
             ready = wait_until_ready(client, stack, remaining, progress=Throttled("bare joined"))
         except NotReady as exc:
-            out["not_joined"] = str(exc).splitlines()[0].removesuffix("; not ready:")
+            # "after N s" there is the wait's share, what all running left of the timeout.
+            said = str(exc).splitlines()[0].removesuffix("; not ready:")
+            out["not_joined"] = f"{said} of waiting for the join ({timeout:.0f} s timeout)"
             log(f"bare: not all joined: {out['not_joined']}")
             measure("timeout")
             return
