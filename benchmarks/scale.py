@@ -885,7 +885,11 @@ def stage_project(stacks: Stacks, workers: int, timeout: float, out: dict) -> No
             )  # fmt: skip
         except Exception:
             # Deployed but not all joined in time: what runs is still measured.
-            if stack_leftovers(stacks.client, stack)["services"]:
+            # Nothing here may hide the deploy's own error.
+            deployed = False
+            with contextlib.suppress(Exception):
+                deployed = bool(stack_leftovers(stacks.client, stack)["services"])
+            if deployed:
                 measure("timeout")
             raise
         tasks = summary.get("tasks")
