@@ -88,6 +88,10 @@ MEMORY_GAP = 3.0
 REPEAT = 5
 # Stacks.clean's tries at a stack a stage's own teardown left behind.
 CLEAN_ATTEMPTS = 3
+# --timeout is a deploy's budget; a teardown gets at least this (a plain
+# `docker stack rm` of 1000 tasks took ~3 minutes), so a short deploy
+# timeout never leaves a stack behind.
+TEARDOWN_MIN_SECONDS = 600.0
 MIB = 1024 * 1024
 GWBRIDGE_PORTS = Path("/sys/class/net/docker_gwbridge/brif")
 BRIDGE_MAX_PORTS = 1024  # BR_MAX_PORTS in the Linux bridge driver
@@ -289,7 +293,7 @@ def user_teardown(client: docker.DockerClient, stack: str, timeout: float) -> fl
             user_stack_rm(stack)
             last_rm = time.monotonic()
         if time.monotonic() - start > timeout:
-            raise TimeoutError(f"{stack}: still there after {timeout:.0f} s: {left}")
+            raise TimeoutError(f"{leftovers_text(left)} left after {timeout:.0f} s")
         time.sleep(POLL_SECONDS)
 
 
@@ -348,6 +352,22 @@ def interrupts_held(what: str, reraise: bool = True) -> Any:
         raise KeyboardInterrupt(f"signal {caught[0]}")
 
 
+def teardown_budget(timeout: float) -> float:
+    """Seconds a teardown may take: the deploy's timeout, but never less than the minimum."""
+    return max(timeout, TEARDOWN_MIN_SECONDS)
+
+
+def brief(text: str, limit: int = 300) -> str:
+    """An error for the table: its first line, and the first line that says "error:" if
+    another one does (the CLI's own words, after its progress output); JSON keeps it all."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    said = next((line for line in lines[1:] if "error:" in line), None)
+    shown = f"{lines[0]} ... {said}" if said else lines[0]
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
 def leftovers_text(left: dict[str, list[str]]) -> str:
     """What is left of a stack, counted by kind ("3 containers, 1 networks")."""
     return ", ".join(f"{len(names)} {kind}" for kind, names in left.items() if names) or "nothing"
@@ -376,7 +396,7 @@ def take_down(
             log(f"{what}: gone after {out['teardown_seconds']:.1f} s")
         except Exception as exc:
             out["teardown_error"] = f"{type(exc).__name__}: {exc}"
-            log(f"{what}: teardown failed ({out['teardown_error']}); removed again at the end")
+            log(f"{what}: teardown failed ({brief(out['teardown_error'])}); tried again at the end")
 
 
 class Stacks:
@@ -739,7 +759,8 @@ def stage_floor(
         # The same stepped removal as the project's teardown: the engine's own
         # ceiling for that method (a plain `docker stack rm` of 1000 sleepers
         # once took containerd and dockerd down here).
-        take_down(stacks, stack, out, "floor", lambda: stepped_removal(client, stack, timeout))
+        budget = teardown_budget(timeout)
+        take_down(stacks, stack, out, "floor", lambda: stepped_removal(client, stack, budget))
 
 
 def joined_seconds(waited: float, at_running: dict[str, Any]) -> tuple[float, bool]:
@@ -848,7 +869,8 @@ def _bare(
         log(f"bare: all {ready.total} joined after {out['joined_seconds']:.1f} s")
         measure("all_joined")
     finally:
-        take_down(stacks, stack, out, "bare", lambda: user_teardown(client, stack, timeout))
+        budget = teardown_budget(timeout)
+        take_down(stacks, stack, out, "bare", lambda: user_teardown(client, stack, budget))
 
 
 def project_teardown(stack: str, timeout: float) -> float:
@@ -905,7 +927,8 @@ def stage_project(stacks: Stacks, workers: int, timeout: float, out: dict) -> No
         measure.tasks = tasks
         measure("all_joined")
     finally:
-        take_down(stacks, stack, out, "project", lambda: project_teardown(stack, timeout))
+        budget = teardown_budget(timeout)
+        take_down(stacks, stack, out, "project", lambda: project_teardown(stack, budget))
         out["engine_alive_after_teardown"] = engine_alive()
 
 
@@ -919,7 +942,7 @@ def run_stage(name: str, results: dict, body: Callable[[dict], None]) -> None:
         body(out)
     except Exception as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"
-        log(f"{name}: FAILED: {out['error']}")
+        log(f"{name}: FAILED: {brief(out['error'])}")
     finally:
         settle(out)
 
@@ -1071,12 +1094,12 @@ def stage_notes(name: str, stage: dict) -> list[str]:
             f"{stage['all_running_figures_seconds']:.1f} s its all-running figures took"
         )
     if "error" in stage:
-        notes.append(f"{name}: FAILED: {stage['error']}")
+        notes.append(f"{name}: FAILED: {brief(stage['error'])}")
     for moment, taken in (stage.get("figures") or {}).items():
         for figure, error in (taken.get("errors") or {}).items():
-            notes.append(f"{name}: {figure} at {MOMENT_NAMES[moment]} failed: {error}")
+            notes.append(f"{name}: {figure} at {MOMENT_NAMES[moment]} failed: {brief(error)}")
     if "teardown_error" in stage:
-        notes.append(f"{name}: teardown failed: {stage['teardown_error']}")
+        notes.append(f"{name}: teardown failed: {brief(stage['teardown_error'])}")
     return notes
 
 
@@ -1248,7 +1271,7 @@ def main() -> int:
         results["interrupted"] = str(exc) or "Ctrl-C"
         log(f"interrupted ({results['interrupted']}): cleaning up")
     finally:
-        results["left_behind"] = stacks.clean(args.timeout)
+        results["left_behind"] = stacks.clean(teardown_budget(args.timeout))
         results["targets"] = judge(results)
         if args.json is not None:
             write_atomically(args.json, json.dumps(results, indent=2) + "\n")

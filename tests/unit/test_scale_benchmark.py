@@ -180,3 +180,23 @@ def test_all_joined_is_when_it_was_first_seen_not_when_the_wait_got_to_look() ->
     assert scale.joined_seconds(15.0, {"all_joined_by_seconds": 7.5}) == (7.5, True)
     assert scale.joined_seconds(40.0, {}) == (40.0, False)
     assert scale.joined_seconds(40.0, {"all_joined_by_seconds": None}) == (40.0, False)
+
+
+def test_a_failed_deploy_is_told_in_the_cli_s_own_words_and_in_one_line() -> None:
+    error = (
+        "RuntimeError: cqkd-stack deploy --replicas 20 --stack s --timeout 3 exited 1:\n"
+        "[13:39:21] deploying stack 's'\n"
+        "starting: 13/23 running, 13/23 joined  13/23 0:00:04\n"
+        "cqkd-stack: error: stack 's': 13/23 tasks running, 13 in the DHT after 3 s; not ready:\n"
+        "  s_bob.1: starting (starting)\n"
+    )
+    shown = scale.brief(error)
+    assert shown.startswith("RuntimeError: cqkd-stack deploy")
+    assert "cqkd-stack: error: stack 's': 13/23 tasks running" in shown
+    assert "\n" not in shown and "s_bob.1" not in shown
+    assert len(scale.brief("x" * 1000)) == 300
+
+
+def test_a_short_deploy_timeout_does_not_shorten_the_teardown() -> None:
+    assert scale.teardown_budget(3) == scale.TEARDOWN_MIN_SECONDS
+    assert scale.teardown_budget(1800) == 1800
