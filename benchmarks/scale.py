@@ -1096,6 +1096,13 @@ def stage_notes(name: str, stage: dict) -> list[str]:
     if "error" in stage:
         notes.append(f"{name}: FAILED: {brief(stage['error'])}")
     for moment, taken in (stage.get("figures") or {}).items():
+        fell = _get(taken, "memory", "used_growth_bytes")
+        if fell is not None and fell < 0:
+            notes.append(
+                f"{name}: host memory at {MOMENT_NAMES[moment]} was {-fell / MIB:.0f} MiB below "
+                "its reading before the deploy: something else on the machine freed memory, "
+                "so that figure is not the stack's"
+            )
         for figure, error in (taken.get("errors") or {}).items():
             notes.append(f"{name}: {figure} at {MOMENT_NAMES[moment]} failed: {brief(error)}")
     if "teardown_error" in stage:

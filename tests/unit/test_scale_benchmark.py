@@ -200,3 +200,11 @@ def test_a_failed_deploy_is_told_in_the_cli_s_own_words_and_in_one_line() -> Non
 def test_a_short_deploy_timeout_does_not_shorten_the_teardown() -> None:
     assert scale.teardown_budget(3) == scale.TEARDOWN_MIN_SECONDS
     assert scale.teardown_budget(1800) == 1800
+
+
+def test_memory_that_fell_during_a_stage_is_not_passed_off_as_the_stack_s() -> None:
+    results = _results()
+    results["stages"]["bare"]["figures"]["timeout"]["memory"]["used_growth_bytes"] = -(2**30)
+    text = scale.table(results)
+    assert "bare: host memory at timeout was 1024 MiB below its reading before" in text
+    assert "host memory at all running" not in text
