@@ -376,11 +376,12 @@ def leftovers_text(left: dict[str, list[str]]) -> str:
 def take_down(
     stacks: Stacks, stack: str, out: dict, what: str, method: Callable[[], float]
 ) -> None:
-    """A stage's teardown by ``method`` (timed by it); it never raises.
+    """A stage's teardown by ``method`` (timed by it); no error of it leaves here.
 
     Whatever it leaves, or whatever goes wrong, is recorded in the stage and
     left in ``stacks`` for ``Stacks.clean`` to remove at the end, so the
     stage's own error (if any) is the one reported and the next stage runs.
+    The one thing raised is an interrupt that came meanwhile, once it is done.
     """
     with interrupts_held(f"removing {stack}"):
         try:
