@@ -15,10 +15,22 @@ waited for before the next starts:
    then ``probe``, ``dht-check``, ``ports`` and ``teardown``.
 
 Host memory is ``free -b`` "used" (median of 3 readings a few seconds apart)
-before the deploy and once all tasks are up, divided by the task count: it
-includes the containers' shims, network namespaces and the engine's own
-growth, not just the node processes. Progress goes to stderr, the table to
-stdout, the figures to ``--json FILE``.
+before the deploy and at each moment below, divided by the tasks running
+then: it includes the containers' shims, network namespaces and the engine's
+own growth, not just the node processes.
+
+Figures (memory, and for the DHT stages probe, ports, dht-check) are taken at
+every moment a stage reaches: all running (floor, bare), all joined (bare,
+project), and the timeout when a stack never got all running or all joined.
+A baseline that never fully joins is so still measured, at all-running and
+at the timeout; the table says which moment each stage's figures are from.
+Every stage removes its stack however it ends (its own teardown, then up to
+three more tries at the end of the run), never raising out of the run; a
+Ctrl-C or SIGTERM waits for a removal under way, then the run cleans up and
+prints what it has. ``--bare-lonely N`` makes N of the bare workers unable to
+join, so a small run takes the never-joined path for real.
+
+Progress goes to stderr, the table to stdout, the figures to ``--json FILE``.
 
     python benchmarks/scale.py --workers 1000 --json scale.json
 """
@@ -27,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime as dt
 import hashlib
 import ipaddress
@@ -47,17 +60,24 @@ from string import Template
 from typing import Any
 
 import docker
+import yaml
 
 from cqkd_stack.core.files import write_atomically
 from cqkd_stack.host import sysctls
 from cqkd_stack.host.images import host_base_image
 from cqkd_stack.live.inspection import STACK_LABEL, stack_filter, stack_leftovers
+from cqkd_stack.live.readiness import remove_probes
 from cqkd_stack.live.teardown import stack_rm
+from cqkd_stack.live.waits import NotReady, wait_until_ready
 
 NAIVE_DIR = Path(__file__).resolve().parent / "naive"
 NAIVE_IMAGE = "cqkd-naive-node:bench"
 RECIPE_LABEL = "cqkd.bench.recipe"
 RECIPE_FILES = ("Dockerfile", "naive_node.py", "requirements.txt")
+# --bare-lonely workers: their "bootstrap" is an address where nothing answers
+# (TEST-NET-1, RFC 5737), and their ports a range of their own.
+NOWHERE = "192.0.2.1"
+LONELY_BASE_PORT = 9000
 # Overlay subnets of the floor and bare stacks; the project picks its own
 # from 10.213.0.0/16, so they never collide with it.
 SUBNET_POOL = ipaddress.IPv4Network("10.232.0.0/16")
@@ -66,6 +86,12 @@ PROGRESS_EVERY = 10.0
 MEMORY_READINGS = 3
 MEMORY_GAP = 3.0
 REPEAT = 5
+# Stacks.clean's tries at a stack a stage's own teardown left behind.
+CLEAN_ATTEMPTS = 3
+# --timeout is a deploy's budget; a teardown gets at least this (a plain
+# `docker stack rm` of 1000 tasks took ~3 minutes), so a short deploy
+# timeout never leaves a stack behind.
+TEARDOWN_MIN_SECONDS = 600.0
 MIB = 1024 * 1024
 GWBRIDGE_PORTS = Path("/sys/class/net/docker_gwbridge/brif")
 BRIDGE_MAX_PORTS = 1024  # BR_MAX_PORTS in the Linux bridge driver
@@ -228,14 +254,7 @@ def wait_running(
     flt = {**stack_filter(stack), "desired-state": "running"}
     progress = Throttled(what)
     while True:
-        tasks = client.api.tasks(filters=flt)
-        running = len(
-            {
-                (t["ServiceID"], t.get("Slot"))
-                for t in tasks
-                if t.get("Status", {}).get("State") == "running"
-            }
-        )
+        running = running_slots(client.api.tasks(filters=flt))
         progress(running, total, f"{running}/{total} running")
         if running >= total:
             return
@@ -244,14 +263,25 @@ def wait_running(
         time.sleep(POLL_SECONDS)
 
 
+def user_stack_rm(stack: str) -> None:
+    """One ``docker stack rm``, in a session of its own: a Ctrl-C meant for the
+    benchmark must not cut short the removal it is waiting for."""
+    subprocess.run(
+        ["docker", "stack", "rm", stack], capture_output=True, text=True, start_new_session=True
+    )
+
+
 def user_teardown(client: docker.DockerClient, stack: str, timeout: float) -> float:
     """``docker stack rm`` as a user runs it, until containers and network are gone.
 
     The network's removal fails while tasks still hold it; a user runs
     ``docker stack rm`` again once the containers are gone, and so do we.
+    A probe container that an interrupted ``probe`` left would hold the
+    network too: it goes first.
     """
     start = time.monotonic()
-    subprocess.run(["docker", "stack", "rm", stack], capture_output=True, text=True)
+    remove_probes(client, stack)
+    user_stack_rm(stack)
     last_rm = time.monotonic()
     progress = Throttled(f"docker stack rm {stack}")
     while True:
@@ -260,10 +290,10 @@ def user_teardown(client: docker.DockerClient, stack: str, timeout: float) -> fl
             return time.monotonic() - start
         progress(0, 0, f"{len(left['containers'])} containers, {len(left['networks'])} networks")
         if not left["containers"] and time.monotonic() - last_rm >= 2 * POLL_SECONDS:
-            subprocess.run(["docker", "stack", "rm", stack], capture_output=True, text=True)
+            user_stack_rm(stack)
             last_rm = time.monotonic()
         if time.monotonic() - start > timeout:
-            raise TimeoutError(f"{stack}: still there after {timeout:.0f} s: {left}")
+            raise TimeoutError(f"{leftovers_text(left)} left after {timeout:.0f} s")
         time.sleep(POLL_SECONDS)
 
 
@@ -299,6 +329,77 @@ def engine_alive() -> bool:
     return False
 
 
+@contextlib.contextmanager
+def interrupts_held(what: str, reraise: bool = True) -> Any:
+    """Ctrl-C and SIGTERM wait until ``what`` is done: a teardown cut in half leaves a stack.
+
+    The interrupt is not lost: with ``reraise`` it is raised once the block
+    is over, so the run still stops (and cleans up) as asked.
+    """
+    caught: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        caught.append(signum)
+        log(f"signal {signum}: {what} first, then the run stops")
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught and reraise:
+        raise KeyboardInterrupt(f"signal {caught[0]}")
+
+
+def teardown_budget(timeout: float) -> float:
+    """Seconds a teardown may take: the deploy's timeout, but never less than the minimum."""
+    return max(timeout, TEARDOWN_MIN_SECONDS)
+
+
+def brief(text: str, limit: int = 300) -> str:
+    """An error for the table: its first line, and the first line that says "error:" if
+    another one does (the CLI's own words, after its progress output); JSON keeps it all."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    said = next((line for line in lines[1:] if "error:" in line), None)
+    shown = f"{lines[0]} ... {said}" if said else lines[0]
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def leftovers_text(left: dict[str, list[str]]) -> str:
+    """What is left of a stack, counted by kind ("3 containers, 1 networks")."""
+    return ", ".join(f"{len(names)} {kind}" for kind, names in left.items() if names) or "nothing"
+
+
+def take_down(
+    stacks: Stacks, stack: str, out: dict, what: str, method: Callable[[], float]
+) -> None:
+    """A stage's teardown by ``method`` (timed by it); no error of it leaves here.
+
+    Whatever it leaves, or whatever goes wrong, is recorded in the stage and
+    left in ``stacks`` for ``Stacks.clean`` to remove at the end, so the
+    stage's own error (if any) is the one reported and the next stage runs.
+    The one thing raised is an interrupt that came meanwhile, once it is done.
+    """
+    with interrupts_held(f"removing {stack}"):
+        try:
+            if not any(stack_leftovers(stacks.client, stack).values()):
+                stacks.gone(stack)  # never deployed (the deploy itself failed)
+                return
+            log(f"{what}: removing {stack}")
+            out["teardown_seconds"] = method()
+            left = stack_leftovers(stacks.client, stack)
+            if any(left.values()):
+                raise RuntimeError(f"{leftovers_text(left)} still there")
+            stacks.gone(stack)
+            log(f"{what}: gone after {out['teardown_seconds']:.1f} s")
+        except Exception as exc:
+            out["teardown_error"] = f"{type(exc).__name__}: {exc}"
+            log(f"{what}: teardown failed ({brief(out['teardown_error'])}); tried again at the end")
+
+
 class Stacks:
     """Every stack this run created; whatever is left is removed in ``finally``."""
 
@@ -316,16 +417,44 @@ class Stacks:
         with contextlib.suppress(ValueError):
             self.live.remove(stack)
 
-    def clean(self, timeout: float) -> None:
-        """Remove what is left, large stacks in steps (1000 at once can kill containerd)."""
-        for stack in list(self.live):
+    def clean(self, timeout: float) -> list[str]:
+        """Remove what is left, large stacks in steps (1000 at once can kill containerd).
+
+        Each stack is tried CLEAN_ATTEMPTS times, until its services,
+        containers and networks are all gone; nothing raises out of here,
+        and an interrupt waits until the removal is over. Returns the stacks
+        that could not be removed (each named in the log with what is left).
+        """
+        failed = []
+        with interrupts_held("cleaning up", reraise=False):
+            for stack in list(self.live):
+                if self._remove(stack, timeout):
+                    self.gone(stack)
+                else:
+                    failed.append(stack)
+        return failed
+
+    def _remove(self, stack: str, timeout: float) -> bool:
+        left: dict[str, list[str]] | str = "not read"
+        # One more look than tries: the last try's removal may finish late.
+        for attempt in range(1, CLEAN_ATTEMPTS + 2):
             try:
-                if any(stack_leftovers(self.client, stack).values()):
-                    log(f"cleaning up stack {stack}")
-                    stack_rm(self.client, stack, timeout, Throttled(f"cleaning {stack}"))
-                self.gone(stack)
+                left = stack_leftovers(self.client, stack)
+                if not any(left.values()):
+                    return True
+                if attempt > CLEAN_ATTEMPTS:
+                    break
+                log(f"cleaning up stack {stack} ({leftovers_text(left)}), try {attempt}")
+                removed = stack_rm(self.client, stack, timeout, Throttled(f"cleaning {stack}"))
+                if removed.complete:
+                    return True
+                left = removed.left
             except Exception as exc:
-                log(f"could not remove stack {stack}: {exc}; remove it by hand")
+                log(f"cleaning up stack {stack}, try {attempt}: {type(exc).__name__}: {exc}")
+            time.sleep(POLL_SECONDS * attempt)
+        shown = leftovers_text(left) if isinstance(left, dict) else left
+        log(f"could not remove stack {stack} ({shown} left): remove it by hand")
+        return False
 
 
 # --- the naive image ----------------------------------------------------------------
@@ -378,14 +507,21 @@ def ensure_naive_image(client: docker.DockerClient) -> str:
 # --- the project's CLI ------------------------------------------------------------------
 
 
-def cqkd(*args: str, timeout: float = 600) -> tuple[float, subprocess.CompletedProcess[str]]:
-    """``python -m cqkd_stack ARGS`` as an operator runs it: wall time and result."""
+def cqkd(
+    *args: str, timeout: float = 600, new_session: bool = False
+) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """``python -m cqkd_stack ARGS`` as an operator runs it: wall time and result.
+
+    ``new_session`` keeps a terminal's Ctrl-C from reaching it (for a
+    teardown, which must finish once started).
+    """
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "cqkd_stack", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
+        start_new_session=new_session,
     )
     return time.perf_counter() - start, done
 
@@ -400,20 +536,30 @@ def cqkd_json(*args: str, timeout: float = 600, ok_codes: tuple[int, ...] = (0,)
 
 
 def probe_figures(stack: str) -> dict[str, Any]:
-    """``probe`` five times: wall time, its own seconds, answered/total (median run)."""
-    walls, seconds, answered, total = [], [], [], 0
+    """``probe`` five times: wall time, its own seconds (medians), worst answered and joined.
+
+    Also when (``time.monotonic()``) the first round that found every task
+    joined ended, if one did: a bound on when the stack was all joined.
+    """
+    walls, seconds, answered, joined, total = [], [], [], [], 0
+    all_joined_at = None
     for _ in range(REPEAT):
         # Exit 1 means some task was silent: a figure, not a failure.
         wall, out = cqkd_json("probe", "--stack", stack, "--format", "json", ok_codes=(0, 1))
         walls.append(wall)
         seconds.append(out["seconds"])
         answered.append(out["answered"])
+        joined.append(out["joined"])
         total = out["total"]
+        if all_joined_at is None and total and out["joined"] == total:
+            all_joined_at = time.monotonic()
     return {
         "probe_wall_seconds": statistics.median(walls),
         "probe_seconds": statistics.median(seconds),
         "probe_answered_min": min(answered),
+        "probe_joined_min": min(joined),
         "probe_total": total,
+        "probe_all_joined_at": all_joined_at,
     }
 
 
@@ -423,6 +569,133 @@ def ports_seconds(stack: str) -> float:
         wall, _ = cqkd_json("ports", "--stack", stack, "--format", "json", ok_codes=(0, 1))
         walls.append(wall)
     return statistics.median(walls)
+
+
+def dht_check_figures(stack: str) -> dict[str, float]:
+    """``dht-check`` five times: its own round trip and the wall time (medians)."""
+    trips, walls = [], []
+    for _ in range(REPEAT):
+        wall, check = cqkd_json("dht-check", "--stack", stack, "--format", "json")
+        walls.append(wall)
+        trips.append(check["round_trip_seconds"])
+    return {
+        "dht_check_seconds": statistics.median(trips),
+        "dht_check_wall_seconds": statistics.median(walls),
+    }
+
+
+# --- figures at each moment -------------------------------------------------------------
+
+# When a stage's figures are taken, in the order its headline prefers them: a
+# stack that joined is measured as it stays; one that never did, at the
+# timeout (the longest it was given); at all-running is the earliest set.
+# The project's deploy command returns only at all joined (or fails at its
+# timeout), so it has no all-running set; the floor has no DHT to join.
+MOMENTS = ("all_joined", "timeout", "all_running")
+MOMENT_NAMES = {"all_joined": "all joined", "timeout": "timeout", "all_running": "all running"}
+# A set's figures that the stage's headline (its column in the table) takes.
+HEADLINE_KEYS = (
+    "memory",
+    "probe_wall_seconds",
+    "probe_seconds",
+    "probe_answered_min",
+    "probe_joined_min",
+    "probe_total",
+    "ports_seconds",
+    "dht_check_seconds",
+    "dht_check_wall_seconds",
+)
+
+
+def headline(figures: dict[str, dict[str, Any]]) -> tuple[str | None, dict[str, Any]]:
+    """The moment whose figures stand for a stage, and that set; (None, {}) if none was taken."""
+    for moment in MOMENTS:
+        if moment in figures:
+            return moment, figures[moment]
+    return None, {}
+
+
+def settle(out: dict) -> None:
+    """Copy the headline set's figures to the stage, and say which moment they are from."""
+    moment, chosen = headline(out.get("figures") or {})
+    out["figures_at"] = moment
+    for key in HEADLINE_KEYS:
+        if key in chosen:
+            out[key] = chosen[key]
+
+
+def running_slots(tasks: list[dict[str, Any]]) -> int:
+    """Slots with a running task: a task and its replacement both running count once."""
+    return len(
+        {
+            (t["ServiceID"], t.get("Slot"))
+            for t in tasks
+            if t.get("Status", {}).get("State") == "running"
+        }
+    )
+
+
+class Measure:
+    """Takes a stage's figures at one moment: each that can be taken, none fatal.
+
+    A figure that fails (a probe that errs, an engine that does not answer)
+    is recorded in the set's ``errors`` and the others are still taken, so a
+    stack that never fully joins, or a stage that times out, still reports
+    what it cost. Memory is divided by the slots running at that moment.
+    """
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        what: str,
+        stack: str,
+        out: dict,
+        before: dict[str, int],
+        start: float,
+        tasks: int,
+        dht: bool,
+        dht_check: bool = False,
+    ) -> None:
+        self.client, self.what, self.stack, self.out = client, what, stack, out
+        self.before, self.start, self.tasks = before, start, tasks
+        self.dht, self.dht_check = dht, dht_check
+
+    def __call__(self, moment: str) -> dict[str, Any]:
+        began = time.monotonic()
+        taken: dict[str, Any] = {"at_seconds": began - self.start, "tasks": self.tasks}
+        errors: dict[str, str] = {}
+        log(f"{self.what}: figures at {MOMENT_NAMES[moment]} ({taken['at_seconds']:.1f} s)")
+
+        def attempt(name: str, figure: Callable[[], Any]) -> Any:
+            try:
+                return figure()
+            except Exception as exc:
+                errors[name] = f"{type(exc).__name__}: {exc}"[-500:]
+                log(f"{self.what}: {name} at {MOMENT_NAMES[moment]} failed: {errors[name]}")
+                return None
+
+        flt = {**stack_filter(self.stack), "desired-state": "running"}
+        running = attempt("running", lambda: running_slots(self.client.api.tasks(filters=flt)))
+        taken["running"] = running
+        if self.dht:
+            # The probe first: at all-running, whether every task has joined
+            # already is the figure that ages fastest.
+            taken.update(attempt("probe", lambda: probe_figures(self.stack)) or {})
+            seen = taken.pop("probe_all_joined_at", None)
+            if seen is not None:
+                taken["all_joined_by_seconds"] = seen - self.start
+        after = attempt("memory", memory)
+        if after is not None:
+            taken["memory"] = memory_figures(self.before, after, running or self.tasks)
+        if self.dht:
+            taken["ports_seconds"] = attempt("ports", lambda: ports_seconds(self.stack))
+        if self.dht_check:
+            taken.update(attempt("dht_check", lambda: dht_check_figures(self.stack)) or {})
+        if errors:
+            taken["errors"] = errors
+        taken["seconds_taken"] = time.monotonic() - began
+        self.out.setdefault("figures", {})[moment] = taken
+        return taken
 
 
 # --- stages ---------------------------------------------------------------------------
@@ -451,6 +724,14 @@ def untuned(out: dict) -> Any:
                 sysctls.write(key, value)
 
 
+def stepped_removal(client: docker.DockerClient, stack: str, timeout: float) -> float:
+    """The project's stepped removal (cqkd_stack.live.teardown.stack_rm); seconds."""
+    removed = stack_rm(client, stack, timeout, Throttled(f"removing {stack}"))
+    if not removed.complete:
+        raise TimeoutError(f"{leftovers_text(removed.left)} left after {removed.seconds:.0f} s")
+    return removed.seconds
+
+
 def stage_floor(
     client: docker.DockerClient, stacks: Stacks, workers: int, timeout: float, out: dict
 ) -> None:
@@ -463,21 +744,34 @@ def stage_floor(
     before = memory()
     log(f"floor: deploying {workers} x sleep infinity as {stack} ({subnet})")
     start = time.monotonic()
+    measure = Measure(client, "floor", stack, out, before, start, workers, dht=False)
     try:
         docker_stack_deploy(text, stack)
-        wait_running(client, stack, workers, start + timeout, "floor")
+        try:
+            wait_running(client, stack, workers, start + timeout, "floor")
+        except TimeoutError as exc:
+            out["not_running"] = str(exc)
+            measure("timeout")
+            return
         out["running_seconds"] = time.monotonic() - start
         log(f"floor: all {workers} running after {out['running_seconds']:.1f} s")
-        out["memory"] = memory_figures(before, memory(), workers)
+        measure("all_running")
     finally:
         # The same stepped removal as the project's teardown: the engine's own
         # ceiling for that method (a plain `docker stack rm` of 1000 sleepers
         # once took containerd and dockerd down here).
-        log(f"floor: stepped removal of {stack} (cqkd_stack.live.teardown.stack_rm)")
-        removed = stack_rm(client, stack, timeout, Throttled("floor teardown"))
-        out["teardown_seconds"] = removed.seconds
-        stacks.gone(stack)
-        log(f"floor: gone after {out['teardown_seconds']:.1f} s")
+        budget = teardown_budget(timeout)
+        take_down(stacks, stack, out, "floor", lambda: stepped_removal(client, stack, budget))
+
+
+def joined_seconds(waited: float, at_running: dict[str, Any]) -> tuple[float, bool]:
+    """When the stack was first seen all joined: by the wait, or earlier by the probe of the
+    all-running figures (taken while the wait had not started yet); and whether it was the latter.
+    """
+    seen = at_running.get("all_joined_by_seconds")
+    if seen is not None and seen < waited:
+        return seen, True
+    return waited, False
 
 
 def stage_bare(
@@ -487,14 +781,40 @@ def stage_bare(
     timeout: float,
     init: bool,
     as_setup_leaves_it: bool,
+    lonely: int,
     out: dict,
 ) -> None:
     if as_setup_leaves_it:
         tuned(out)
-        _bare(client, stacks, workers, timeout, init, out)
+        _bare(client, stacks, workers, timeout, init, lonely, out)
     else:
         with untuned(out):
-            _bare(client, stacks, workers, timeout, init, out)
+            _bare(client, stacks, workers, timeout, init, lonely, out)
+
+
+def bare_stack_text(workers: int, lonely: int, subnet: str, init: bool) -> str:
+    """The naive stack: a bootstrap and ``workers`` workers, ``lonely`` of them unable to join.
+
+    A lonely worker is the naive worker with ``bootstrap`` resolving, through
+    its /etc/hosts, to an address where nothing answers (TEST-NET-1): it runs
+    and listens but never finds anybody, as the 8 of 1001 that never joined
+    in the 1000-worker run. It lets a small run take the path of a baseline
+    that never fully joins.
+    """
+    text = Template((NAIVE_DIR / "naive.stack.yml").read_text()).substitute(
+        WORKERS=workers - lonely, SUBNET=subnet, INIT="true" if init else "false"
+    )
+    if not lonely:
+        return text
+    doc = yaml.safe_load(text)
+    worker = doc["services"]["worker"]
+    doc["services"]["lonely"] = {
+        **copy.deepcopy(worker),
+        "environment": {**worker["environment"], "BASE_PORT": str(LONELY_BASE_PORT)},
+        "extra_hosts": [f"bootstrap:{NOWHERE}"],
+        "deploy": {**copy.deepcopy(worker["deploy"]), "replicas": lonely},
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
 
 
 def _bare(
@@ -503,6 +823,7 @@ def _bare(
     workers: int,
     timeout: float,
     init: bool,
+    lonely: int,
     out: dict,
 ) -> None:
     out["image"] = f"{NAIVE_IMAGE} ({ensure_naive_image(client)})"
@@ -510,53 +831,90 @@ def _bare(
     stack = stacks.new("bare")
     subnet = free_subnet(client, workers + 1)
     tasks = workers + 1
-    out.update(stack=stack, subnet=subnet, tasks=tasks, init=init)
-    text = Template((NAIVE_DIR / "naive.stack.yml").read_text()).substitute(
-        WORKERS=workers, SUBNET=subnet, INIT="true" if init else "false"
-    )
+    out.update(stack=stack, subnet=subnet, tasks=tasks, init=init, lonely=lonely)
+    text = bare_stack_text(workers, lonely, subnet, init)
     before = memory()
     log(f"bare: deploying bootstrap + {workers} naive workers as {stack} ({subnet})")
     start = time.monotonic()
+    measure = Measure(client, "bare", stack, out, before, start, tasks, dht=True)
     try:
         docker_stack_deploy(text, stack)
-        wait_running(client, stack, tasks, start + timeout, "bare")
+        try:
+            wait_running(client, stack, tasks, start + timeout, "bare")
+        except TimeoutError as exc:
+            out["not_running"] = str(exc)
+            measure("timeout")
+            return
         out["running_seconds"] = time.monotonic() - start
         log(f"bare: all {tasks} running after {out['running_seconds']:.1f} s")
-        try:
-            from cqkd_stack.live.waits import wait_until_ready
-        except ImportError:
-            raise RuntimeError(
-                "cqkd_stack.live.waits.wait_until_ready is missing (issue 8, item 1): "
-                "cannot measure all-joined the same way as for the project"
-            ) from None
+        # Taken before waiting for the join, so a stack that never joins has
+        # them too. The join wait goes on from here, so all-joined (if it
+        # comes) is late by at most this long, unless the figures' own probe
+        # already found every task joined: then that is when it was seen.
+        at_running = measure("all_running")
+        out["all_running_figures_seconds"] = at_running["seconds_taken"]
         remaining = max(start + timeout - time.monotonic(), 1.0)
-        ready = wait_until_ready(client, stack, remaining, progress=Throttled("bare joined"))
-        out["joined_seconds"] = time.monotonic() - start
+        try:
+            ready = wait_until_ready(client, stack, remaining, progress=Throttled("bare joined"))
+        except NotReady as exc:
+            # "after N s" there is the wait's share, what all running left of the timeout.
+            said = str(exc).splitlines()[0].removesuffix("; not ready:")
+            out["not_joined"] = f"{said} of waiting for the join ({timeout:.0f} s timeout)"
+            log(f"bare: not all joined: {out['not_joined']}")
+            measure("timeout")
+            return
+        out["joined_seconds"], seen_early = joined_seconds(time.monotonic() - start, at_running)
+        if seen_early:
+            out["joined_seen_by"] = "the all-running figures' probe"
         out["ready_total"] = ready.total
         log(f"bare: all {ready.total} joined after {out['joined_seconds']:.1f} s")
-        out["memory"] = memory_figures(before, memory(), tasks)
-        out.update(probe_figures(stack))
-        out["ports_seconds"] = ports_seconds(stack)
+        measure("all_joined")
     finally:
-        log(f"bare: docker stack rm {stack}")
-        out["teardown_seconds"] = user_teardown(client, stack, timeout)
-        stacks.gone(stack)
-        log(f"bare: gone after {out['teardown_seconds']:.1f} s")
+        budget = teardown_budget(timeout)
+        take_down(stacks, stack, out, "bare", lambda: user_teardown(client, stack, budget))
+
+
+def project_teardown(stack: str, timeout: float) -> float:
+    """``cqkd-stack teardown`` as an operator runs it; its wall time."""
+    wall, done = cqkd(
+        "teardown", "--stack", stack, "--timeout", str(int(timeout)),
+        timeout=timeout + 600, new_session=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"cqkd-stack teardown exited {done.returncode}: {done.stderr.strip()[-2000:]}"
+        )
+    return wall
 
 
 def stage_project(stacks: Stacks, workers: int, timeout: float, out: dict) -> None:
     out["other_stacks"] = check_room(stacks.client, workers + 3)
     tuned(out)
     stack = stacks.new("project")
-    out["stack"] = stack
+    # The workers plus bootstrap, Alice and Bob, until the deploy says otherwise.
+    out.update(stack=stack, tasks=workers + 3)
     before = memory()
     log(f"project: python -m cqkd_stack deploy --replicas {workers} --stack {stack}")
+    start = time.monotonic()
+    measure = Measure(
+        stacks.client, "project", stack, out, before, start, workers + 3, dht=True, dht_check=True
+    )
     try:
-        wall, summary = cqkd_json(
-            "deploy", "--replicas", str(workers), "--stack", stack,
-            "--format", "json", "--timeout", str(int(timeout)),
-            timeout=timeout + 600,
-        )  # fmt: skip
+        try:
+            wall, summary = cqkd_json(
+                "deploy", "--replicas", str(workers), "--stack", stack,
+                "--format", "json", "--timeout", str(int(timeout)),
+                timeout=timeout + 600,
+            )  # fmt: skip
+        except Exception:
+            # Deployed but not all joined in time: what runs is still measured.
+            # Nothing here may hide the deploy's own error.
+            deployed = False
+            with contextlib.suppress(Exception):
+                deployed = bool(stack_leftovers(stacks.client, stack)["services"])
+            if deployed:
+                measure("timeout")
+            raise
         tasks = summary.get("tasks")
         tasks = len(tasks) if isinstance(tasks, list) else int(tasks)
         out.update(
@@ -567,41 +925,27 @@ def stage_project(stacks: Stacks, workers: int, timeout: float, out: dict) -> No
             tasks=tasks,
         )
         log(f"project: deploy done in {wall:.1f} s ({tasks} tasks)")
-        # Divided by every task: the workers plus bootstrap, Alice and Bob.
-        out["memory"] = memory_figures(before, memory(), tasks)
-        out.update(probe_figures(stack))
-        trips, walls = [], []
-        for _ in range(REPEAT):
-            wall, check = cqkd_json("dht-check", "--stack", stack, "--format", "json")
-            walls.append(wall)
-            trips.append(check["round_trip_seconds"])
-        out["dht_check_seconds"] = statistics.median(trips)
-        out["dht_check_wall_seconds"] = statistics.median(walls)
-        out["ports_seconds"] = ports_seconds(stack)
+        measure.tasks = tasks
+        measure("all_joined")
     finally:
-        if any(stack_leftovers(stacks.client, stack).values()):
-            log(f"project: python -m cqkd_stack teardown --stack {stack}")
-            wall, done = cqkd(
-                "teardown", "--stack", stack, "--timeout", str(int(timeout)),
-                timeout=timeout + 600,
-            )  # fmt: skip
-            if done.returncode == 0:
-                out["teardown_seconds"] = wall
-                stacks.gone(stack)
-                log(f"project: teardown done in {wall:.1f} s")
-            else:
-                out["teardown_error"] = done.stderr.strip()[-2000:]
-            out["engine_alive_after_teardown"] = engine_alive()
+        budget = teardown_budget(timeout)
+        take_down(stacks, stack, out, "project", lambda: project_teardown(stack, budget))
+        out["engine_alive_after_teardown"] = engine_alive()
 
 
 def run_stage(name: str, results: dict, body: Callable[[dict], None]) -> None:
-    """One stage; a failure is recorded and the next stage still runs."""
+    """One stage; a failure is recorded and the next stage still runs.
+
+    Its headline figures are settled whatever happened, an interrupt included.
+    """
     out = results["stages"].setdefault(name, {})
     try:
         body(out)
     except Exception as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"
-        log(f"{name}: FAILED: {out['error']}")
+        log(f"{name}: FAILED: {brief(out['error'])}")
+    finally:
+        settle(out)
 
 
 # --- report --------------------------------------------------------------------------------
@@ -664,6 +1008,7 @@ def table(results: dict) -> str:
     bare = results["stages"].get("bare", {})
     project = results["stages"].get("project", {})
     rows = [
+        ("figures taken at", _moment(floor), _moment(bare), _moment(project)),
         ("tasks", floor.get("tasks"), bare.get("tasks"), project.get("tasks")),
         ("all running, s", floor.get("running_seconds"), bare.get("running_seconds"),
          project.get("running_seconds")),
@@ -681,6 +1026,7 @@ def table(results: dict) -> str:
          project.get("probe_seconds")),
         ("probe answered (worst of 5)", None,
          _answered(bare), _answered(project)),
+        ("probe joined (worst of 5)", None, _joined(bare), _joined(project)),
         ("dht-check round trip, s", None, None, project.get("dht_check_seconds")),
         ("ports, wall s (median 5)", None, bare.get("ports_seconds"),
          project.get("ports_seconds")),
@@ -705,9 +1051,14 @@ def table(results: dict) -> str:
 
     out = [row(header), row(tuple("-" * w for w in widths)), *(row(r) for r in lines)]
     out.append("")
-    out.append("memory: free -b 'used' growth (median of 3) / tasks; the project's divisor")
-    out.append("includes bootstrap, alice and bob, the bare one its bootstrap; the engine's own")
-    out.append("growth is included. times from the command's start (bare: docker stack deploy).")
+    out.append("figures by moment (a stage's column above takes them from all joined if it got")
+    out.append("there, else from its timeout, else from all running; 'at' counts from its deploy):")
+    out.append(moments_table(results))
+    out.append("")
+    out.append("memory: free -b 'used' growth (median of 3) / tasks running then; the")
+    out.append("project's divisor includes bootstrap, alice and bob, the bare one its bootstrap;")
+    out.append("the engine's own growth is included. times from the command's start (bare:")
+    out.append("docker stack deploy).")
     for name in ("floor", "bare", "project"):
         settings = results["stages"].get(name, {}).get("sysctls")
         if settings:
@@ -721,11 +1072,87 @@ def table(results: dict) -> str:
         limit = _fmt(verdict["limit"])
         out.append(f"  [{mark}] {verdict['what']}: {value} (limit {limit})")
     for name, stage in results["stages"].items():
-        if "error" in stage:
-            out.append(f"{name}: FAILED: {stage['error']}")
-        if "teardown_error" in stage:
-            out.append(f"{name}: teardown failed: {stage['teardown_error']}")
+        out += stage_notes(name, stage)
+    if results.get("interrupted"):
+        out.append(f"interrupted ({results['interrupted']}): later stages did not run")
+    for stack in results.get("left_behind") or []:
+        out.append(f"left behind (remove it by hand): {stack}")
     return "\n".join(out)
+
+
+def stage_notes(name: str, stage: dict) -> list[str]:
+    """What went wrong in a stage, or did not happen, in one line each."""
+    notes = []
+    if "not_running" in stage:
+        notes.append(f"{name}: not all running at the timeout: {stage['not_running']}")
+    if "not_joined" in stage:
+        notes.append(f"{name}: not all joined at the timeout: {stage['not_joined']}")
+    if stage.get("joined_seen_by"):
+        notes.append(f"{name}: all joined as first seen by {stage['joined_seen_by']}")
+    elif stage.get("joined_seconds") is not None and stage.get("all_running_figures_seconds"):
+        notes.append(
+            f"{name}: all joined may be late by up to the "
+            f"{stage['all_running_figures_seconds']:.1f} s its all-running figures took"
+        )
+    if "error" in stage:
+        notes.append(f"{name}: FAILED: {brief(stage['error'])}")
+    for moment, taken in (stage.get("figures") or {}).items():
+        fell = _get(taken, "memory", "used_growth_bytes")
+        if fell is not None and fell < 0:
+            notes.append(
+                f"{name}: host memory at {MOMENT_NAMES[moment]} was {-fell / MIB:.0f} MiB below "
+                "its reading before the deploy: something else on the machine freed memory, "
+                "so that figure is not the stack's"
+            )
+        for figure, error in (taken.get("errors") or {}).items():
+            notes.append(f"{name}: {figure} at {MOMENT_NAMES[moment]} failed: {brief(error)}")
+    if "teardown_error" in stage:
+        notes.append(f"{name}: teardown failed: {brief(stage['teardown_error'])}")
+    return notes
+
+
+def moments_table(results: dict) -> str:
+    """Every set of figures each stage took, one row per stage and moment."""
+    header = ("stage", "moment", "at, s", "running", "MiB/task", "probe wall s",
+              "answered", "joined", "ports s", "dht-check s")  # fmt: skip
+    lines = []
+    for name, stage in results["stages"].items():
+        figures = stage.get("figures") or {}
+        for moment in reversed(MOMENTS):  # in the order they happen
+            if moment not in figures:
+                continue
+            taken = figures[moment]
+            lines.append(
+                (
+                    name,
+                    MOMENT_NAMES[moment],
+                    _fmt(taken.get("at_seconds")),
+                    _of(taken.get("running"), taken.get("tasks")),
+                    _fmt(_get(taken, "memory", "mib_per_task")),
+                    _fmt(taken.get("probe_wall_seconds")),
+                    _fmt(_answered(taken)),
+                    _fmt(_joined(taken)),
+                    _fmt(taken.get("ports_seconds")),
+                    _fmt(taken.get("dht_check_seconds")),
+                )
+            )
+    if not lines:
+        return "  (none taken)"
+    widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
+    return "\n".join(
+        "  " + "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in [header, tuple("-" * w for w in widths), *lines]
+    )  # fmt: skip
+
+
+def _moment(stage: dict) -> str | None:
+    moment = stage.get("figures_at")
+    return MOMENT_NAMES[moment] if moment else None
+
+
+def _of(part: Any, whole: Any) -> str | None:
+    return None if part is None else f"{part}/{whole}"
 
 
 def _engine_share(stage: dict) -> float | None:
@@ -740,6 +1167,12 @@ def _answered(stage: dict) -> str | None:
     if stage.get("probe_total") is None:
         return None
     return f"{stage['probe_answered_min']}/{stage['probe_total']}"
+
+
+def _joined(stage: dict) -> str | None:
+    if stage.get("probe_joined_min") is None:
+        return None
+    return f"{stage['probe_joined_min']}/{stage['probe_total']}"
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -769,11 +1202,23 @@ def main() -> int:
         help="kernel settings for the bare stage: as the machine boots (default, what a "
         "user without cqkd-stack has) or as `cqkd-stack setup` leaves them",
     )
+    parser.add_argument(
+        "--bare-lonely",
+        type=int,
+        default=0,
+        metavar="N",
+        help="make N of the bare stage's workers unable to join (their bootstrap resolves "
+        "to an address where nothing answers): a small run then takes the path of a "
+        "baseline that never fully joins, and is measured at all-running and at the timeout",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures here")
     args = parser.parse_args()
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if not 0 <= args.bare_lonely <= args.workers:
+        parser.error("--bare-lonely must be between 0 and --workers")
 
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     client = docker.from_env(timeout=300)
     try:
@@ -787,6 +1232,7 @@ def main() -> int:
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "workers": args.workers,
         "timeout": args.timeout,
+        "bare_lonely": args.bare_lonely,
         "host": {
             "cpus": os.cpu_count(),
             "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
@@ -823,20 +1269,26 @@ def main() -> int:
                     args.timeout,
                     not args.bare_without_init,
                     args.bare_sysctls == "tuned",
+                    args.bare_lonely,
                     out,
                 ),
             )
-    except KeyboardInterrupt:
-        log("interrupted: cleaning up")
-        results["interrupted"] = True
-        raise
+    except KeyboardInterrupt as exc:
+        # Each stage has removed its own stack on the way out; clean() below
+        # takes whatever is left, and the figures taken so far are printed.
+        results["interrupted"] = str(exc) or "Ctrl-C"
+        log(f"interrupted ({results['interrupted']}): cleaning up")
     finally:
-        stacks.clean(args.timeout)
+        results["left_behind"] = stacks.clean(teardown_budget(args.timeout))
         results["targets"] = judge(results)
         if args.json is not None:
             write_atomically(args.json, json.dumps(results, indent=2) + "\n")
             log(f"figures written to {args.json}")
     print(table(results))
+    if results.get("interrupted"):
+        return 130
+    if results["left_behind"]:
+        return 3
     return 0 if all(v["pass"] is not False for v in results["targets"]) else 1
 
 

@@ -553,6 +553,18 @@ def free_subnet(taken: list[TakenSubnet], tasks: int) -> ipaddress.IPv4Network:
     raise CqkdError(f"no free /{size} subnet left in {pool}; pass --subnet")
 
 
+def listed_name(container: dict[str, Any]) -> str:
+    """A container's name as the engine's container list gives it, or its ID when it has none.
+
+    The engine lists a container whose removal is under way with an empty
+    ``Names``: seen while a plain ``docker stack rm`` of 1001 tasks ran,
+    where taking the first name raised IndexError and ended the teardown
+    that was waiting for exactly those containers to go.
+    """
+    names = container.get("Names") or []
+    return names[0].lstrip("/") if names else str(container.get("Id", ""))
+
+
 def stack_leftovers(
     client: docker.DockerClient,
     stack: str,
@@ -569,12 +581,10 @@ def stack_leftovers(
     flt = stack_filter(stack)
     # The low-level list is one call; the SDK's containers.list() inspects
     # each container in turn and fails when one vanishes meanwhile.
-    containers = [c["Names"][0].lstrip("/") for c in client.api.containers(all=True, filters=flt)]
+    containers = [listed_name(c) for c in client.api.containers(all=True, filters=flt)]
     for other in others:
         with contextlib.suppress(OSError, DockerException):
-            containers += [
-                c["Names"][0].lstrip("/") for c in other.api.containers(all=True, filters=flt)
-            ]
+            containers += [listed_name(c) for c in other.api.containers(all=True, filters=flt)]
     return {
         "services": [s["Spec"]["Name"] for s in client.api.services(filters=flt)],
         "containers": containers,
@@ -613,7 +623,7 @@ def stack_state(client: docker.DockerClient, stack: str) -> StackState:
         tasks=api.tasks(filters={**flt, "desired-state": "running"}),
         networks=api.networks(filters=flt),
         volumes=[v["Name"] for v in volumes],
-        containers=[c["Names"][0].lstrip("/") for c in api.containers(all=True, filters=flt)],
+        containers=[listed_name(c) for c in api.containers(all=True, filters=flt)],
     )
 
 

@@ -1,3 +1,4 @@
+from cqkd_stack.live.inspection import listed_name
 from cqkd_stack.live.teardown import _network_still_in_use
 
 
@@ -16,3 +17,15 @@ def test_other_stack_rm_failures_are_not_excused() -> None:
     )
     assert not _network_still_in_use("network x is in use by task y\nError: permission denied")
     assert not _network_still_in_use("")
+
+
+def test_a_container_being_removed_is_named_by_its_id() -> None:
+    # As the engine lists a task container mid-removal during a plain
+    # `docker stack rm`: no name. Taking Names[0] raised IndexError there.
+    removing = {"Id": "5f0c2b", "Names": [], "State": "removing"}
+    assert listed_name(removing) == "5f0c2b"
+    assert listed_name({"Id": "77aa01", "Names": None}) == "77aa01"
+
+
+def test_a_listed_container_is_named_without_the_leading_slash() -> None:
+    assert listed_name({"Id": "5f0c2b", "Names": ["/st_worker.3.k2x"]}) == "st_worker.3.k2x"

@@ -1,0 +1,210 @@
+"""benchmarks/scale.py's own logic: which figures stand for a stage, and what the table says.
+
+The benchmark deploys real stacks (its runs are its test); what is pure here
+is the choice of figures when a baseline never fully joins, the lonely
+workers that make a small run take that path, the table that says which
+figures were taken when, and that a teardown cannot be cut short by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("scale", REPO / "benchmarks" / "scale.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["scale"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+scale = _load()
+
+
+def _taken(at: float, running: int, mib: float, joined: int, total: int = 21) -> dict:
+    return {
+        "at_seconds": at,
+        "tasks": total,
+        "running": running,
+        "memory": {"mib_per_task": mib, "tasks_divided_by": running},
+        "probe_wall_seconds": 1.5,
+        "probe_seconds": 0.9,
+        "probe_answered_min": running,
+        "probe_joined_min": joined,
+        "probe_total": total,
+        "ports_seconds": 0.4,
+        "seconds_taken": 30.0,
+    }
+
+
+def test_a_stage_that_joined_is_represented_by_its_all_joined_figures() -> None:
+    figures = {
+        "all_running": _taken(10, 21, 14.0, 5),
+        "all_joined": _taken(50, 21, 15.0, 21),
+    }
+    assert scale.headline(figures) == ("all_joined", figures["all_joined"])
+
+
+def test_a_baseline_that_never_joined_is_represented_at_its_timeout() -> None:
+    stage = {
+        "figures": {
+            "all_running": _taken(10, 21, 14.0, 17),
+            "timeout": _taken(61, 21, 14.5, 18),
+        }
+    }
+    scale.settle(stage)
+    assert stage["figures_at"] == "timeout"
+    assert stage["memory"]["mib_per_task"] == 14.5
+    assert stage["probe_joined_min"] == 18
+    assert stage["ports_seconds"] == 0.4
+
+
+def test_a_stage_that_measured_nothing_claims_no_figures() -> None:
+    stage: dict = {"error": "RuntimeError: docker stack deploy failed"}
+    scale.settle(stage)
+    assert stage["figures_at"] is None
+    assert "memory" not in stage
+
+
+def test_a_slot_counts_once_and_only_while_its_task_runs() -> None:
+    tasks = [
+        {"ServiceID": "w", "Slot": 1, "Status": {"State": "running"}},
+        # A replacement running beside the task it replaces holds the same slot.
+        {"ServiceID": "w", "Slot": 1, "Status": {"State": "running"}},
+        {"ServiceID": "w", "Slot": 2, "Status": {"State": "starting"}},
+        {"ServiceID": "b", "Slot": 1, "Status": {"State": "running"}},
+    ]
+    assert scale.running_slots(tasks) == 2
+
+
+def test_lonely_workers_replace_workers_and_resolve_their_bootstrap_to_nowhere() -> None:
+    doc = yaml.safe_load(scale.bare_stack_text(20, 3, "10.232.0.0/20", True))
+    services = doc["services"]
+    assert services["worker"]["deploy"]["replicas"] == 17
+    lonely = services["lonely"]
+    assert lonely["deploy"]["replicas"] == 3
+    assert lonely["extra_hosts"] == [f"bootstrap:{scale.NOWHERE}"]
+    assert lonely["environment"]["CQKD_ROLE"] == "worker"
+    # Their own port range: the port map finds no duplicate ports.
+    assert lonely["environment"]["BASE_PORT"] != services["worker"]["environment"]["BASE_PORT"]
+    assert "extra_hosts" not in services["worker"]
+
+
+def test_without_lonely_workers_the_stack_is_the_naive_file_as_written() -> None:
+    text = scale.bare_stack_text(20, 0, "10.232.0.0/20", False)
+    assert "lonely" not in yaml.safe_load(text)["services"]
+    assert "replicas: 20" in text
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="needs the docker client")
+def test_docker_s_own_loader_accepts_the_stack_with_lonely_workers(tmp_path: Path) -> None:
+    path = tmp_path / "bare.yml"
+    path.write_text(scale.bare_stack_text(20, 3, "10.232.0.0/20", True))
+    done = subprocess.run(
+        ["docker", "stack", "config", "-c", str(path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "192.0.2.1" in done.stdout
+
+
+def _results() -> dict:
+    bare = {
+        "tasks": 21,
+        "running_seconds": 9.0,
+        "not_joined": "stack 'x': 21/21 tasks running, 18 in the DHT after 60 s; not ready:",
+        "figures": {
+            "all_running": _taken(9.0, 21, 14.0, 17),
+            "timeout": _taken(61.0, 21, 14.5, 18),
+        },
+        "teardown_seconds": 12.0,
+    }
+    scale.settle(bare)
+    return {"stages": {"bare": bare}, "targets": scale.judge({"stages": {"bare": bare}})}
+
+
+def test_the_table_says_when_each_figure_was_taken() -> None:
+    text = scale.table(_results())
+    lines = text.splitlines()
+    taken_at = next(line for line in lines if line.startswith("figures taken at"))
+    assert "timeout" in taken_at
+    memory = next(line for line in lines if line.startswith("host memory per task"))
+    assert "14.5" in memory and "14.0" not in memory  # the timeout's, not all-running's
+    moments = [line.split() for line in lines if line.strip().startswith("bare ")]
+    assert [row[1:3] for row in moments] == [["all", "running"], ["timeout", "61.0"]]
+    assert "17/21" in moments[0] and "18/21" in moments[1]  # joined, worst of 5
+    assert "bare: not all joined at the timeout" in text
+
+
+def test_a_failed_teardown_and_a_failed_figure_are_named() -> None:
+    results = _results()
+    bare = results["stages"]["bare"]
+    bare["figures"]["timeout"]["errors"] = {"ports": "RuntimeError: exited 2"}
+    bare["teardown_error"] = "TimeoutError: 1 networks still there"
+    text = scale.table(results)
+    assert "bare: ports at timeout failed: RuntimeError: exited 2" in text
+    assert "bare: teardown failed: TimeoutError: 1 networks still there" in text
+
+
+def test_a_teardown_finishes_before_an_interrupt_stops_the_run() -> None:
+    finished = []
+    with pytest.raises(KeyboardInterrupt), scale.interrupts_held("removing a stack"):
+        os.kill(os.getpid(), signal.SIGINT)
+        finished.append("teardown")
+    assert finished == ["teardown"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_final_cleanup_swallows_the_interrupt() -> None:
+    with scale.interrupts_held("cleaning up", reraise=False):
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_all_joined_is_when_it_was_first_seen_not_when_the_wait_got_to_look() -> None:
+    # The all-running figures' probe found every task joined at 7.5 s; the
+    # wait for the join, which only starts after those figures, saw it at 15.
+    assert scale.joined_seconds(15.0, {"all_joined_by_seconds": 7.5}) == (7.5, True)
+    assert scale.joined_seconds(40.0, {}) == (40.0, False)
+    assert scale.joined_seconds(40.0, {"all_joined_by_seconds": None}) == (40.0, False)
+
+
+def test_a_failed_deploy_is_told_in_the_cli_s_own_words_and_in_one_line() -> None:
+    error = (
+        "RuntimeError: cqkd-stack deploy --replicas 20 --stack s --timeout 3 exited 1:\n"
+        "[13:39:21] deploying stack 's'\n"
+        "starting: 13/23 running, 13/23 joined  13/23 0:00:04\n"
+        "cqkd-stack: error: stack 's': 13/23 tasks running, 13 in the DHT after 3 s; not ready:\n"
+        "  s_bob.1: starting (starting)\n"
+    )
+    shown = scale.brief(error)
+    assert shown.startswith("RuntimeError: cqkd-stack deploy")
+    assert "cqkd-stack: error: stack 's': 13/23 tasks running" in shown
+    assert "\n" not in shown and "s_bob.1" not in shown
+    assert len(scale.brief("x" * 1000)) == 300
+
+
+def test_a_short_deploy_timeout_does_not_shorten_the_teardown() -> None:
+    assert scale.teardown_budget(3) == scale.TEARDOWN_MIN_SECONDS
+    assert scale.teardown_budget(1800) == 1800
+
+
+def test_memory_that_fell_during_a_stage_is_not_passed_off_as_the_stack_s() -> None:
+    results = _results()
+    results["stages"]["bare"]["figures"]["timeout"]["memory"]["used_growth_bytes"] = -(2**30)
+    text = scale.table(results)
+    assert "bare: host memory at timeout was 1024 MiB below its reading before" in text
+    assert "host memory at all running" not in text
