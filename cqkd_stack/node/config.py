@@ -14,7 +14,7 @@ import os
 
 from .errors import CqkdError
 from .resolver import ResolverError, resolve
-from .wire import split_host_port
+from .wire import DEFAULT_CONTROL_SOCKET, split_host_port
 
 # Evaluated by type checkers only: ``typing`` and ``collections.abc`` would
 # cost memory and start-up time in every container for nothing.
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 PROG = "cqkd-node"
 ROLES = ("bootstrap", "special", "worker")
 DEFAULT_HEALTH_FILE = "/tmp/cqkd-health"
-DEFAULT_CONTROL_SOCKET = "/tmp/cqkd-control.sock"
 
 # Bytes of values held for others (CQKD_STORE_BYTES): the stack's memory
 # limits (stacks/cqkd.stack.tmpl.yml) are sized to hold it.
@@ -71,6 +70,10 @@ LOOKUP_MAX_KNOWN = 8 * K
 REPUBLISH_PARALLEL = 2
 # The values this node published through its control socket, republished.
 MAX_PUBLISHED = 1024
+# A source the rate limit finds flooding is dropped by the kernel this long;
+# at most this many at a time (guard.KernelMute).
+MUTE_SECONDS = 60.0
+MAX_MUTED = 64
 # A control client that does not read its reply is dropped after this long.
 CONTROL_WRITE_TIMEOUT = 2.0
 # accept() failing with EMFILE: stop watching the listener for this long.

@@ -124,12 +124,11 @@ def open_control_socket(path: str) -> socket.socket:
     """Listen on ``path`` with mode 0600, in a directory nobody else can plant things in.
 
     With the umask alone (umask 000) any local user could connect; in a
-    shared directory another user could take the path first and answer
-    ``nodectl`` with forged values. So: the directory is created (0700) if
-    missing, and must be a real directory owned by us or root that others
-    cannot write to, unless it has the sticky bit (``/tmp``: there nobody can
-    remove or replace what we create, and a path someone else already holds
-    is refused); the socket is bound under umask 077.
+    shared directory such as ``/tmp`` another user could take the path first
+    and answer ``nodectl`` with forged values. So: the directory is created
+    (0700) if missing, and must be a real directory owned by us or root that
+    no one else can write to, sticky bit or not; the socket is bound under
+    umask 077.
     """
     import stat
 
@@ -144,10 +143,11 @@ def open_control_socket(path: str) -> socket.socket:
         raise CqkdError(f"control socket directory {folder} is not a directory (a link?)")
     if info.st_uid not in (0, os.geteuid()):
         raise CqkdError(f"control socket directory {folder} belongs to uid {info.st_uid}, not us")
-    if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise CqkdError(
             f"control socket directory {folder} is writable by others "
-            f"(mode {stat.S_IMODE(mode):o}): another user could replace the socket"
+            f"(mode {stat.S_IMODE(mode):o}): another user could take or replace the "
+            "socket; give it a directory of its own, e.g. /tmp/cqkd/control.sock"
         )
     try:
         existing = os.lstat(path)

@@ -55,7 +55,7 @@ Environment (besides the port variables, ``CQKD_ROLE`` and ``BOOTSTRAP_NODES``):
 
 ``CQKD_NODE_NAME``        optional name of a special node (``alice``), shown in logs and status
 ``CQKD_HEALTH_FILE``      health file path (default ``/tmp/cqkd-health``)
-``CQKD_CONTROL_SOCKET``   control socket path (default ``/tmp/cqkd-control.sock``)
+``CQKD_CONTROL_SOCKET``   control socket path (default ``/tmp/cqkd/control.sock``)
 ``JOIN_BACKOFF``          first pause between join attempts in seconds (default 0.5)
 ``JOIN_BACKOFF_MAX``      longest pause between join attempts (default 5)
 ``CQKD_HEALTH_INTERVAL``  seconds between neighbour checks (default 10)
@@ -92,7 +92,9 @@ Limits on a hostile network (every datagram may come from an attacker):
   evicted; values expire after ``CQKD_VALUE_TTL`` unless stored again;
 * an answer is at most ``REPLY_FACTOR`` (10) times its request's bytes, and
   ``UNVERIFIED_REPLY_FACTOR`` (3) times for a sender that never answered us;
-  each source ip:port gets ``CQKD_RATE`` requests a second;
+  each source ip:port gets ``CQKD_RATE`` requests a second, and one refused
+  a burst's worth in a row is dropped by the kernel (a socket filter) for
+  ``MUTE_SECONDS`` (60), at most ``MAX_MUTED`` (64) sources at a time;
 * a newcomer is handed at most ``HANDOVER_MAX_VALUES`` values and
   ``HANDOVER_MAX_BYTES`` bytes, only once it answered our ping;
 * the only datagrams sent to an address that has not answered us are the
@@ -136,6 +138,7 @@ from .config import (
     JOIN_WARNING_INTERVAL,
     LEVELS,
     MAX_DATAGRAM,
+    MAX_MUTED,
     MAX_REQUEST_DATAGRAM,
     MAX_RESPONSE_DATAGRAM,
     MAX_RPC_BYTES,
@@ -143,6 +146,7 @@ from .config import (
     MAX_VALUE_BYTES,
     MAX_VERIFIED,
     MAX_VERIFYING,
+    MUTE_SECONDS,
     NEIGHBOUR_CHECK_MAX,
     NEIGHBOUR_CHECK_MIN,
     PROG,
@@ -155,7 +159,7 @@ from .config import (
 )
 from .control import ControlServer
 from .errors import CqkdError
-from .guard import RateLimiter, ValueStore
+from .guard import KernelMute, RateLimiter, ValueStore
 from .routing import Lookup, RoutingTable, as_int, is_contact_ip, is_id, is_ipv4, value_size
 from .wire import PROBE_NODE_ID
 
@@ -299,6 +303,7 @@ class DhtNode:
         self.started = _LOADED
         self.selector = selectors.DefaultSelector()
         self.sock: socket.socket | None = None
+        self.muted: KernelMute | None = None
         self.control: ControlServer | None = None
         self.wake_r, self.wake_w = socket.socketpair()
         # msgid -> (deadline, callback, address)
@@ -411,6 +416,7 @@ class DhtNode:
                 "the node never picks another port"
             ) from None
         sock.setblocking(False)
+        self.muted = KernelMute(sock, MAX_MUTED, MUTE_SECONDS)
         control = self.control = ControlServer(self, self.config.control_socket)
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
         self.selector.register(sock, selectors.EVENT_READ, self._on_datagrams)
@@ -608,6 +614,8 @@ class DhtNode:
                 if data[HEADER_BYTES] != BODY_START:
                     continue
                 if not self.limiter.allow((address[0], address[1])):
+                    if self.limiter.flooding:
+                        self._mute_floods()
                     continue
                 if size > MAX_REQUEST_DATAGRAM:
                     if data[HEADER_BYTES + 1 : HEADER_BYTES + 7] == b"\xa5store":
@@ -634,6 +642,28 @@ class DhtNode:
                     # The message id went only to that address: it receives.
                     self._mark_verified(entry[2], payload if is_id(payload) else None)
                     self._guard(entry[1], True, payload)
+
+    def _mute_floods(self) -> None:
+        """Have the kernel drop the sources the rate limit found flooding, for a while."""
+        assert self.muted is not None
+        for source in self.limiter.flooding:
+            if self.muted.add(source):
+                self.say(
+                    "WARNING",
+                    f"{source[0]}:{source[1]} sent over {self.limiter.burst:g} requests beyond "
+                    f"its rate without a pause: the kernel drops its datagrams for "
+                    f"{MUTE_SECONDS:g} s",
+                )
+                self.later(MUTE_SECONDS, self._unmute)
+            elif not self.muted.available and self.muted.error is not None:
+                self.say("WARNING", f"cannot mute a flooding source: {self.muted.error}")
+                self.muted.error = None  # said once
+        self.limiter.flooding.clear()
+
+    def _unmute(self) -> None:
+        assert self.muted is not None
+        for source in self.muted.expire():
+            self.limiter.forget(source)
 
     def _mark_verified(self, address: tuple[str, int], node_id: bytes | None) -> None:
         if node_id is None:
@@ -1084,6 +1114,7 @@ class DhtNode:
             "port": self.config.port,
             "node_id": self.id.hex(),
             "neighbours": len(self.table),
+            "muted": len(self.muted) if self.muted is not None else 0,
             "healthy": self.health.exists(),
         }
 

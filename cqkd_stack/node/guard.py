@@ -1,11 +1,15 @@
-"""What bounds the node's cost on a hostile network: the per-source rate and the value store.
+"""What bounds the node's cost on a hostile network: rate, kernel mute, value store.
 
-Kept out of ``daemon`` so each bound can be unit-tested without a socket.
-Standard library only (the node's import rule).
+Kept out of ``daemon`` so each bound can be unit-tested without the node.
+Standard library only (the node's import rule); ``ctypes`` is imported only
+when a first source is muted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import struct
 import time
 
 # Evaluated by type checkers only (see daemon.py).
@@ -32,7 +36,12 @@ class RateLimiter:
         self.rate = rate
         self.burst = burst
         self.max_sources = max_sources
+        # source -> [tokens, last seen, datagrams refused since it last paused]
         self.buckets: dict[tuple[str, int], list[float]] = {}
+        # Sources refused ``burst`` datagrams in a row without pausing long
+        # enough to refill: a flood, not a busy peer. The node mutes them
+        # (:class:`KernelMute`) and clears the list.
+        self.flooding: list[tuple[str, int]] = []
 
     def allow(self, source: tuple[str, int], now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
@@ -40,23 +49,147 @@ class RateLimiter:
         if bucket is None:
             if len(self.buckets) >= self.max_sources:
                 self._prune(now)
-            bucket = self.buckets[source] = [self.burst, now]
-        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+            bucket = self.buckets[source] = [self.burst, now, 0]
+        tokens = bucket[0] + (now - bucket[1]) * self.rate
+        if tokens >= self.burst:
+            tokens = self.burst
+            bucket[2] = 0
         bucket[1] = now
         if tokens < 1.0:
             bucket[0] = tokens
+            bucket[2] += 1
+            if bucket[2] == self.burst:
+                self.flooding.append(source)
             return False
         bucket[0] = tokens - 1.0
         return True
 
+    def forget(self, source: tuple[str, int]) -> None:
+        """Start ``source`` again with a full bucket (its mute has ended)."""
+        self.buckets.pop(source, None)
+
     def _prune(self, now: float) -> None:
         """Forget the buckets that have refilled (their sources are idle), else all of them."""
         full = self.burst / self.rate
-        idle = [s for s, (_, seen) in self.buckets.items() if now - seen >= full]
+        idle = [s for s, bucket in self.buckets.items() if now - bucket[1] >= full]
         for source in idle:
             del self.buckets[source]
         if len(self.buckets) >= self.max_sources:
             self.buckets.clear()
+
+
+# Classic BPF (linux/filter.h): the instructions a mute filter is made of.
+BPF_LD_W_ABS = 0x20
+BPF_LD_H_ABS = 0x28
+BPF_JEQ_K = 0x15
+BPF_RET_K = 0x06
+# A negative load offset that reads the IP header (linux/filter.h).
+SKF_NET_OFF = -0x100000
+# Where a UDP socket's filter sees the packet: offset 0 is the UDP header,
+# whose first two bytes are the source port; the IPv4 source address is at
+# byte 12 of the IP header.
+IP_SOURCE = SKF_NET_OFF + 12
+UDP_SOURCE_PORT = 0
+SO_ATTACH_FILTER = 26
+SO_DETACH_FILTER = 27
+ACCEPT = 0xFFFFFFFF
+DROP = 0
+
+
+def mute_program(sources: list[tuple[str, int]]) -> list[tuple[int, int, int, int]]:
+    """A socket filter that drops datagrams from ``sources`` (IPv4 ip, port) and keeps the rest.
+
+    Four instructions per source: load the source address, compare, load the
+    source port, compare; a match jumps to the final ``DROP``.
+    """
+    program: list[tuple[int, int, int, int]] = []
+    for index, (ip, port) in enumerate(sources):
+        address = struct.unpack("!I", socket.inet_aton(ip))[0]
+        to_drop = (len(sources) - 1 - index) * 4 + 1
+        program += [
+            (BPF_LD_W_ABS, 0, 0, IP_SOURCE & 0xFFFFFFFF),
+            (BPF_JEQ_K, 0, 2, address),
+            (BPF_LD_H_ABS, 0, 0, UDP_SOURCE_PORT),
+            (BPF_JEQ_K, to_drop, 0, port),
+        ]
+    program += [(BPF_RET_K, 0, 0, ACCEPT), (BPF_RET_K, 0, 0, DROP)]
+    return program
+
+
+class KernelMute:
+    """Flooding sources dropped by the kernel, before they reach the node's receive queue.
+
+    A rate limit in the node still reads every datagram: one sender on
+    loopback sent 450,000 pings a second, more than a Python loop can read
+    and refuse, so the socket's queue filled and honest pings were dropped
+    with the flood (up to 46 of 146 lost in 10 s). A classic BPF filter on
+    the socket, which needs no privilege, drops a muted source's datagrams
+    in the sender's own kernel path. At most ``limit`` sources are muted,
+    each for ``seconds``; a flood spread over more sources than that meets
+    the rate limit only. Where the kernel refuses filters the mute is off
+    and the rate limit stays.
+    """
+
+    def __init__(self, sock: socket.socket, limit: int = 64, seconds: float = 60.0) -> None:
+        self.sock = sock
+        self.limit = limit
+        self.seconds = seconds
+        self.until: dict[tuple[str, int], float] = {}
+        self.available = True
+        self.error: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.until)
+
+    def __contains__(self, source: object) -> bool:
+        return source in self.until
+
+    def add(self, source: tuple[str, int], now: float | None = None) -> bool:
+        """Mute ``source``; False if the mute is off, full, or the source is not IPv4."""
+        now = time.monotonic() if now is None else now
+        if not self.available or source in self.until:
+            return False
+        self.expire(now)
+        if len(self.until) >= self.limit:
+            return False
+        try:
+            socket.inet_aton(source[0])
+        except OSError:
+            return False
+        self.until[source] = now + self.seconds
+        self._install()
+        return self.available
+
+    def expire(self, now: float | None = None) -> list[tuple[str, int]]:
+        """Unmute the sources whose time is up; they are returned."""
+        now = time.monotonic() if now is None else now
+        done = [source for source, until in self.until.items() if until <= now]
+        for source in done:
+            del self.until[source]
+        if done and self.available:
+            self._install()
+        return done
+
+    def _install(self) -> None:
+        try:
+            if not self.until:
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+                return
+            import ctypes  # the filter is passed by address; most nodes never mute
+
+            program = mute_program(sorted(self.until))
+            code = b"".join(struct.pack("HBBI", *instruction) for instruction in program)
+            buffer = ctypes.create_string_buffer(code, len(code))
+            fprog = struct.pack("HP", len(program), ctypes.addressof(buffer))
+            # The kernel copies the program: the buffer may go after this call.
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        except OSError as exc:
+            # Off for good, and nothing left muted by an earlier filter.
+            self.available = False
+            self.error = str(exc)
+            self.until.clear()
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
 
 
 class ValueStore:

@@ -21,7 +21,9 @@ import sys
 import time
 from typing import Any
 
-DEFAULT_SOCKET = "/tmp/cqkd-control.sock"
+from .wire import DEFAULT_CONTROL_SOCKET
+
+DEFAULT_SOCKET = DEFAULT_CONTROL_SOCKET
 # The node gives up on a network operation after 30 s; wait a little longer so
 # its own, more specific error reaches the user instead of ours.
 DEFAULT_TIMEOUT = 40.0

@@ -15,6 +15,13 @@ from __future__ import annotations
 # not load hashlib (OpenSSL) in every container.
 PROBE_NODE_ID = bytes.fromhex("646a075745527b4e829a273fdc7b8e5cc3068bfa")
 
+# Where the node listens for ``nodectl`` unless CQKD_CONTROL_SOCKET says
+# otherwise. A directory of its own, which the node creates with mode 0700:
+# a socket directly in a shared /tmp could be taken first by another user.
+# The same path for every user, since the host names it for a container
+# whose user it does not know (``dht-check``).
+DEFAULT_CONTROL_SOCKET = "/tmp/cqkd/control.sock"
+
 
 def split_host_port(text: str, form: str = "host:port") -> tuple[str, int]:
     """``"10.0.1.5:7003"`` or ``"[::1]:7000"`` → (host, port).

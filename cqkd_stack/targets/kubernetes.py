@@ -295,7 +295,7 @@ def render_manifests(
         env = port_environment(policy, "special", offset) | {
             "CQKD_NODE_NAME": node,
             # Reached with `kubectl exec`, so no volume shared with other pods.
-            "CQKD_CONTROL_SOCKET": f"/tmp/cqkd-{node}.sock",
+            "CQKD_CONTROL_SOCKET": f"/tmp/cqkd/{node}.sock",
             **joins,
         }
         port = _first_port(name, env)

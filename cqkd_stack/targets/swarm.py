@@ -245,10 +245,21 @@ def _size_overlay(
     network["ipam"] = {"config": [{"subnet": str(subnet)}]}
 
 
+# On the host's network every task of a machine has the machine's address, so
+# the node's caps on contacts per IP and per /24 (10 and 64, against one
+# address filling a table) would keep a routing table to a few neighbours.
+# Raised to what a table of this many nodes holds; a template's own value stays.
+HOST_NETWORK_CONTACT_CAPS = {"CQKD_MAX_PER_IP": "160", "CQKD_MAX_PER_NET24": "160"}
+
+
 def _use_host_network(doc: dict[str, Any]) -> None:
     """Tasks share the host's network: the unique port is what keeps them apart."""
     for service in doc["services"].values():
         service["networks"] = [HOST_NETWORK]
+        env = service.get("environment")
+        if isinstance(env, dict) and "CQKD_ROLE" in env:
+            for name, value in HOST_NETWORK_CONTACT_CAPS.items():
+                env.setdefault(name, value)
     doc["networks"] = {HOST_NETWORK: {"external": True, "name": "host"}}
 
 

@@ -105,7 +105,7 @@ def test_config_from_env_defaults() -> None:
     assert config.bootstrap_nodes == ()
     assert config.name is None
     assert config.health_file == "/tmp/cqkd-health"
-    assert config.control_socket == "/tmp/cqkd-control.sock"
+    assert config.control_socket == "/tmp/cqkd/control.sock"
     assert (config.join_backoff, config.join_backoff_max) == (0.5, 5.0)
     assert (config.health_interval, config.rpc_timeout) == (10.0, 2.0)
     assert config.interface == "0.0.0.0"

@@ -86,6 +86,18 @@ def test_host_network_puts_every_service_on_the_host() -> None:
     assert doc["services"]["worker"]["environment"]["BOOTSTRAP_NODES"] == "192.0.2.10:5678"
 
 
+@pytest.mark.parametrize("batch", [False, True], ids=["stack", "batch"])
+def test_host_network_raises_the_contacts_per_ip_caps_of_every_dht_service(batch: bool) -> None:
+    """All tasks of a machine share its address there: 10 per IP would starve each table."""
+    extra = {"port_offset": 100} if batch else {}
+    doc = rendered(replicas=5, network="host", bootstrap_host="192.0.2.10", **extra)
+    envs = [s["environment"] for s in doc["services"].values()]
+    assert envs and all(env["CQKD_MAX_PER_IP"] == "160" for env in envs)
+    assert all(env["CQKD_MAX_PER_NET24"] == "160" for env in envs)
+    overlay = rendered(replicas=5)
+    assert all("CQKD_MAX_PER_IP" not in s["environment"] for s in overlay["services"].values())
+
+
 def test_host_network_places_the_bootstrap_on_the_node_its_address_names() -> None:
     doc = rendered(replicas=5, network="host", bootstrap_host="192.0.2.10", bootstrap_node="n0de1d")
     services = doc["services"]
