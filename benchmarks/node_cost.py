@@ -21,7 +21,10 @@ medians and the ratio this tree / baseline.
   ``deploy --image``, ``free -b`` "used" before and once all have joined,
   divided by the task count, then torn down before the next. This includes
   each container's shim, namespaces and the engine's growth, as
-  ``benchmarks/scale.py`` does.
+  ``benchmarks/scale.py`` does; each container's own cgroup figures
+  (anonymous and all it is charged, mean per task) are read at the same
+  moment, since other work on a shared machine moves ``free`` more than a
+  node's difference.
 
 Each tree runs its own code: the baseline is exported with ``git archive``,
 each tree is put first on ``PYTHONPATH``, and the nodes start in a folder
@@ -235,6 +238,41 @@ def cqkd(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     )
 
 
+def container_memory(stack: str) -> list[tuple[int, int]]:
+    """(anonymous, charged) bytes of each running container of ``stack``, from its cgroup.
+
+    A container's own figure, not the host's: on a machine other work shares,
+    ``free`` moves by more than the difference being measured. Anonymous is
+    what the container's processes hold privately (``rss`` in cgroup v1,
+    ``anon`` in v2); charged adds the page cache and kernel memory billed to it.
+    """
+    import docker
+
+    client = docker.from_env()
+    found = []
+    flt = {"label": f"com.docker.stack.namespace={stack}", "status": "running"}
+    for container in client.containers.list(filters=flt):
+        pid = container.attrs["State"]["Pid"]
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            found.append(cgroup_memory(Path(f"/proc/{pid}/cgroup").read_text()))
+    return found
+
+
+def cgroup_memory(proc_cgroup: str) -> tuple[int, int]:
+    for line in proc_cgroup.splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):  # cgroup v1
+            folder = Path("/sys/fs/cgroup/memory" + path)
+            anon_key, usage = "rss", folder / "memory.usage_in_bytes"
+            break
+    else:
+        path = proc_cgroup.splitlines()[0].split(":", 2)[2]  # cgroup v2: "0::/path"
+        folder = Path("/sys/fs/cgroup" + path)
+        anon_key, usage = "anon", folder / "memory.current"
+    stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines())
+    return int(stat[anon_key]), int(usage.read_text())
+
+
 def swarm_once(image: str, workers: int, timeout: int) -> dict[str, float]:
     """Deploy ``workers`` workers of ``image``, read host memory once joined, tear down."""
     stack = f"cqkdtest_{uuid.uuid4().hex[:8]}"
@@ -254,12 +292,15 @@ def swarm_once(image: str, workers: int, timeout: int) -> dict[str, float]:
         tasks = len(tasks) if isinstance(tasks, list) else int(tasks)
         time.sleep(SETTLE)
         after = used()
+        cgroups = container_memory(stack)
     finally:
         gone = cqkd("teardown", "--stack", stack, timeout=timeout + 300)
         if gone.returncode != 0:
             print(f"teardown of {stack} failed:\n{gone.stderr.strip()}", file=sys.stderr)
     return {
         "free_mib_per_task": (after - before) / tasks / MIB,
+        "anon_mib_per_task": statistics.mean(c[0] for c in cgroups) / MIB,
+        "charged_mib_per_task": statistics.mean(c[1] for c in cgroups) / MIB,
         "tasks": tasks,
         "deploy_seconds": wall,
         "joined_seconds": float(summary.get("joined_seconds") or 0.0),
@@ -331,6 +372,8 @@ def main() -> int:
         ("rss_mib_per_node", "processes: Rss / node", "MiB", 1),
         ("private_mib_per_node", "processes: private / node", "MiB", 1),
         ("free_mib_per_task", "swarm: free used / task", "MiB", 1),
+        ("anon_mib_per_task", "swarm: cgroup anon / task", "MiB", 1),
+        ("charged_mib_per_task", "swarm: cgroup charged / task", "MiB", 1),
         ("joined_seconds", "swarm: deploy to all joined", "s", 1),
     ):
         if key in this:  # --runs 0 / --rounds 0 leave a measure out
