@@ -163,6 +163,21 @@ def used_bytes() -> int:
     raise RuntimeError(f"unexpected output of free -b:\n{out}")
 
 
+# Where host memory goes, from /proc/meminfo: what the containers' processes
+# hold (AnonPages) and what the kernel holds for them, to tell a node's cost
+# from other work on the machine when ``free`` moves.
+MEMINFO = ("AnonPages", "Shmem", "SUnreclaim", "PageTables", "KernelStack")
+
+
+def meminfo() -> dict[str, int]:
+    found = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in MEMINFO:
+            found[key] = int(rest.split()[0]) * 1024
+    return found
+
+
 def used() -> int:
     readings = []
     for i in range(MEMORY_READINGS):
@@ -276,7 +291,7 @@ def cgroup_memory(proc_cgroup: str) -> tuple[int, int]:
 def swarm_once(image: str, workers: int, timeout: int) -> dict[str, float]:
     """Deploy ``workers`` workers of ``image``, read host memory once joined, tear down."""
     stack = f"cqkdtest_{uuid.uuid4().hex[:8]}"
-    before = used()
+    before, kernel_before = used(), meminfo()
     start = time.perf_counter()
     try:
         done = cqkd(
@@ -291,7 +306,7 @@ def swarm_once(image: str, workers: int, timeout: int) -> dict[str, float]:
         tasks = summary.get("tasks")
         tasks = len(tasks) if isinstance(tasks, list) else int(tasks)
         time.sleep(SETTLE)
-        after = used()
+        after, kernel_after = used(), meminfo()
         cgroups = container_memory(stack)
     finally:
         gone = cqkd("teardown", "--stack", stack, timeout=timeout + 300)
@@ -301,6 +316,10 @@ def swarm_once(image: str, workers: int, timeout: int) -> dict[str, float]:
         "free_mib_per_task": (after - before) / tasks / MIB,
         "anon_mib_per_task": statistics.mean(c[0] for c in cgroups) / MIB,
         "charged_mib_per_task": statistics.mean(c[1] for c in cgroups) / MIB,
+        **{
+            f"meminfo_{key}_mib_per_task": (kernel_after[key] - kernel_before[key]) / tasks / MIB
+            for key in MEMINFO
+        },
         "tasks": tasks,
         "deploy_seconds": wall,
         "joined_seconds": float(summary.get("joined_seconds") or 0.0),
@@ -312,7 +331,8 @@ def swarm_once(image: str, workers: int, timeout: int) -> dict[str, float]:
 
 def row(name: str, now: list[float], then: list[float], unit: str, scale: float = 1.0) -> str:
     a, b = statistics.median(now) * scale, statistics.median(then) * scale
-    return f"{name:34} {a:9.2f}{unit:3} {b:9.2f}{unit:3} {a / b:7.3f}x  (n={len(now)})"
+    ratio = f"{a / b:7.3f}x" if b > 0 else "      -"
+    return f"{name:34} {a:9.2f}{unit:3} {b:9.2f}{unit:3} {ratio}  (n={len(now)})"
 
 
 def main() -> int:
@@ -375,6 +395,7 @@ def main() -> int:
         ("anon_mib_per_task", "swarm: cgroup anon / task", "MiB", 1),
         ("charged_mib_per_task", "swarm: cgroup charged / task", "MiB", 1),
         ("joined_seconds", "swarm: deploy to all joined", "s", 1),
+        *((f"meminfo_{k}_mib_per_task", f"swarm: meminfo {k} / task", "MiB", 1) for k in MEMINFO),
     ):
         if key in this:  # --runs 0 / --rounds 0 leave a measure out
             print(row(name, this[key], base[key], unit, scale))
