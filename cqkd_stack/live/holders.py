@@ -35,7 +35,6 @@ bootstrap's replacement is found again within a health round or two.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -45,6 +44,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.errors import CqkdError
 from ..core.process import Progress
+from ..node.config import K
+from ..node.wire import digest
 from .client import engine_client
 from .dhtcheck import Control, Nodes, control_of, exec_nodectl, read_value, store_value
 from .inspection import ENGINE_LABEL, env_of, nodes_that_run_tasks, port_rule, stack_filter
@@ -52,9 +53,6 @@ from .inspection import ENGINE_LABEL, env_of, nodes_that_run_tasks, port_rule, s
 if TYPE_CHECKING:
     import docker
 
-# The node's k (cqkd_stack/node/daemon.py, kademlia's default): a value is
-# stored on the k nodes closest to its key.
-K = 20
 # What a node does unless its stack says otherwise (node/daemon.py's defaults).
 DEFAULT_REPUBLISH_INTERVAL = 3600.0
 DEFAULT_HEALTH_INTERVAL = 10.0
@@ -111,11 +109,6 @@ class SurvivalCheck:
     survivors_holding: list[str] = field(default_factory=list)
 
 
-def key_id(key: str) -> bytes:
-    """A key's place in the DHT, as the node computes it (``node.daemon.digest``: sha1)."""
-    return hashlib.sha1(key.encode("utf8")).digest()
-
-
 def closer_than(key: bytes, node_id: bytes, others: list[bytes]) -> int:
     """How many of ``others`` are closer to ``key`` than ``node_id`` (XOR distance)."""
     goal = int.from_bytes(key, "big")
@@ -137,7 +130,7 @@ def draw_key(publisher: bytes, others: list[bytes], draw: Callable[[], str] | No
     draw = draw or (lambda: f"cqkd-survival-{secrets.token_hex(6)}")
     for _ in range(DRAWS):
         key = draw()
-        if closer_than(key_id(key), publisher, others) >= need:
+        if closer_than(digest(key), publisher, others) >= need:
             return key
     raise CqkdError(f"no key found in {DRAWS} draws that the publisher would not hold")
 

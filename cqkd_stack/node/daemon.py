@@ -130,270 +130,61 @@ import time
 
 import umsgpack
 
+from .config import (
+    BODY_START,
+    DNS_TIMEOUT,
+    HANDOVER_MAX_BYTES,
+    HANDOVER_MAX_VALUES,
+    HEADER_BYTES,
+    ID_BYTES,
+    JOIN_WARNING_INTERVAL,
+    LEVELS,
+    MAX_DATAGRAM,
+    MAX_MUTED,
+    MAX_REQUEST_DATAGRAM,
+    MAX_RESPONSE_DATAGRAM,
+    MAX_RPC_BYTES,
+    MAX_STORED,
+    MAX_VALUE_BYTES,
+    MAX_VERIFIED,
+    MAX_VERIFYING,
+    MUTE_SECONDS,
+    NEIGHBOUR_CHECK_MAX,
+    NEIGHBOUR_CHECK_MIN,
+    PROG,
+    REPLY_FACTOR,
+    REPUBLISH_PARALLEL,
+    UNREACHABLE_FOR,
+    UNVERIFIED_REPLY_FACTOR,
+    K,
+    NodeConfig,
+)
+from .control import ControlServer
 from .errors import CqkdError
 from .guard import KernelMute, RateLimiter, ValueStore
-from .resolver import ResolverError, resolve
-from .wire import DEFAULT_CONTROL_SOCKET, PROBE_NODE_ID, split_host_port
+from .routing import Lookup, RoutingTable, as_int, is_contact_ip, is_id, is_ipv4, value_size
+from .wire import PROBE_NODE_ID
 
 # Evaluated by type checkers only: ``typing`` and ``collections.abc`` would
 # cost memory and start-up time in every container for nothing.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable
     from typing import Any
 
-    Contact = tuple[bytes, str, int]
-    Reply = Callable[[bool, Any], None]
-
-PROG = "cqkd-node"
-ROLES = ("bootstrap", "special", "worker")
-DEFAULT_HEALTH_FILE = "/tmp/cqkd-health"
-
-# Bytes of values held for others (CQKD_STORE_BYTES): the stack's memory
-# limits (stacks/cqkd.stack.tmpl.yml) are sized to hold it.
-DEFAULT_STORE_BYTES = 4 * 1024 * 1024
-
-# Kademlia's parameters, as the kademlia library's defaults.
-K = 20
-ALPHA = 3
-ID_BYTES = 20
-# rpcudp refuses to send an RPC whose msgpack body is larger.
-MAX_RPC_BYTES = 8192
-MAX_DATAGRAM = 65535
-HEADER_BYTES = 1 + ID_BYTES
-# Holding a key costs a dict slot even for a tiny value: at most this many.
-MAX_STORED = 4096
-# A value is one scalar of at most this many msgpack bytes, so the largest
-# honest request (a STORE) stays under MAX_REQUEST_DATAGRAM and a find_value
-# answer under REPLY_FACTOR times the request that asks for it.
-MAX_VALUE_BYTES = 512
-# Requests are a name and up to three short arguments: anything longer is
-# not ours to decode. Responses (only to a message id we sent) may use
-# rpcudp's whole limit.
-MAX_REQUEST_DATAGRAM = 1024
-MAX_RESPONSE_DATAGRAM = HEADER_BYTES + MAX_RPC_BYTES
-# msgpack's fixarray of two: every rpcudp body starts [name, args].
-BODY_START = 0x92
-# An answer is at most this many times the request's bytes; to a sender that
-# has not yet answered one of our RPCs, at most UNVERIFIED_REPLY_FACTOR times.
-REPLY_FACTOR = 10
-UNVERIFIED_REPLY_FACTOR = 3
-# A contact is verified by answering our ping; these bound that work.
-MAX_VERIFYING = 256
-MAX_VERIFIED = 8192
-# An address that did not answer is not pinged again for this long.
-UNREACHABLE_FOR = 60.0
-# What one newcomer can be handed at most when it joins the table.
-HANDOVER_MAX_VALUES = 32
-HANDOVER_MAX_BYTES = 16 * 1024
-# A lookup asks at most this many nodes and remembers at most this many.
-LOOKUP_MAX_QUERIES = 100
-LOOKUP_MAX_KNOWN = 8 * K
-# Republish lookups run this many at a time.
-REPUBLISH_PARALLEL = 2
-# The values this node published through its control socket, republished.
-MAX_PUBLISHED = 1024
-# A source the rate limit finds flooding is dropped by the kernel this long;
-# at most this many at a time (guard.KernelMute).
-MUTE_SECONDS = 60.0
-MAX_MUTED = 64
-# A control client that does not read its reply is dropped after this long.
-CONTROL_WRITE_TIMEOUT = 2.0
-# accept() failing with EMFILE: stop watching the listener for this long.
-ACCEPT_PAUSE = 0.5
-
-# A control operation crawls the network; a crawl round waits at most one RPC
-# timeout, so 30 s covers several rounds without letting a client hang forever.
-OP_TIMEOUT = 30.0
-# A request is a key and a value; an RPC is capped at 8 KiB anyway.
-MAX_REQUEST_BYTES = 64 * 1024
-# sun_path is 108 bytes on Linux including the terminating NUL.
-MAX_SOCKET_PATH = 107
-# How long one name lookup may take before the join attempt counts it as failed.
-DNS_TIMEOUT = 10.0
-# Contacts pinged per health round: a tenth of the routing table, within bounds.
-NEIGHBOUR_CHECK_MIN = 3
-NEIGHBOUR_CHECK_MAX = 50
-# 1000 containers log: a node that cannot join says so at most this often.
-JOIN_WARNING_INTERVAL = 30.0
-
-LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+    from .routing import Contact, Reply
 
 # "after=" in the joined line counts from here: close to process start, so it
 # includes imports and is comparable across nodes.
 _LOADED = time.monotonic()
 
 
-# --------------------------------------------------------------------------- configuration
+def _random_fraction() -> float:
+    """A float in [0, 1) for jitter and sampling, without importing ``random``."""
+    return int.from_bytes(os.urandom(4), "big") / 4294967296
 
 
-class NodeConfig:
-    """Everything the node takes from its environment, checked up front.
-
-    Parsing the whole environment before opening any socket means a typo in
-    the stack fails the task at once with one clear line. A plain class, not
-    a dataclass: ``dataclasses`` (with ``inspect``, ``re``...) would cost
-    every container memory.
-    """
-
-    __slots__ = (
-        "bootstrap_nodes",
-        "control_socket",
-        "health_file",
-        "health_interval",
-        "interface",
-        "join_backoff",
-        "join_backoff_max",
-        "log_level",
-        "lookup_deadline",
-        "max_per_ip",
-        "max_per_net24",
-        "name",
-        "port",
-        "rate",
-        "republish_interval",
-        "role",
-        "rpc_timeout",
-        "store_bytes",
-        "store_quota",
-        "value_ttl",
-    )
-
-    def __init__(
-        self,
-        role: str,
-        port: int,
-        bootstrap_nodes: tuple[tuple[str, int], ...] = (),
-        name: str | None = None,
-        health_file: str = DEFAULT_HEALTH_FILE,
-        control_socket: str = DEFAULT_CONTROL_SOCKET,
-        join_backoff: float = 0.5,
-        join_backoff_max: float = 5.0,
-        health_interval: float = 10.0,
-        # Tasks on one overlay network answer in milliseconds; rpcudp's 5 s made
-        # every dead contact cost a lookup five seconds.
-        rpc_timeout: float = 2.0,
-        interface: str = "0.0.0.0",
-        log_level: int = LEVELS["WARNING"],
-        store_bytes: int = DEFAULT_STORE_BYTES,
-        store_quota: int = 256 * 1024,
-        value_ttl: float = 86400.0,
-        republish_interval: float = 3600.0,
-        rate: float = 100.0,
-        max_per_ip: int = 10,
-        max_per_net24: int = 64,
-        lookup_deadline: float = 20.0,
-    ) -> None:
-        self.role = role
-        self.port = port
-        self.bootstrap_nodes = bootstrap_nodes
-        self.name = name
-        self.health_file = health_file
-        self.control_socket = control_socket
-        self.join_backoff = join_backoff
-        self.join_backoff_max = join_backoff_max
-        self.health_interval = health_interval
-        self.rpc_timeout = rpc_timeout
-        self.interface = interface
-        self.log_level = log_level
-        self.store_bytes = store_bytes
-        self.store_quota = store_quota
-        self.value_ttl = value_ttl
-        self.republish_interval = republish_interval
-        self.rate = rate
-        self.max_per_ip = max_per_ip
-        self.max_per_net24 = max_per_net24
-        self.lookup_deadline = lookup_deadline
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"NodeConfig({fields})"
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> NodeConfig:
-        """Build the configuration or raise ``CqkdError`` naming the bad variable.
-
-        The port comes from :func:`cqkd_stack.resolver.resolve`, the one parser
-        of the port contract; its refusal becomes the node's error.
-        """
-        role = env.get("CQKD_ROLE", "").strip()
-        if role not in ROLES:
-            shown = f"{role!r}" if role else "not set"
-            raise CqkdError(f"CQKD_ROLE is {shown}; expected one of {', '.join(ROLES)}")
-        try:
-            resolution = resolve(env)
-        except ResolverError as exc:
-            raise CqkdError(str(exc)) from None
-        if resolution.protocol != "udp":
-            raise CqkdError(f"PORT_PROTOCOL={resolution.protocol}: the node speaks UDP only")
-        nodes = parse_bootstrap_nodes(env.get("BOOTSTRAP_NODES", ""))
-        if role != "bootstrap" and not nodes:
-            raise CqkdError(f"a {role} node needs BOOTSTRAP_NODES (host:port,...) to join")
-        control_socket = env.get("CQKD_CONTROL_SOCKET") or DEFAULT_CONTROL_SOCKET
-        if len(os.fsencode(control_socket)) > MAX_SOCKET_PATH:
-            raise CqkdError(
-                f"CQKD_CONTROL_SOCKET={control_socket} is longer than the "
-                f"{MAX_SOCKET_PATH} bytes a Unix socket path may have"
-            )
-        level_name = (env.get("CQKD_LOG_LEVEL") or "WARNING").strip().upper()
-        backoff = _parse_number(env, "JOIN_BACKOFF", 0.5)
-        return cls(
-            role=role,
-            port=resolution.port,
-            bootstrap_nodes=nodes,
-            name=(env.get("CQKD_NODE_NAME") or "").strip() or None,
-            health_file=env.get("CQKD_HEALTH_FILE") or DEFAULT_HEALTH_FILE,
-            control_socket=control_socket,
-            join_backoff=backoff,
-            join_backoff_max=max(backoff, _parse_number(env, "JOIN_BACKOFF_MAX", 5.0)),
-            health_interval=_parse_number(env, "CQKD_HEALTH_INTERVAL", 10.0),
-            rpc_timeout=_parse_number(env, "CQKD_RPC_TIMEOUT", 2.0),
-            interface=resolution.bind_host,
-            log_level=LEVELS.get(level_name, LEVELS["WARNING"]),
-            store_bytes=int(_parse_number(env, "CQKD_STORE_BYTES", DEFAULT_STORE_BYTES)),
-            store_quota=int(_parse_number(env, "CQKD_STORE_QUOTA", 256 * 1024)),
-            value_ttl=_parse_number(env, "CQKD_VALUE_TTL", 86400.0),
-            republish_interval=_parse_number(env, "CQKD_REPUBLISH_INTERVAL", 3600.0),
-            rate=_parse_number(env, "CQKD_RATE", 100.0),
-            max_per_ip=max(1, int(_parse_number(env, "CQKD_MAX_PER_IP", 10))),
-            max_per_net24=max(1, int(_parse_number(env, "CQKD_MAX_PER_NET24", 64))),
-            lookup_deadline=_parse_number(env, "CQKD_LOOKUP_DEADLINE", 20.0),
-        )
-
-
-def _parse_number(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise CqkdError(f"{name}={raw!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise CqkdError(f"{name}={raw} must be greater than 0")
-    return value
-
-
-def parse_bootstrap_nodes(raw: str) -> tuple[tuple[str, int], ...]:
-    """``"bootstrap:7000, 10.0.0.5:7001"`` → ``(("bootstrap", 7000), ("10.0.0.5", 7001))``.
-
-    Host names are kept as names: Swarm's DNS only knows a service once its
-    task runs, so resolving here, once, would freeze a failure. Empty items are
-    ignored so a trailing comma from a template is harmless; duplicates are
-    dropped because each one would cost a ping per join attempt.
-    """
-    result: list[tuple[str, int]] = []
-    for item in raw.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            host, port = split_host_port(item)
-        except ValueError as exc:
-            raise CqkdError(f"BOOTSTRAP_NODES item {item!r} {exc}") from None
-        if (host, port) not in result:
-            result.append((host, port))
-    return tuple(result)
+# --------------------------------------------------------------------------- health file
 
 
 def health_pattern(port: int) -> str:
@@ -408,89 +199,6 @@ def health_pattern(port: int) -> str:
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port} is outside 0-65535")
     return f":{port:04X} "
-
-
-def digest(key: str) -> bytes:
-    """A key's place in the DHT: sha1 of its UTF-8 text, as ``kademlia.utils.digest``.
-
-    ``hashlib`` loads OpenSSL; only the control socket's set/get need it.
-    """
-    import hashlib
-
-    return hashlib.sha1(key.encode("utf8")).digest()
-
-
-def _is_ipv4(host: str) -> bool:
-    try:
-        socket.inet_pton(socket.AF_INET, host)
-    except OSError:
-        return False
-    return True
-
-
-def _is_contact_ip(host: str) -> bool:
-    """An IPv4 literal a peer can be at: a host name would be resolved on the loop.
-
-    ``sendto`` resolves a name synchronously (10 s frozen per name against a
-    DNS server that does not answer); 0.0.0.0 and the broadcast address are
-    nobody's.
-    """
-    return _is_ipv4(host) and host not in ("0.0.0.0", "255.255.255.255")
-
-
-def _net24(ip: str) -> str:
-    return ip.rpartition(".")[0]
-
-
-def _as_int(node_id: bytes) -> int:
-    return int.from_bytes(node_id, "big")
-
-
-def _is_id(value: object) -> bool:
-    return isinstance(value, bytes) and len(value) == ID_BYTES
-
-
-def _contacts_from(answer: object) -> list[Contact]:
-    """The valid ``(id, ip, port)`` entries of a ``find_node`` answer; junk is skipped."""
-    found: list[Contact] = []
-    if not isinstance(answer, list):
-        return found
-    for item in answer:
-        if (
-            isinstance(item, (list, tuple))
-            and len(item) == 3
-            and _is_id(item[0])
-            and isinstance(item[1], str)
-            and _is_contact_ip(item[1])
-            and isinstance(item[2], int)
-            and 0 < item[2] < 65536
-        ):
-            found.append((item[0], item[1], item[2]))
-    return found
-
-
-def value_size(value: object) -> int | None:
-    """The packed size of a value this node holds or passes on, None if it is not one.
-
-    One scalar (the control socket's own rule: string, number, boolean) of at
-    most MAX_VALUE_BYTES: a container value of nested empty arrays cost 4 MiB
-    of memory per 64 KB datagram.
-    """
-    if value is None or not isinstance(value, (str, int, float, bool)):
-        return None
-    try:
-        size = len(umsgpack.packb(value))
-    except Exception:  # an int beyond 64 bits
-        return None
-    return size if size <= MAX_VALUE_BYTES else None
-
-
-def _random_fraction() -> float:
-    """A float in [0, 1) for jitter and sampling, without importing ``random``."""
-    return int.from_bytes(os.urandom(4), "big") / 4294967296
-
-
-# --------------------------------------------------------------------------- health file
 
 
 class HealthFile:
@@ -543,367 +251,7 @@ class HealthFile:
         return os.path.exists(self.path)
 
 
-# --------------------------------------------------------------------------- routing table
-
-
-class RoutingTable:
-    """k-buckets indexed by the bit length of the XOR distance to our own id.
-
-    Each bucket holds up to k contacts ``(id, ip, port)``, least recently seen
-    first. A full bucket keeps its old contacts (they have proven to stay up):
-    the newcomer waits among the bucket's spares while the node pings the
-    oldest contact, and takes its place only if that one turns out dead.
-
-    A known id is never moved to another address (one ping from anywhere
-    used to re-point it), an address holds one id, and one IP or /24 holds at
-    most ``max_per_ip`` / ``max_per_net24`` contacts, so one host cannot fill
-    the table with ids of its choosing.
-    """
-
-    def __init__(
-        self, own_id: bytes, k: int = K, max_per_ip: int = 1 << 30, max_per_net24: int = 1 << 30
-    ) -> None:
-        self.own_id = own_id
-        self.own = _as_int(own_id)
-        self.k = k
-        self.max_per_ip = max_per_ip
-        self.max_per_net24 = max_per_net24
-        self.buckets: dict[int, list[Contact]] = {}
-        self.spares: dict[int, list[Contact]] = {}
-        self.addresses: dict[tuple[str, int], bytes] = {}
-        self.per_ip: dict[str, int] = {}
-        self.per_net: dict[str, int] = {}
-
-    def index(self, node_id: bytes) -> int:
-        return (_as_int(node_id) ^ self.own).bit_length()
-
-    def __len__(self) -> int:
-        return len(self.addresses)
-
-    def contacts(self) -> list[Contact]:
-        return [c for bucket in self.buckets.values() for c in bucket]
-
-    def get(self, node_id: bytes) -> Contact | None:
-        for contact in self.buckets.get(self.index(node_id), ()):
-            if contact[0] == node_id:
-                return contact
-        return None
-
-    def at(self, address: tuple[str, int]) -> bytes | None:
-        """The id the table holds at ``address``, if any."""
-        return self.addresses.get(address)
-
-    def _room_for(self, contact: Contact) -> bool:
-        ip = contact[1]
-        return (
-            (ip, contact[2]) not in self.addresses
-            and self.per_ip.get(ip, 0) < self.max_per_ip
-            and self.per_net.get(_net24(ip), 0) < self.max_per_net24
-        )
-
-    def _count(self, contact: Contact, step: int) -> None:
-        ip, net = contact[1], _net24(contact[1])
-        for counts, name in ((self.per_ip, ip), (self.per_net, net)):
-            left = counts.get(name, 0) + step
-            if left > 0:
-                counts[name] = left
-            else:
-                counts.pop(name, None)
-        if step > 0:
-            self.addresses[(ip, contact[2])] = contact[0]
-        else:
-            self.addresses.pop((ip, contact[2]), None)
-
-    def touch(self, contact: Contact) -> tuple[str, Contact | None]:
-        """Record that ``contact`` was seen (the caller has verified it).
-
-        Returns "known", "added", "full" (with the bucket's oldest contact,
-        which the caller pings), or "refused": the id is known at another
-        address, the address holds another id, or its IP or /24 is at its cap.
-        """
-        index = self.index(contact[0])
-        bucket = self.buckets.setdefault(index, [])
-        for position, known in enumerate(bucket):
-            if known[0] == contact[0]:
-                if known[1:] != contact[1:]:
-                    return "refused", None
-                del bucket[position]
-                bucket.append(known)
-                return "known", None
-        if not self._room_for(contact):
-            if not bucket:
-                del self.buckets[index]
-            return "refused", None
-        if len(bucket) < self.k:
-            bucket.append(contact)
-            self._count(contact, 1)
-            return "added", None
-        spares = self.spares.setdefault(index, [])
-        spares[:] = [c for c in spares if c[0] != contact[0]]
-        spares.append(contact)
-        del spares[: -self.k]
-        return "full", bucket[0]
-
-    def remove(self, node_id: bytes) -> bool:
-        """Drop a contact (it did not answer); the newest spare of its bucket that fits moves in."""
-        index = self.index(node_id)
-        spares = self.spares.get(index)
-        if spares:
-            spares[:] = [c for c in spares if c[0] != node_id]
-        bucket = self.buckets.get(index)
-        if not bucket:
-            return False
-        kept = [c for c in bucket if c[0] != node_id]
-        if len(kept) == len(bucket):
-            return False
-        for contact in bucket:
-            if contact[0] == node_id:
-                self._count(contact, -1)
-        while spares:
-            spare = spares.pop()
-            if self._room_for(spare):
-                kept.append(spare)
-                self._count(spare, 1)
-                break
-        if kept:
-            self.buckets[index] = kept
-        else:
-            del self.buckets[index]
-        if not spares:
-            self.spares.pop(index, None)
-        return True
-
-    def closer_than_us(self, target: bytes, limit: int) -> int:
-        """How many contacts are closer to ``target`` than this node, counting up to ``limit``.
-
-        Only the target's own bucket and the ones below it can hold such
-        contacts (a contact in a higher bucket differs from us on a bit where
-        the target agrees with us), so a STORE costs a few buckets, not a
-        sort of the whole table.
-        """
-        goal = _as_int(target)
-        mine = self.own ^ goal
-        top = mine.bit_length()
-        count = 0
-        for index, bucket in self.buckets.items():
-            if index > top:
-                continue
-            for contact in bucket:
-                if _as_int(contact[0]) ^ goal < mine:
-                    count += 1
-                    if count >= limit:
-                        return count
-        return count
-
-    def nearest(
-        self, target: bytes, k: int = K, exclude: tuple[str, int] | None = None
-    ) -> list[Contact]:
-        """The k contacts closest to ``target``, except ``target`` and ``exclude``'s address."""
-        goal = _as_int(target)
-        found = [
-            c
-            for bucket in self.buckets.values()
-            for c in bucket
-            if c[0] != target and (exclude is None or (c[1], c[2]) != exclude)
-        ]
-        found.sort(key=lambda c: _as_int(c[0]) ^ goal)
-        return found[:k]
-
-
-# --------------------------------------------------------------------------- lookups
-
-
-class Lookup:
-    """An iterative ``find_node`` / ``find_value`` over the network, never asking ourselves.
-
-    Up to alpha RPCs are in flight at once, always to the closest contacts not
-    asked yet among the k closest known; it ends when those k have all
-    answered or failed (the result is the k closest that answered), or, for
-    a value, at the first node that has it. Other nodes list us among their
-    contacts; this node never asks itself, so its own storage cannot make a
-    ``get`` look like a read across the network.
-    """
-
-    def __init__(
-        self,
-        node: DhtNode,
-        target: bytes,
-        want_value: bool,
-        done: Callable[[Any, list[Contact]], None],
-    ) -> None:
-        self.node = node
-        self.target = target
-        self._goal = _as_int(target)
-        self.want_value = want_value
-        self.done = done
-        self.known: dict[bytes, Contact] = {}
-        self.asked: set[bytes] = set()
-        self.without_value: list[Contact] = []
-        self.in_flight = 0
-        self.finished = False
-        self.timer: list[Any] | None = None
-
-    def start(self) -> Lookup:
-        """Begin; whatever happens, it ends by the node's lookup deadline.
-
-        A peer that keeps answering with ever-closer (made-up) contacts would
-        otherwise keep a lookup, the join's included, running for ever.
-        """
-        self.timer = self.node.later(self.node.config.lookup_deadline, self._deadline)
-        self.add(self.node.table.nearest(self.target))
-        self.pump()
-        return self
-
-    def cancel(self) -> None:
-        self.finished = True
-        self.node.cancel(self.timer)
-
-    def _deadline(self) -> None:
-        if not self.finished:
-            answered = [c for c in self.nearest() if c[0] in self.asked]
-            self._finish(None, answered)
-
-    def add(self, contacts: Iterable[Contact]) -> None:
-        for contact in contacts:
-            node_id = contact[0]
-            if node_id in self.known or node_id in self.asked:
-                continue  # asked and absent from known: it failed
-            if node_id in (self.node.id, PROBE_NODE_ID):
-                continue
-            self.known[node_id] = contact
-        if len(self.known) > LOOKUP_MAX_KNOWN:
-            # Keep the closest and every contact asked (their answers count).
-            ranked = sorted(self.known.values(), key=self._distance)
-            keep = ranked[:LOOKUP_MAX_KNOWN]
-            keep += [c for c in ranked[LOOKUP_MAX_KNOWN:] if c[0] in self.asked]
-            self.known = {c[0]: c for c in keep}
-
-    def _distance(self, contact: Contact) -> int:
-        return _as_int(contact[0]) ^ self._goal
-
-    def nearest(self) -> list[Contact]:
-        return sorted(self.known.values(), key=self._distance)[:K]
-
-    def pump(self) -> None:
-        if self.finished:
-            return
-        name = "find_value" if self.want_value else "find_node"
-        for contact in self.nearest():
-            if self.in_flight >= ALPHA:
-                break
-            if contact[0] in self.asked:
-                continue
-            if len(self.asked) >= LOOKUP_MAX_QUERIES:
-                break
-            self.asked.add(contact[0])
-            self.in_flight += 1
-            self.node.rpc(
-                contact,
-                name,
-                [self.node.id, self.target],
-                lambda ok, data, contact=contact: self._answer(contact, ok, data),
-            )
-        if self.in_flight == 0:
-            self._finish(None, [c for c in self.nearest() if c[0] in self.asked])
-
-    def _answer(self, contact: Contact, ok: bool, data: Any) -> None:
-        self.in_flight -= 1
-        if self.finished:
-            return
-        if not ok:
-            self.known.pop(contact[0], None)
-        elif (
-            self.want_value and isinstance(data, dict) and value_size(data.get("value")) is not None
-        ):
-            value = data["value"]
-            # As kademlia's crawl: the closest node that did not have the value
-            # gets a copy, so the next lookup ends sooner.
-            if self.without_value:
-                closest = min(self.without_value, key=self._distance)
-                self.node.rpc(closest, "store", [self.node.id, self.target, value])
-            self._finish(value, [c for c in self.nearest() if c[0] in self.asked])
-            return
-        else:
-            self.without_value.append(contact)
-            self.add(_contacts_from(data))
-        self.pump()
-
-    def _finish(self, value: Any, nodes: list[Contact]) -> None:
-        self.finished = True
-        self.node.cancel(self.timer)
-        self.done(value, nodes)
-
-
-# --------------------------------------------------------------------------- control requests
-
-
-class Request:
-    """One parsed control request: ``op`` plus, for set/get/holds, a key (and a value)."""
-
-    __slots__ = ("key", "op", "value")
-
-    def __init__(self, op: str, key: str | None = None, value: Any = None) -> None:
-        self.op = op
-        self.key = key
-        self.value = value
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Request):
-            return NotImplemented
-        return (self.op, self.key, self.value) == (other.op, other.key, other.value)
-
-    def __hash__(self) -> int:
-        return hash((self.op, self.key, self.value))
-
-    def __repr__(self) -> str:
-        return f"Request({self.op!r}, {self.key!r}, {self.value!r})"
-
-
-class RequestError(CqkdError):
-    """A control request the node cannot act on; its text goes back to the client."""
-
-
-def parse_request(raw: bytes) -> Request:
-    """Check one control request; kept pure so every refusal is unit-testable."""
-    import json  # only Alice, Bob and operators use the control socket
-
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(f"request is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise RequestError("request must be a JSON object")
-    op = data.get("op")
-    if op == "status":
-        return Request("status")
-    if op not in ("set", "get", "holds"):
-        raise RequestError(f"unknown op {op!r}; expected set, get, holds or status")
-    key = data.get("key")
-    if not isinstance(key, str) or not key:
-        raise RequestError(f"{op} needs a non-empty string 'key'")
-    if op in ("get", "holds"):
-        return Request(op, key)
-    if "value" not in data:
-        raise RequestError("set needs a 'value'")
-    value = data["value"]
-    # What kademlia's storage and msgpack carry; null would read back as "absent".
-    if not isinstance(value, (str, int, float, bool)):
-        raise RequestError("value must be a string, number or boolean")
-    return Request("set", key, value)
-
-
-class _Client:
-    """One control connection: the request line being read, then the operation."""
-
-    __slots__ = ("buffer", "conn", "lookup", "out", "replied", "timer")
-
-    def __init__(self, conn: socket.socket) -> None:
-        self.conn = conn
-        self.buffer = b""
-        self.out = b""  # the reply not yet written
-        self.lookup: Lookup | None = None
-        self.replied = False
-        self.timer: list[Any] | None = None
+# --------------------------------------------------------------------------- the node
 
 
 class _JoinAttempt:
@@ -922,70 +270,6 @@ class _JoinAttempt:
         self.timer: list[Any] | None = None
 
 
-# --------------------------------------------------------------------------- control socket file
-
-
-def open_control_socket(path: str) -> socket.socket:
-    """Listen on ``path`` with mode 0600, in a directory nobody else can plant things in.
-
-    With the umask alone (umask 000) any local user could connect; in a
-    shared directory such as ``/tmp`` another user could take the path first
-    and answer ``nodectl`` with forged values. So: the directory is created
-    (0700) if missing, and must be a real directory owned by us or root that
-    no one else can write to, sticky bit or not; the socket is bound under
-    umask 077.
-    """
-    import stat
-
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        info = os.lstat(folder)
-    except OSError as exc:
-        raise CqkdError(f"cannot open control socket {path}: {exc}") from None
-    mode = info.st_mode
-    if not stat.S_ISDIR(mode):
-        raise CqkdError(f"control socket directory {folder} is not a directory (a link?)")
-    if info.st_uid not in (0, os.geteuid()):
-        raise CqkdError(f"control socket directory {folder} belongs to uid {info.st_uid}, not us")
-    if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise CqkdError(
-            f"control socket directory {folder} is writable by others "
-            f"(mode {stat.S_IMODE(mode):o}): another user could take or replace the "
-            "socket; give it a directory of its own, e.g. /tmp/cqkd/control.sock"
-        )
-    try:
-        existing = os.lstat(path)
-    except FileNotFoundError:
-        existing = None
-    except OSError as exc:
-        raise CqkdError(f"cannot open control socket {path}: {exc}") from None
-    if existing is not None:
-        if existing.st_uid != os.geteuid() or not stat.S_ISSOCK(existing.st_mode):
-            raise CqkdError(
-                f"control socket path {path} is already taken by something that is not "
-                "our socket; refusing to use it"
-            )
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_mask = os.umask(0o177)
-    try:
-        control.bind(path)
-        os.chmod(path, 0o600)
-        control.listen(16)
-    except OSError as exc:
-        control.close()
-        raise CqkdError(f"cannot open control socket {path}: {exc}") from None
-    finally:
-        os.umask(old_mask)
-    control.setblocking(False)
-    return control
-
-
-# --------------------------------------------------------------------------- the node
-
-
 class DhtNode:
     """One running node: UDP RPCs, the routing table, joins, health file and control socket.
 
@@ -994,7 +278,9 @@ class DhtNode:
     pipes of name-lookup children and the socket the signal handler wakes the
     loop through (``signal.set_wakeup_fd``). Operations
     (lookups, joins, control requests) are callbacks on that loop, so none of
-    them stops the node from answering RPCs.
+    them stops the node from answering RPCs. The control socket's clients are
+    a :class:`~cqkd_stack.node.control.ControlServer`'s, not the node's: they
+    are rare, and the datagram path stays in this class alone.
     """
 
     def __init__(self, config: NodeConfig) -> None:
@@ -1015,13 +301,12 @@ class DhtNode:
         self._unreachable: dict[tuple[str, int], float] = {}
         self._republishing: list[bytes] = []
         self._republish_running = 0
-        self._accept_paused = False
         self.health = HealthFile(config.health_file, config.port)
         self.started = _LOADED
         self.selector = selectors.DefaultSelector()
         self.sock: socket.socket | None = None
         self.muted: KernelMute | None = None
-        self.control: socket.socket | None = None
+        self.control: ControlServer | None = None
         self.wake_r, self.wake_w = socket.socketpair()
         # msgid -> (deadline, callback, address)
         self.pending: dict[bytes, tuple[float, Reply, tuple[str, int]]] = {}
@@ -1134,10 +419,10 @@ class DhtNode:
             ) from None
         sock.setblocking(False)
         self.muted = KernelMute(sock, MAX_MUTED, MUTE_SECONDS)
-        control = self.control = open_control_socket(self.config.control_socket)
+        control = self.control = ControlServer(self, self.config.control_socket)
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
         self.selector.register(sock, selectors.EVENT_READ, self._on_datagrams)
-        self.selector.register(control, selectors.EVENT_READ, self._on_accept)
+        self.selector.register(control.listener, selectors.EVENT_READ, control.on_accept)
         if self.config.role == "bootstrap":
             # Listening is enough: the first node of a network has nobody to join.
             self.announce()
@@ -1153,8 +438,6 @@ class DhtNode:
         self.health.remove()
         if self.control is not None:
             self.control.close()
-            with contextlib.suppress(OSError):
-                os.unlink(self.config.control_socket)
         if self.sock is not None:
             self.sock.close()
         for name in list(self._resolving):
@@ -1207,7 +490,7 @@ class DhtNode:
                 if self.table.get(contact[0]) == contact:
                     self._bootstrap_gone(contact[0])
                     self.table.remove(contact[0])
-                if _is_id(data):
+                if is_id(data):
                     self.welcome(data, contact[1], contact[2])
             elif name == "ping" or self.table.get(contact[0]) == contact:
                 self.welcome(*contact)  # its own pong, or a contact we know there
@@ -1255,7 +538,7 @@ class DhtNode:
         A new contact gets the stored values it should hold, as the paper's
         section 2.5 and the library do, within bounds: see :meth:`_hand_over`.
         """
-        if node_id == self.id or node_id == PROBE_NODE_ID or not _is_contact_ip(ip):
+        if node_id == self.id or node_id == PROBE_NODE_ID or not is_contact_ip(ip):
             return
         contact = (node_id, ip, port)
         status, oldest = self.table.touch(contact)
@@ -1279,11 +562,11 @@ class DhtNode:
         HANDOVER_MAX_VALUES values or HANDOVER_MAX_BYTES bytes: the republish
         covers what does not fit.
         """
-        new = _as_int(contact[0])
+        new = as_int(contact[0])
         own = self.table.own
         sent = size = 0
         for key, value in self.storage.items():
-            goal = _as_int(key)
+            goal = as_int(key)
             if new ^ goal >= own ^ goal:
                 continue
             cost = value_size(value) or MAX_VALUE_BYTES
@@ -1302,7 +585,7 @@ class DhtNode:
             return False  # k known nodes are closer: it is theirs to hold
         return self.storage.put(key, value, size, ip)
 
-    def _store(self, key: bytes, value: Any) -> bool:
+    def store_own(self, key: bytes, value: Any) -> bool:
         """Hold a value this node publishes itself (charged to no network source)."""
         size = value_size(value)
         return size is not None and self.storage.put(key, value, size, "")
@@ -1359,7 +642,7 @@ class DhtNode:
                 entry = self.pending.pop(msgid, None)
                 if entry is not None:
                     # The message id went only to that address: it receives.
-                    self._mark_verified(entry[2], payload if _is_id(payload) else None)
+                    self._mark_verified(entry[2], payload if is_id(payload) else None)
                     self._guard(entry[1], True, payload)
 
     def _mute_floods(self) -> None:
@@ -1420,7 +703,7 @@ class DhtNode:
         """Ping an address that sent us a request, at most once at a time and per while."""
         if address in self._verifying or len(self._verifying) >= MAX_VERIFYING:
             return
-        if not _is_contact_ip(address[0]) or self.table.at(address) is not None:
+        if not is_contact_ip(address[0]) or self.table.at(address) is not None:
             return
         now = time.monotonic()
         until = self._unreachable.get(address)
@@ -1434,7 +717,7 @@ class DhtNode:
 
         def answered(ok: bool, data: Any) -> None:
             self._verifying.discard(address)
-            if ok and _is_id(data):
+            if ok and is_id(data):
                 self.welcome(data, address[0], address[1])
             elif not ok:
                 self._unreachable[address] = time.monotonic() + UNREACHABLE_FOR
@@ -1464,15 +747,15 @@ class DhtNode:
         budget = size * (REPLY_FACTOR if trusted else UNVERIFIED_REPLY_FACTOR) - HEADER_BYTES
         if name == "stun" and not args:
             answer: Any = [ip, port]
-        elif name == "ping" and len(args) == 1 and _is_id(args[0]):
+        elif name == "ping" and len(args) == 1 and is_id(args[0]):
             self._heard_from(args[0], address)
             answer = self.id
-        elif name == "store" and len(args) == 3 and _is_id(args[0]) and _is_id(args[1]):
+        elif name == "store" and len(args) == 3 and is_id(args[0]) and is_id(args[1]):
             self._heard_from(args[0], address)
             # Only from an address that has shown it receives (BEP 5's token
             # does the same): a spoofed STORE must not fill the budget.
             answer = trusted and self._accept_store(args[1], args[2], ip)
-        elif name in ("find_node", "find_value") and len(args) == 2 and all(map(_is_id, args)):
+        elif name in ("find_node", "find_value") and len(args) == 2 and all(map(is_id, args)):
             self._heard_from(args[0], address)
             answer = None
             if name == "find_value":
@@ -1510,7 +793,7 @@ class DhtNode:
         for contact in self.table.contacts():
             self._join_ping(attempt, (contact[1], contact[2]))
         for host, port in self.config.bootstrap_nodes:
-            if _is_ipv4(host):
+            if is_ipv4(host):
                 attempt.bootstraps.add((host, port))
                 self._join_ping(attempt, (host, port))
             else:
@@ -1538,7 +821,7 @@ class DhtNode:
     ) -> None:
         attempt.waiting -= 1
         # Our own address may be in the list; answering ourselves is no contact.
-        if ok and _is_id(data) and data not in (self.id, PROBE_NODE_ID):
+        if ok and is_id(data) and data not in (self.id, PROBE_NODE_ID):
             self.welcome(data, address[0], address[1])
             if address in attempt.bootstraps:
                 self.bootstrap_ids.add(data)
@@ -1665,7 +948,7 @@ class DhtNode:
         """One ping to an address of BOOTSTRAP_NODES; its answer is a contact and a bootstrap."""
 
         def answered(ok: bool, data: Any) -> None:
-            if ok and _is_id(data) and data not in (self.id, PROBE_NODE_ID):
+            if ok and is_id(data) and data not in (self.id, PROBE_NODE_ID):
                 self.welcome(data, address[0], address[1])
                 self.bootstrap_ids.add(data)
 
@@ -1840,125 +1123,7 @@ class DhtNode:
 
         Lookup(self, key, False, located).start()
 
-    # -- control socket
-
-    def _on_accept(self) -> None:
-        assert self.control is not None
-        try:
-            conn, _ = self.control.accept()
-        except BlockingIOError:
-            return
-        except OSError:
-            # EMFILE/ENFILE: the pending connection stays queued and the
-            # listener stays readable, so watching it now would spin the loop.
-            self._pause_accept()
-            return
-        conn.setblocking(False)
-        client = _Client(conn)
-        client.timer = self.later(OP_TIMEOUT, lambda: self._client_timed_out(client))
-        self.selector.register(conn, selectors.EVENT_READ, lambda: self._on_client(client))
-
-    def _on_client(self, client: _Client) -> None:
-        try:
-            chunk = client.conn.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._drop(client)
-            return
-        client.buffer += chunk
-        end = client.buffer.find(b"\n")
-        if end == -1 and chunk and len(client.buffer) <= MAX_REQUEST_BYTES:
-            return  # more to come
-        self.selector.unregister(client.conn)
-        if end > MAX_REQUEST_BYTES or (end == -1 and len(client.buffer) > MAX_REQUEST_BYTES):
-            self._reply(
-                client, {"ok": False, "error": f"request longer than {MAX_REQUEST_BYTES} bytes"}
-            )
-            return
-        line = client.buffer if end == -1 else client.buffer[: end + 1]
-        client.buffer = b""
-        try:
-            self._execute(client, parse_request(line))
-        except CqkdError as exc:
-            self._reply(client, {"ok": False, "error": exc.message})
-        except Exception as exc:  # a bug must not kill the node, and the client hears back
-            self._reply(client, {"ok": False, "error": f"internal error: {exc!r}"})
-
-    def _pause_accept(self) -> None:
-        if self._accept_paused or self.control is None:
-            return
-        self._accept_paused = True
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(self.control)
-
-        def resume() -> None:
-            self._accept_paused = False
-            if self.control is not None and not self.stopping:
-                self.selector.register(self.control, selectors.EVENT_READ, self._on_accept)
-
-        self.later(ACCEPT_PAUSE, resume)
-
-    def _client_timed_out(self, client: _Client) -> None:
-        if client.lookup is not None:
-            client.lookup.cancel()
-            self._reply(
-                client, {"ok": False, "error": f"no answer from the network within {OP_TIMEOUT:g}s"}
-            )
-        else:
-            self._drop(client)
-
-    def _drop(self, client: _Client) -> None:
-        if client.replied:
-            return
-        client.replied = True
-        self.cancel(client.timer)
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(client.conn)
-        client.conn.close()
-
-    def _reply(self, client: _Client, reply: dict[str, Any]) -> None:
-        if client.replied:
-            return
-        import json
-
-        try:
-            line = json.dumps(reply)
-        except (TypeError, ValueError):  # another node stored bytes, say, under the key
-            line = json.dumps({"ok": False, "error": "the value found is not JSON data"})
-        client.replied = True
-        client.out = line.encode() + b"\n"
-        self.cancel(client.timer)
-        # Written as the client reads, never waited for: a client that does
-        # not read its reply used to stall the whole node for 2 s.
-        client.timer = self.later(CONTROL_WRITE_TIMEOUT, lambda: self._close(client))
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(client.conn)
-        self._on_writable(client)
-
-    def _on_writable(self, client: _Client) -> None:
-        try:
-            sent = client.conn.send(client.out)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self._close(client)  # the client went away; nobody is left to tell
-            return
-        client.out = client.out[sent:]
-        if not client.out:
-            self._close(client)
-            return
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(client.conn)
-        self.selector.register(
-            client.conn, selectors.EVENT_WRITE, lambda: self._on_writable(client)
-        )
-
-    def _close(self, client: _Client) -> None:
-        self.cancel(client.timer)
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(client.conn)
-        client.conn.close()
+    # -- what the control socket asks of the node (see ``control.ControlServer``)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -1971,82 +1136,6 @@ class DhtNode:
             "muted": len(self.muted) if self.muted is not None else 0,
             "healthy": self.health.exists(),
         }
-
-    def _execute(self, client: _Client, request: Request) -> None:
-        if request.op == "status":
-            self._reply(client, self.status())
-            return
-        key = request.key
-        assert key is not None
-        target = digest(key)
-        if request.op == "holds":
-            # Read-only and local: no lookup, nothing sent to the network.
-            held = self.storage.get(target) is not None
-            self._reply(
-                client,
-                {"ok": True, "key": key, "holds": held, "published": target in self.published},
-            )
-            return
-        if request.op == "get":
-            if not len(self.table):
-                raise RequestError("this node has no neighbours to ask")
-
-            def found(value: Any, nodes: list[Contact]) -> None:
-                self._reply(client, {"ok": True, "key": key, "value": value})
-
-            client.lookup = Lookup(self, target, True, found).start()
-            return
-        if not len(self.table):
-            raise RequestError("this node has no neighbours to store on")
-        value = request.value
-        if value_size(value) is None:
-            raise RequestError(
-                f"value is larger than the {MAX_VALUE_BYTES} msgpack bytes a node holds"
-            )
-
-        def located(_: Any, nodes: list[Contact]) -> None:
-            self._store_on(client, key, target, value, nodes)
-
-        client.lookup = Lookup(self, target, False, located).start()
-
-    def _store_on(
-        self, client: _Client, key: str, target: bytes, value: Any, nodes: list[Contact]
-    ) -> None:
-        """Store on the k closest other nodes, and here too if we are closer than the farthest."""
-        if not nodes:
-            self._reply(
-                client, {"ok": True, "key": key, "stored": False, "replicas": 0, "local": False}
-            )
-            return
-        goal = _as_int(target)
-        farthest = max(_as_int(c[0]) ^ goal for c in nodes)
-        local = self.table.own ^ goal < farthest
-        if local:
-            self._store(target, value)
-        self.published.pop(target, None)
-        self.published[target] = value
-        while len(self.published) > MAX_PUBLISHED:
-            del self.published[next(iter(self.published))]
-        acked = [0]
-        left = [len(nodes)]
-
-        def stored(ok: bool, data: Any) -> None:
-            acked[0] += 1 if ok else 0
-            left[0] -= 1
-            if left[0] == 0:
-                self._reply(
-                    client,
-                    {
-                        "ok": True,
-                        "key": key,
-                        "stored": acked[0] > 0,
-                        "replicas": acked[0],
-                        "local": local,
-                    },
-                )
-
-        for contact in nodes:
-            self.rpc(contact, "store", [self.id, target, value], stored)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,18 @@ PROBE_NODE_ID = bytes.fromhex("646a075745527b4e829a273fdc7b8e5cc3068bfa")
 DEFAULT_CONTROL_SOCKET = "/tmp/cqkd/control.sock"
 
 
+def digest(key: str) -> bytes:
+    """A key's place in the DHT: sha1 of its UTF-8 text, as ``kademlia.utils.digest``.
+
+    Here because the host's ``dht-check --kill-holders`` must draw keys as the
+    node places them. ``hashlib`` loads OpenSSL; only the control socket's
+    set/get/holds and that check need it.
+    """
+    import hashlib
+
+    return hashlib.sha1(key.encode("utf8")).digest()
+
+
 def split_host_port(text: str, form: str = "host:port") -> tuple[str, int]:
     """``"10.0.1.5:7003"`` or ``"[::1]:7000"`` → (host, port).
 

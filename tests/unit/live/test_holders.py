@@ -18,25 +18,15 @@ from cqkd_stack.live.holders import (
     STACK_LABEL,
     TASK_LABEL,
     DhtTask,
-    K,
     choose_victims,
     closer_than,
     draw_key,
     is_task_container,
-    key_id,
     survival_timeout,
     task_order,
 )
-from cqkd_stack.node import daemon
-
-
-def test_a_key_s_place_is_the_node_s_own() -> None:
-    for key in ("k", "cqkd-survival-0a1b2c", "ünïcode"):
-        assert key_id(key) == daemon.digest(key)
-
-
-def test_the_node_keeps_its_k() -> None:
-    assert daemon.K == K
+from cqkd_stack.node.config import K
+from cqkd_stack.node.wire import digest
 
 
 @pytest.mark.parametrize("others", [1, 7, K, K + 1, 60])
@@ -44,7 +34,7 @@ def test_the_drawn_key_leaves_the_publisher_out_of_its_closest(others: int) -> N
     publisher = os.urandom(20)
     ids = [os.urandom(20) for _ in range(others)]
     key = draw_key(publisher, ids)
-    closer = closer_than(key_id(key), publisher, ids)
+    closer = closer_than(digest(key), publisher, ids)
     # k or fewer others: the publisher is the farthest of all; more: k are closer.
     assert closer >= min(K, others)
     if others <= K:
@@ -70,7 +60,7 @@ def test_a_draw_that_never_fits_gives_up_instead_of_spinning() -> None:
     publisher = bytes(20)
     # Every key of this draw is nearer the publisher (id 0) than the other node's id.
     other = b"\xff" * 20
-    fixed = next(k for k in (f"k{n}" for n in itertools.count()) if key_id(k)[0] < 0x80)
+    fixed = next(k for k in (f"k{n}" for n in itertools.count()) if digest(k)[0] < 0x80)
     with pytest.raises(CqkdError, match="draws"):
         draw_key(publisher, [other], draw=lambda: fixed)
 

@@ -25,6 +25,9 @@ NODE = REPO_ROOT / "cqkd_stack" / "node"
 ALLOWED = {
     "cqkd_stack.node.daemon": {"umsgpack"},
     "cqkd_stack.node.__main__": {"umsgpack"},
+    "cqkd_stack.node.routing": {"umsgpack"},
+    # The control socket's lookups and value checks are the routing module's.
+    "cqkd_stack.node.control": {"umsgpack"},
     # rpcudp imports umsgpack itself.
     "cqkd_stack.node.probe": {"rpcudp", "umsgpack"},
     "cqkd_stack.probe": {"rpcudp", "umsgpack"},

@@ -33,18 +33,11 @@ from kademlia.utils import digest as kademlia_digest
 
 from cqkd_stack.core.errors import CqkdError
 from cqkd_stack.node import nodectl, probe
-from cqkd_stack.node.daemon import (
-    HealthFile,
-    K,
-    NodeConfig,
-    Request,
-    RequestError,
-    RoutingTable,
-    digest,
-    health_pattern,
-    parse_bootstrap_nodes,
-    parse_request,
-)
+from cqkd_stack.node.config import K, NodeConfig, parse_bootstrap_nodes
+from cqkd_stack.node.control import Request, RequestError, parse_request
+from cqkd_stack.node.daemon import HealthFile, health_pattern
+from cqkd_stack.node.routing import RoutingTable
+from cqkd_stack.node.wire import digest
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PYTHON = sys.executable

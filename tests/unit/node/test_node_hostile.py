@@ -25,7 +25,9 @@ import pytest
 import umsgpack
 
 from cqkd_stack.node import nodectl
-from cqkd_stack.node.daemon import UNVERIFIED_REPLY_FACTOR, HealthFile, open_control_socket
+from cqkd_stack.node.config import UNVERIFIED_REPLY_FACTOR
+from cqkd_stack.node.control import open_control_socket
+from cqkd_stack.node.daemon import HealthFile
 from cqkd_stack.node.errors import CqkdError
 from cqkd_stack.node.wire import DEFAULT_CONTROL_SOCKET
 

@@ -10,7 +10,7 @@ from cqkd_stack.core.contract import subnet_capacity, subnet_for
 from cqkd_stack.core.errors import UsageError
 from cqkd_stack.core.policy import load_policy
 from cqkd_stack.lint.validate import validate_texts
-from cqkd_stack.node.daemon import DEFAULT_STORE_BYTES
+from cqkd_stack.node.config import DEFAULT_STORE_BYTES
 from cqkd_stack.targets.base import RenderOptions
 from cqkd_stack.targets.swarm import render, swarm_placeholders
 
