@@ -23,11 +23,13 @@ is needed in front of it. The node
 * writes the health file (``:XXXX `` for ``grep -qf FILE /proc/net/udp``) once it
   is in the DHT (a bootstrap node: once it listens) and removes it while it
   has no neighbour, trying a fresh join every health round meanwhile;
-* pings a sample of its contacts every ``CQKD_HEALTH_INTERVAL`` so dead ones
-  leave the table before a lookup meets them, and its bootstrap nodes every
-  time: once none answers (Swarm replaced a lost one), it joins again each
-  round until one does, so the nodes that join the replacement and the older
-  ones stay one DHT;
+* learns which contacts are alive from the traffic it gets anyway, and each
+  health round (``CQKD_HEALTH_INTERVAL``) pings only those it has not heard
+  from in 180 rounds (a bootstrap node: 5), so dead ones leave the table
+  at next to no cost at rest; its bootstrap nodes after 3 rounds without
+  news: once none answers (Swarm replaced a lost one), it joins again each
+  round until one does, so the nodes that join the replacement and the
+  older ones stay one DHT;
 * serves ``set`` / ``get`` / ``status`` / ``holds`` on a Unix control socket
   (one JSON line in, one out), where ``get`` always asks the network and
   never this node, and ``holds`` only says whether this node's own store has
@@ -132,6 +134,9 @@ import umsgpack
 
 from .config import (
     BODY_START,
+    BOOTSTRAP_CHECK_ROUNDS,
+    BOOTSTRAP_CONTACT_STALE_ROUNDS,
+    CONTACT_STALE_ROUNDS,
     DNS_TIMEOUT,
     HANDOVER_MAX_BYTES,
     HANDOVER_MAX_VALUES,
@@ -544,7 +549,14 @@ class DhtNode:
         status, oldest = self.table.touch(contact)
         if status == "added":
             self._hand_over(contact)
-        elif status == "full" and oldest is not None:
+        elif (
+            status == "full"
+            and oldest is not None
+            and self.table.stale(oldest[0], self._stale_after())
+        ):
+            # The bucket's oldest is pinged only if not heard from lately: an
+            # idle bootstrap hears from hundreds of nodes its buckets have no
+            # room for, and each used to cost a ping.
             self._check_alive(oldest)
 
     def _check_alive(self, contact: Contact) -> None:
@@ -1036,21 +1048,26 @@ class DhtNode:
     # -- health
 
     def health_round(self) -> None:
-        """Ping a sample of the table, then keep the health file honest.
+        """Ping the contacts not heard from for a while, then keep the health file honest.
 
         Kademlia only learns a contact is dead when an RPC to it fails. After
         churn (a scale-down, a restart) every lookup would otherwise wait out
         each dead contact's RPC timeout, and the bootstrap node hands its dead
-        contacts to every node that joins.
+        contacts to every node that joins. A contact heard from lately is
+        alive, so at rest each is pinged once per ``CONTACT_STALE_ROUNDS``
+        rounds, not a tenth of the table every round (see config).
         """
-        contacts = self.table.contacts()
-        count = min(
-            len(contacts), NEIGHBOUR_CHECK_MAX, max(NEIGHBOUR_CHECK_MIN, len(contacts) // 10)
-        )
-        contacts.sort(key=lambda _: _random_fraction())
-        # The bootstrap nodes every round: their loss must be noticed at once.
-        sample = [c for c in contacts if c[0] in self.bootstrap_ids]
-        sample += [c for c in contacts[:count] if c[0] not in self.bootstrap_ids]
+        interval = self.config.health_interval
+        now = time.monotonic()
+        size = len(self.table)
+        count = min(NEIGHBOUR_CHECK_MAX, max(NEIGHBOUR_CHECK_MIN, size // 10))
+        boots = self.bootstrap_ids
+        # Our bootstrap nodes sooner: their loss must be noticed (issue 10).
+        due = self.table.unseen_for(BOOTSTRAP_CHECK_ROUNDS * interval, now)
+        sample = [c for c in due if c[0] in boots]
+        others = [c for c in self.table.unseen_for(self._stale_after(), now) if c[0] not in boots]
+        others.sort(key=lambda _: _random_fraction())
+        sample += others[:count]
         if not sample:
             self._after_health_pings()
             return
@@ -1063,6 +1080,13 @@ class DhtNode:
 
         for contact in sample:
             self.rpc(contact, "ping", [self.id], pinged)
+
+    def _stale_after(self) -> float:
+        """Seconds without news after which a contact is pinged (see config)."""
+        rounds = CONTACT_STALE_ROUNDS
+        if self.config.role == "bootstrap":
+            rounds = BOOTSTRAP_CONTACT_STALE_ROUNDS
+        return rounds * self.config.health_interval
 
     def _after_health_pings(self) -> None:
         """Health file gone while the table is empty, with a fresh join attempt per round."""

@@ -12,6 +12,7 @@ Standard library and ``umsgpack`` only (the node's import rule).
 from __future__ import annotations
 
 import socket
+import time
 
 import umsgpack
 
@@ -144,6 +145,8 @@ class RoutingTable:
         self.addresses: dict[tuple[str, int], bytes] = {}
         self.per_ip: dict[str, int] = {}
         self.per_net: dict[str, int] = {}
+        # id -> when the contact was last seen alive at its address (monotonic)
+        self.seen: dict[bytes, float] = {}
 
     def index(self, node_id: bytes) -> int:
         return (as_int(node_id) ^ self.own).bit_length()
@@ -200,6 +203,7 @@ class RoutingTable:
                     return "refused", None
                 del bucket[position]
                 bucket.append(known)
+                self.seen[contact[0]] = time.monotonic()
                 return "known", None
         if not self._room_for(contact):
             if not bucket:
@@ -208,6 +212,7 @@ class RoutingTable:
         if len(bucket) < self.k:
             bucket.append(contact)
             self._count(contact, 1)
+            self.seen[contact[0]] = time.monotonic()
             return "added", None
         spares = self.spares.setdefault(index, [])
         spares[:] = [c for c in spares if c[0] != contact[0]]
@@ -230,6 +235,7 @@ class RoutingTable:
         for contact in bucket:
             if contact[0] == node_id:
                 self._count(contact, -1)
+        self.seen.pop(node_id, None)
         while spares:
             spare = spares.pop()
             if self._room_for(spare):
@@ -243,6 +249,15 @@ class RoutingTable:
         if not spares:
             self.spares.pop(index, None)
         return True
+
+    def unseen_for(self, seconds: float, now: float | None = None) -> list[Contact]:
+        """The contacts not seen alive within ``seconds`` (a spare that moved in: never)."""
+        now = time.monotonic() if now is None else now
+        return [c for b in self.buckets.values() for c in b if self.stale(c[0], seconds, now)]
+
+    def stale(self, node_id: bytes, seconds: float, now: float | None = None) -> bool:
+        seen = self.seen.get(node_id)
+        return seen is None or seen <= (time.monotonic() if now is None else now) - seconds
 
     def closer_than_us(self, target: bytes, limit: int) -> int:
         """How many contacts are closer to ``target`` than this node, counting up to ``limit``.
