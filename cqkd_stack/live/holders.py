@@ -29,7 +29,7 @@ any holder) still runs. This check proves it on a live stack:
 
 The default timeout follows Alice's ``CQKD_REPUBLISH_INTERVAL`` (3600 s unless
 the stack sets it): a republish is what brings the value back, and the
-bootstrap's replacement is found again within a health round or two.
+bootstrap's replacement is found again within BOOTSTRAP_CHECK_ROUNDS + 1 health rounds.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.errors import CqkdError
 from ..core.process import Progress
-from ..node.config import K
+from ..node.config import BOOTSTRAP_CHECK_ROUNDS, K
 from ..node.wire import digest
 from .client import engine_client
 from .dhtcheck import Control, Nodes, control_of, exec_nodectl, read_value, store_value
@@ -56,8 +56,8 @@ if TYPE_CHECKING:
 # What a node does unless its stack says otherwise (node/daemon.py's defaults).
 DEFAULT_REPUBLISH_INTERVAL = 3600.0
 DEFAULT_HEALTH_INTERVAL = 10.0
-# Beyond the republish interval: two health rounds (a replaced bootstrap is
-# joined again within them) and the republish lookup and store themselves.
+# Beyond the republish interval: the health rounds in which a replaced
+# bootstrap is noticed and joined again, and the republish lookup and store.
 TIMEOUT_MARGIN = 30.0
 # docker exec's run side by side, each a short nodectl: bounded so 1000
 # tasks do not open 1000 connections to one engine at once.
@@ -175,7 +175,7 @@ def survival_timeout(env: dict[str, str]) -> tuple[float, float]:
 
     interval = number("CQKD_REPUBLISH_INTERVAL", DEFAULT_REPUBLISH_INTERVAL)
     health = number("CQKD_HEALTH_INTERVAL", DEFAULT_HEALTH_INTERVAL)
-    return interval, interval + 2 * health + TIMEOUT_MARGIN
+    return interval, interval + (BOOTSTRAP_CHECK_ROUNDS + 1) * health + TIMEOUT_MARGIN
 
 
 def dht_tasks(client: docker.DockerClient, stack: str) -> list[DhtTask]:
