@@ -607,7 +607,6 @@ def dht_check(
     """
     from ..live.client import connect
     from ..live.dhtcheck import check_stack_dht as check
-    from .console import probe_text
 
     _format(format)
     compose = target_named(target, ("swarm", "compose")).name == "compose"
@@ -628,31 +627,41 @@ def dht_check(
         from ..live.compose_project import check_project_dht as check
     result = check(client, name)
     probed = _probe(client, name) if all else None
+    stored_on = f" (node {result.stored_on})" if result.stored_on else ""
+    read_on = f" (node {result.read_on})" if result.read_on else ""
+    _print_check(
+        result,
+        f"ok: {result.stored_by} stored {result.key}{stored_on}, "
+        f"{result.read_by} read it back through the DHT{read_on}; "
+        f"round trip {result.round_trip_seconds * 1000:.0f} ms "
+        f"(set {result.set_seconds * 1000:.0f} ms, get {result.get_seconds * 1000:.0f} ms "
+        f"in the nodes; by {result.via})",
+        probed,
+        format,
+    )
+    if probed is not None and not probed.ok:
+        raise Exit(code=1)
+
+
+def _print_check(result: Any, text: str, probed: Any, format: str) -> None:
+    """A dht-check's outcome, with the probe's when --all asked for it: JSON or text."""
     if format == "json":
         out: dict[str, Any] = asdict(result)
         if probed is not None:
             out["probe"] = _probe_dict(probed)
         _print_json(out)
-    else:
-        stored_on = f" (node {result.stored_on})" if result.stored_on else ""
-        read_on = f" (node {result.read_on})" if result.read_on else ""
-        print(
-            f"ok: {result.stored_by} stored {result.key}{stored_on}, "
-            f"{result.read_by} read it back through the DHT{read_on}; "
-            f"round trip {result.round_trip_seconds * 1000:.0f} ms "
-            f"(set {result.set_seconds * 1000:.0f} ms, get {result.get_seconds * 1000:.0f} ms "
-            f"in the nodes; by {result.via})"
-        )
-        if probed is not None:
-            print(probe_text(probed))
-    if probed is not None and not probed.ok:
-        raise Exit(code=1)
+        return
+    print(text)
+    if probed is not None:
+        from .console import probe_text
+
+        print(probe_text(probed))
 
 
 def _kill_holders_check(client: Any, name: str, format: str, timeout: int, all: bool) -> None:
     """dht-check --kill-holders: progress on stderr, the outcome on stdout, exit 1 on failure."""
     from ..live.holders import check_survival
-    from .console import probe_text, stderr_console, survival_text, with_progress
+    from .console import stderr_console, survival_text, with_progress
 
     console = stderr_console()
     result = with_progress(
@@ -661,15 +670,7 @@ def _kill_holders_check(client: Any, name: str, format: str, timeout: int, all: 
         lambda progress: check_survival(client, name, timeout=timeout, progress=progress),
     )
     probed = _probe(client, name) if all else None
-    if format == "json":
-        out: dict[str, Any] = asdict(result)
-        if probed is not None:
-            out["probe"] = _probe_dict(probed)
-        _print_json(out)
-    else:
-        print(survival_text(result))
-        if probed is not None:
-            print(probe_text(probed))
+    _print_check(result, survival_text(result), probed, format)
     if not result.ok or (probed is not None and not probed.ok):
         raise Exit(code=1)
 
