@@ -596,6 +596,7 @@ MOMENT_NAMES = {"all_joined": "all joined", "timeout": "timeout", "all_running":
 # A set's figures that the stage's headline (its column in the table) takes.
 HEADLINE_KEYS = (
     "memory",
+    "idle_cpu",
     "probe_wall_seconds",
     "probe_seconds",
     "probe_answered_min",
@@ -635,6 +636,67 @@ def running_slots(tasks: list[dict[str, Any]]) -> int:
     )
 
 
+# What a stack at rest costs, by process group (issue 20): the processes in
+# the containers (under a containerd shim), the shims and containerd, dockerd,
+# the kernel's threads, and everything else on the host.
+CPU_GROUPS = ("containers", "containerd+shims", "dockerd", "kernel threads", "other")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot() -> tuple[float, dict[int, tuple[str, int]]]:
+    """(host busy jiffies from /proc/stat, pid -> (group, utime+stime jiffies))."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    values = [int(v) for v in fields[:8]]
+    busy = sum(values) - values[3] - values[4]  # all but idle and iowait
+    procs: dict[int, tuple[str, int, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        rest = stat[stat.rindex(")") + 2 :].split()
+        procs[int(entry.name)] = (comm, int(rest[1]), int(rest[11]) + int(rest[12]))
+
+    def group(pid: int) -> str:
+        comm, ppid, _ = procs[pid]
+        if pid == 2 or ppid == 2:
+            return "kernel threads"
+        if comm == "containerd" or comm.startswith("containerd-shim"):
+            return "containerd+shims"
+        if comm == "dockerd":
+            return "dockerd"
+        seen = 0
+        while ppid in procs and seen < 64:  # a container's process descends from its shim
+            if procs[ppid][0].startswith("containerd-shim"):
+                return "containers"
+            ppid, seen = procs[ppid][1], seen + 1
+        return "other"
+
+    return busy, {pid: (group(pid), ticks) for pid, (_, _, ticks) in procs.items()}
+
+
+def idle_cpu(seconds: float) -> dict[str, Any]:
+    """Cores busy over ``seconds`` while nothing is asked of the stack, by group."""
+    busy0, procs0 = cpu_snapshot()
+    start = time.monotonic()
+    time.sleep(seconds)  # the measure: what the host does on its own meanwhile
+    busy1, procs1 = cpu_snapshot()
+    elapsed = time.monotonic() - start
+    groups = dict.fromkeys(CPU_GROUPS, 0)
+    for pid, (name, ticks) in procs1.items():
+        before = procs0.get(pid)
+        # A process started meanwhile counts whole; one that ended is lost.
+        groups[name] += ticks - (before[1] if before and before[0] == name else 0)
+    return {
+        "seconds": elapsed,
+        "host_busy_cores": (busy1 - busy0) / CLOCK_TICKS / elapsed,
+        "cores": {name: ticks / CLOCK_TICKS / elapsed for name, ticks in groups.items()},
+    }
+
+
 class Measure:
     """Takes a stage's figures at one moment: each that can be taken, none fatal.
 
@@ -642,7 +704,11 @@ class Measure:
     is recorded in the set's ``errors`` and the others are still taken, so a
     stack that never fully joins, or a stage that times out, still reports
     what it cost. Memory is divided by the slots running at that moment.
+    At a stage's last moment (the floor: all running; a DHT: all joined or
+    its timeout) the host's CPU at rest is read for ``idle_seconds``.
     """
+
+    idle_seconds = 60.0
 
     def __init__(
         self,
@@ -691,6 +757,9 @@ class Measure:
             taken["ports_seconds"] = attempt("ports", lambda: ports_seconds(self.stack))
         if self.dht_check:
             taken.update(attempt("dht_check", lambda: dht_check_figures(self.stack)) or {})
+        if self.idle_seconds > 0 and (moment != "all_running" or not self.dht):
+            log(f"{self.what}: CPU at rest for {self.idle_seconds:g} s")
+            taken["idle_cpu"] = attempt("idle_cpu", lambda: idle_cpu(self.idle_seconds))
         if errors:
             taken["errors"] = errors
         taken["seconds_taken"] = time.monotonic() - began
@@ -1030,6 +1099,11 @@ def table(results: dict) -> str:
         ("dht-check round trip, s", None, None, project.get("dht_check_seconds")),
         ("ports, wall s (median 5)", None, bare.get("ports_seconds"),
          project.get("ports_seconds")),
+        ("host CPU at rest, cores", _get(floor, "idle_cpu", "host_busy_cores"),
+         _get(bare, "idle_cpu", "host_busy_cores"), _get(project, "idle_cpu", "host_busy_cores")),
+        *((f"  {name}", _get(floor, "idle_cpu", "cores", name),
+           _get(bare, "idle_cpu", "cores", name), _get(project, "idle_cpu", "cores", name))
+          for name in CPU_GROUPS),
         ("teardown to nothing left, s", floor.get("teardown_seconds"),
          bare.get("teardown_seconds"), project.get("teardown_seconds")),
         ("engine alive after teardown", None, None,
@@ -1211,8 +1285,15 @@ def main() -> int:
         "to an address where nothing answers): a small run then takes the path of a "
         "baseline that never fully joins, and is measured at all-running and at the timeout",
     )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=60.0,
+        help="how long each stage's CPU at rest is read, by process group (0: not read)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures here")
     args = parser.parse_args()
+    Measure.idle_seconds = args.idle_seconds
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     if not 0 <= args.bare_lonely <= args.workers:

@@ -208,3 +208,24 @@ def test_memory_that_fell_during_a_stage_is_not_passed_off_as_the_stack_s() -> N
     text = scale.table(results)
     assert "bare: host memory at timeout was 1024 MiB below its reading before" in text
     assert "host memory at all running" not in text
+
+
+
+def test_cpu_at_rest_is_grouped_by_what_runs_each_process(tmp_path: Path) -> None:
+    """A descendant of a containerd shim is a container's process; kernel threads apart."""
+    shim = tmp_path / "containerd-shim-runc-v2"  # the kernel keeps 15 bytes of the name
+    shutil.copy(sys.executable, shim)
+    code = "import subprocess; subprocess.run(['sh', '-c', 'echo up; exec sleep 60'])"
+    proc = subprocess.Popen(
+        [str(shim), "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+        _, procs = scale.cpu_snapshot()
+        assert procs[proc.pid][0] == "containerd+shims"
+        assert [g for pid, (g, _) in procs.items() if pid != proc.pid and g == "containers"]
+        assert procs[os.getpid()][0] == "other"
+        assert procs[2][0] == "kernel threads" or 2 not in procs
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
