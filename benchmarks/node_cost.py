@@ -49,11 +49,13 @@ import socket
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from scale import used_bytes
+from startup import export
 
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -65,18 +67,6 @@ JOIN_TIMEOUT = 60.0
 
 
 # --- trees ------------------------------------------------------------------------
-
-
-def export(ref: str, dest: Path) -> Path:
-    """The tree of git revision ``ref`` in ``dest``, as ``git archive`` gives it."""
-    archive = dest / "tree.tar"
-    with archive.open("wb") as out:
-        subprocess.run(["git", "-C", str(REPO), "archive", ref], stdout=out, check=True)
-    tree = dest / "tree"
-    with tarfile.open(archive) as tar:
-        tar.extractall(tree, filter="data")
-    archive.unlink()
-    return tree
 
 
 def free_udp_ports(count: int) -> list[int]:
@@ -98,7 +88,14 @@ class Node:
     """One ``python -m cqkd_stack.node`` of a tree, its files in ``folder``."""
 
     def __init__(
-        self, tree: Path, folder: Path, name: str, port: int, role: str, bootstrap: str = ""
+        self,
+        tree: Path,
+        folder: Path,
+        name: str,
+        port: int,
+        role: str,
+        bootstrap: str = "",
+        extra: dict[str, str] | None = None,
     ) -> None:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -109,6 +106,7 @@ class Node:
             "BOOTSTRAP_NODES": bootstrap,
             "CQKD_HEALTH_FILE": str(folder / f"{name}.health"),
             "CQKD_CONTROL_SOCKET": str(folder / f"{name}.sock"),
+            **(extra or {}),
         }
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
@@ -152,15 +150,6 @@ def startup_once(tree: Path, folder: Path) -> tuple[float, float]:
             worker.stop()
     finally:
         boot.stop()
-
-
-def used_bytes() -> int:
-    """``free -b`` "used", the figure the field notes and scale.py use."""
-    out = subprocess.run(["free", "-b"], capture_output=True, text=True, check=True).stdout
-    for line in out.splitlines():
-        if line.startswith("Mem:"):
-            return int(line.split()[2])
-    raise RuntimeError(f"unexpected output of free -b:\n{out}")
 
 
 # Where host memory goes, from /proc/meminfo: what the containers' processes
