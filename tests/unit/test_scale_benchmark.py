@@ -160,12 +160,15 @@ def test_a_failed_teardown_and_a_failed_figure_are_named() -> None:
 
 
 def test_a_teardown_finishes_before_an_interrupt_stops_the_run() -> None:
+    # Whatever this process had before (a run started in the background
+    # inherits SIGINT ignored), the block puts it back.
+    before = signal.getsignal(signal.SIGINT)
     finished = []
     with pytest.raises(KeyboardInterrupt), scale.interrupts_held("removing a stack"):
         os.kill(os.getpid(), signal.SIGINT)
         finished.append("teardown")
     assert finished == ["teardown"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_the_final_cleanup_swallows_the_interrupt() -> None:
