@@ -637,9 +637,17 @@ def running_slots(tasks: list[dict[str, Any]]) -> int:
 
 
 # What a stack at rest costs, by process group (issue 20): the processes in
-# the containers (under a containerd shim), the shims and containerd, dockerd,
-# the kernel's threads, and everything else on the host.
-CPU_GROUPS = ("containers", "containerd+shims", "dockerd", "kernel threads", "other")
+# the containers (under a containerd shim), Python (the nodes) apart from the
+# rest (the health checks' execs, docker-init, the floor's sleep), the shims
+# and containerd, dockerd, the kernel's threads, and everything else.
+CPU_GROUPS = (
+    "containers: python",
+    "containers: other",
+    "containerd+shims",
+    "dockerd",
+    "kernel threads",
+    "other",
+)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -671,7 +679,7 @@ def cpu_snapshot() -> tuple[float, dict[int, tuple[str, int]]]:
         seen = 0
         while ppid in procs and seen < 64:  # a container's process descends from its shim
             if procs[ppid][0].startswith("containerd-shim"):
-                return "containers"
+                return "containers: python" if comm.startswith("python") else "containers: other"
             ppid, seen = procs[ppid][1], seen + 1
         return "other"
 
