@@ -658,9 +658,17 @@ class DhtNode:
                     self._guard(entry[1], True, payload)
 
     def _mute_floods(self) -> None:
-        """Have the kernel drop the sources the rate limit found flooding, for a while."""
+        """Have the kernel drop the sources the rate limit found flooding, for a while.
+
+        Never a contact of the routing table: a flood may carry a spoofed
+        source, and muting a contact's address (the bootstrap's) would also
+        drop its answers to us and cut this node off; a contact's requests
+        still meet the rate limit.
+        """
         assert self.muted is not None
         for source in self.limiter.flooding:
+            if self.table.at(source) is not None:
+                continue
             if self.muted.add(source):
                 self.say(
                     "WARNING",

@@ -368,6 +368,24 @@ def test_a_flooding_source_is_muted_in_the_kernel(
     assert all(t is not None and t < 0.1 for t in answered_honest), answered_honest
 
 
+def test_a_flood_in_a_contacts_name_never_mutes_the_contact(
+    boot: NodeProc, peers: Callable[..., Peer]
+) -> None:
+    """A spoofed flood must not make the kernel drop a contact's answers to us."""
+    contact = peers()
+    verified(contact, boot)
+    wait_for(lambda: boot.ctl("status")[1]["neighbours"] == 1, 5, "the contact known")
+    for _ in range(3000):
+        contact.send(boot.port, request("ping", [contact.id]))
+    assert boot.ctl("status")[1]["muted"] == 0
+    # Its bucket refills (100 a second): rate-limited for a moment, never muted.
+    wait_for(
+        lambda: contact.call(boot.port, "ping", [contact.id], timeout=0.2) is not None,
+        3,
+        "the contact answered again",
+    )
+
+
 # --------------------------------------------------------------------------- lookups
 
 
