@@ -24,7 +24,6 @@ is self-contained: an image that is not ours may copy it alone.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
 # Evaluated by type checkers only: importing ``typing`` or ``collections.abc``
@@ -409,6 +408,10 @@ def check_bindable(port: int, protocol: str = "udp", host: str = "0.0.0.0") -> N
     TCP sets it so a port in TIME_WAIT from the previous task is not a false
     alarm (a listening TCP socket still conflicts).
     """
+    # Only the check needs sockets: the node imports this module for the port
+    # alone, and ``socket`` costs it about 0.5 MiB (its enums; see daemon.py).
+    import socket
+
     protocol = protocol.lower()
     if protocol not in ("udp", "tcp"):
         raise ResolverError(f"protocol {protocol!r} must be udp or tcp")
