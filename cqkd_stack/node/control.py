@@ -4,7 +4,8 @@ Only Alice, Bob and operators use it, a few times in a node's life, while
 every datagram goes through the daemon's loop; so it is a helper the node
 holds, not more methods of the node, and what it needs (``json``, ``stat``,
 ``hashlib`` through :func:`~cqkd_stack.node.wire.digest`) is imported on
-first use. A local client is still not trusted to be well behaved: the
+first use; sockets are ``_socket``'s and no ``contextlib`` (see daemon.py).
+A local client is still not trusted to be well behaved: the
 socket is 0600 in a directory nobody else can plant things in, a request is
 bounded, and a client that does not read its reply is dropped without ever
 holding up the loop. Standard library only, plus the routing module.
@@ -12,10 +13,9 @@ holding up the loop. Standard library only, plus the routing module.
 
 from __future__ import annotations
 
-import contextlib
+import _socket
 import os
 import selectors
-import socket
 
 from .config import (
     ACCEPT_PAUSE,
@@ -114,7 +114,7 @@ class ControlClient:
 
     __slots__ = ("buffer", "conn", "lookup", "out", "replied", "timer")
 
-    def __init__(self, conn: socket.socket) -> None:
+    def __init__(self, conn: _socket.socket) -> None:
         self.conn = conn
         self.buffer = b""
         self.out = b""  # the reply not yet written
@@ -123,7 +123,7 @@ class ControlClient:
         self.timer: list[Any] | None = None
 
 
-def open_control_socket(path: str) -> socket.socket:
+def open_control_socket(path: str) -> _socket.socket:
     """Listen on ``path`` with mode 0600, in a directory nobody else can plant things in.
 
     With the umask alone (umask 000) any local user could connect; in a
@@ -164,9 +164,11 @@ def open_control_socket(path: str) -> socket.socket:
                 f"control socket path {path} is already taken by something that is not "
                 "our socket; refusing to use it"
             )
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(path)
-    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except FileNotFoundError:
+            pass
+    control = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     old_mask = os.umask(0o177)
     try:
         control.bind(path)
@@ -200,12 +202,16 @@ class ControlServer:
     def close(self) -> None:
         """Stop listening and take the path away, so ``nodectl`` fails at once, not on a timeout."""
         self.listener.close()
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(self.path)
+        except OSError:
+            pass
 
     def on_accept(self) -> None:
         try:
-            conn, _ = self.listener.accept()
+            # ``_socket``'s accept: the new connection's descriptor, made a
+            # socket object here (``socket.socket.accept`` does the same).
+            fd, _ = self.listener._accept()
         except BlockingIOError:
             return
         except OSError:
@@ -213,6 +219,7 @@ class ControlServer:
             # listener stays readable, so watching it now would spin the loop.
             self._pause_accept()
             return
+        conn = _socket.socket(fileno=fd)
         conn.setblocking(False)
         client = ControlClient(conn)
         client.timer = self.node.later(OP_TIMEOUT, lambda: self._client_timed_out(client))
@@ -249,8 +256,10 @@ class ControlServer:
         if self.accept_paused:
             return
         self.accept_paused = True
-        with contextlib.suppress(KeyError, ValueError):
+        try:
             self.node.selector.unregister(self.listener)
+        except (KeyError, ValueError):
+            pass
 
         def resume() -> None:
             self.accept_paused = False
@@ -273,8 +282,10 @@ class ControlServer:
             return
         client.replied = True
         self.node.cancel(client.timer)
-        with contextlib.suppress(KeyError, ValueError):
+        try:
             self.node.selector.unregister(client.conn)
+        except (KeyError, ValueError):
+            pass
         client.conn.close()
 
     def _reply(self, client: ControlClient, reply: dict[str, Any]) -> None:
@@ -292,8 +303,10 @@ class ControlServer:
         # Written as the client reads, never waited for: a client that does
         # not read its reply used to stall the whole node for 2 s.
         client.timer = self.node.later(CONTROL_WRITE_TIMEOUT, lambda: self._close(client))
-        with contextlib.suppress(KeyError, ValueError):
+        try:
             self.node.selector.unregister(client.conn)
+        except (KeyError, ValueError):
+            pass
         self._on_writable(client)
 
     def _on_writable(self, client: ControlClient) -> None:
@@ -308,16 +321,20 @@ class ControlServer:
         if not client.out:
             self._close(client)
             return
-        with contextlib.suppress(KeyError, ValueError):
+        try:
             self.node.selector.unregister(client.conn)
+        except (KeyError, ValueError):
+            pass
         self.node.selector.register(
             client.conn, selectors.EVENT_WRITE, lambda: self._on_writable(client)
         )
 
     def _close(self, client: ControlClient) -> None:
         self.node.cancel(client.timer)
-        with contextlib.suppress(KeyError, ValueError):
+        try:
             self.node.selector.unregister(client.conn)
+        except (KeyError, ValueError):
+            pass
         client.conn.close()
 
     def _execute(self, client: ControlClient, request: Request) -> None:

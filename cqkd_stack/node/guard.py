@@ -2,13 +2,12 @@
 
 Kept out of ``daemon`` so each bound can be unit-tested without the node.
 Standard library only (the node's import rule); ``ctypes`` is imported only
-when a first source is muted.
+when a first source is muted, and sockets are ``_socket``'s (see daemon.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import socket
+import _socket
 import struct
 import time
 
@@ -104,7 +103,7 @@ def mute_program(sources: list[tuple[str, int]]) -> list[tuple[int, int, int, in
     """
     program: list[tuple[int, int, int, int]] = []
     for index, (ip, port) in enumerate(sources):
-        address = struct.unpack("!I", socket.inet_aton(ip))[0]
+        address = struct.unpack("!I", _socket.inet_aton(ip))[0]
         to_drop = (len(sources) - 1 - index) * 4 + 1
         program += [
             (BPF_LD_W_ABS, 0, 0, IP_SOURCE & 0xFFFFFFFF),
@@ -130,7 +129,7 @@ class KernelMute:
     and the rate limit stays.
     """
 
-    def __init__(self, sock: socket.socket, limit: int = 64, seconds: float = 60.0) -> None:
+    def __init__(self, sock: _socket.socket, limit: int = 64, seconds: float = 60.0) -> None:
         self.sock = sock
         self.limit = limit
         self.seconds = seconds
@@ -153,7 +152,7 @@ class KernelMute:
         if len(self.until) >= self.limit:
             return False
         try:
-            socket.inet_aton(source[0])
+            _socket.inet_aton(source[0])
         except OSError:
             return False
         self.until[source] = now + self.seconds
@@ -173,7 +172,7 @@ class KernelMute:
     def _install(self) -> None:
         try:
             if not self.until:
-                self.sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+                self.sock.setsockopt(_socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
                 return
             import ctypes  # the filter is passed by address; most nodes never mute
 
@@ -182,14 +181,16 @@ class KernelMute:
             buffer = ctypes.create_string_buffer(code, len(code))
             fprog = struct.pack("HP", len(program), ctypes.addressof(buffer))
             # The kernel copies the program: the buffer may go after this call.
-            self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+            self.sock.setsockopt(_socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
         except OSError as exc:
             # Off for good, and nothing left muted by an earlier filter.
             self.available = False
             self.error = str(exc)
             self.until.clear()
-            with contextlib.suppress(OSError):
-                self.sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+            try:
+                self.sock.setsockopt(_socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+            except OSError:
+                pass
 
 
 class ValueStore:

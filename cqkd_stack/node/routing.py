@@ -11,7 +11,7 @@ Standard library and ``umsgpack`` only (the node's import rule).
 
 from __future__ import annotations
 
-import socket
+import _socket
 import time
 
 import umsgpack
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 def is_ipv4(host: str) -> bool:
     try:
-        socket.inet_pton(socket.AF_INET, host)
+        _socket.inet_pton(_socket.AF_INET, host)
     except OSError:
         return False
     return True

@@ -99,3 +99,44 @@ def test_the_short_names_stand_for_the_node_modules_and_add_nothing() -> None:
 def test_the_resolver_stays_light_under_its_short_name_too() -> None:
     loaded = loaded_by("cqkd_stack.resolver", bare=True)
     assert not loaded & {"argparse", "dataclasses", "typing", "json"}
+
+
+# What the node's entry point must not load, with the private memory each
+# cost per container in the node image (python3 -S, measured 2026-12-02):
+# ``socket`` and ``signal`` wrap their constants in enum classes (0.52 and
+# 0.18 MiB; the node uses ``_socket`` and ``_signal``), ``contextlib`` brings
+# ``functools`` (0.18 MiB); the rest are imported on first use only.
+NOT_AT_START = {
+    "socket",
+    "signal",
+    "enum",
+    "contextlib",
+    "functools",
+    "typing",
+    "json",
+    "hashlib",
+    "ctypes",
+    "stat",
+}
+
+
+def test_the_node_s_entry_point_loads_no_enum_wrapper_and_nothing_it_uses_later() -> None:
+    """1000 containers each pay for these; a new top-level import brings them back."""
+    loaded = loaded_by("cqkd_stack.node.daemon", bare=False)
+    assert "umsgpack" in loaded and "cqkd_stack.node.control" in loaded
+    assert loaded & NOT_AT_START == set()
+
+
+def test_the_node_s_help_says_something_under_minus_oo() -> None:
+    """The image runs the node with -OO, which drops the docstring --help prints."""
+    proc = subprocess.run(
+        [sys.executable, "-OO", "-m", "cqkd_stack.node", "--help"],
+        cwd=REPO_ROOT,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() != "None"
+    assert "environment" in proc.stdout
