@@ -687,6 +687,18 @@ IMAGE_SOURCES = (
 )
 
 
+def node_dockerfile(project_dir: Path) -> Path:
+    """The recipe of ``project_dir``'s node image: that tree's, not this package's.
+
+    The inputs hash covers the tree's own image/ folder, and a benchmark
+    builds an older revision's image from its exported tree: with this
+    package's Dockerfile, that image had the older code under the newer
+    recipe while its label claimed the older recipe.
+    """
+    own = project_dir / "cqkd_stack" / "image" / "Dockerfile"
+    return own if own.is_file() else DOCKERFILE
+
+
 def build_inputs_hash(project_dir: Path, base_id: str) -> str:
     """A digest of everything that decides the node image's content.
 
@@ -748,7 +760,7 @@ def ensure_node_image(
     wheels = build_wheelhouse(wheelhouse, project_dir, progress)
     say(progress, f"building node image {tag} (docker build)…")
     with tempfile.TemporaryDirectory(prefix="cqkd-node-context-") as context:
-        shutil.copy2(DOCKERFILE, Path(context) / "Dockerfile")
+        shutil.copy2(node_dockerfile(project_dir), Path(context) / "Dockerfile")
         (Path(context) / "wheels").mkdir()
         for wheel in wheels:
             shutil.copy2(wheel, Path(context) / "wheels" / wheel.name)

@@ -76,3 +76,15 @@ def test_every_module_at_the_top_that_a_container_runs_is_an_input() -> None:
     """The short names the images call live at the top of the package: each must count."""
     top = {p.relative_to(REPO).as_posix() for p in (REPO / "cqkd_stack").glob("*.py")}
     assert top - {"cqkd_stack/__main__.py"} <= set(images.IMAGE_SOURCES)
+
+
+def test_the_image_is_built_from_the_tree_s_own_dockerfile(project: Path) -> None:
+    """An older revision's image (benchmarks/node_cost.py) must use its own recipe.
+
+    The build copied this package's Dockerfile whatever tree it built, so a
+    baseline image had the old code under the new recipe.
+    """
+    edit(project / "cqkd_stack/image/Dockerfile")
+    found = images.node_dockerfile(project)
+    assert found == project / "cqkd_stack/image/Dockerfile"
+    assert found.read_bytes() != images.DOCKERFILE.read_bytes()
