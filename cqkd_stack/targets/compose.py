@@ -71,7 +71,7 @@ MAX_COMPOSE_EXPANDED = 100_000
 # bound could otherwise take seconds to refuse. The default policy's ranges
 # hold 1122 DHT nodes; twice the worker range leaves room for other services.
 MAX_COMPOSE_SERVICES = 2048
-# Memory per container. The node process holds ~4.5 MiB of anonymous memory
+# Memory per container. The node process holds ~3.7 MiB of anonymous memory
 # once joined (docs/operations.md); the limit is the cgroup's (page cache
 # included) and leaves room for a busy routing table. The bootstrap and the
 # special nodes answer for the whole network (every join; Alice's and Bob's

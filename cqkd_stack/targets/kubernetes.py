@@ -41,8 +41,9 @@ POD_INDEX_FIELD = f"metadata.labels['{POD_INDEX_LABEL}']"
 HEALTH_COMMAND = ["grep", "-qf", "/tmp/cqkd-health", "/proc/net/udp"]
 # The image's user (Dockerfile `USER 10001:10001`); a numeric id needs no passwd entry.
 NODE_USER = 10001
-# The node process was measured at ~4.5 MiB of anonymous memory once joined,
-# ~9.1 MiB of host memory per task with everything counted (docs/operations.md).
+# The node process was measured at ~3.7 MiB of anonymous memory once joined
+# (~4.8 before 2026-12-02, when 1003 tasks took ~9.1 MiB of host memory each
+# with everything counted; docs/operations.md).
 # A worker's limit is 7x that; bootstrap and special nodes hold more contacts
 # and serve every joining worker (Alice and Bob also store values), so twice it.
 WORKER_MEMORY = {"requests": {"memory": "32Mi"}, "limits": {"memory": "64Mi"}}
