@@ -84,6 +84,13 @@ ACCEPT_PAUSE = 0.5
 OP_TIMEOUT = 30.0
 # A request is a key and a value; an RPC is capped at 8 KiB anyway.
 MAX_REQUEST_BYTES = 64 * 1024
+# The network control port (Alice, Bob; see auth.py) is open to anyone who
+# can reach it: a sealed request (a 512-byte value, a key, MAC, nonce,
+# timestamp) fits in 4 KiB, must arrive within 5 s, and 8 clients at a time
+# are served (the CLI uses one); more are closed at once.
+MAX_NETWORK_REQUEST_BYTES = 4096
+NETWORK_READ_TIMEOUT = 5.0
+MAX_NETWORK_CLIENTS = 8
 # sun_path is 108 bytes on Linux including the terminating NUL.
 MAX_SOCKET_PATH = 107
 # How long one name lookup may take before the join attempt counts it as failed.
@@ -120,6 +127,8 @@ class NodeConfig:
 
     __slots__ = (
         "bootstrap_nodes",
+        "control_key_file",
+        "control_port",
         "control_socket",
         "health_file",
         "health_interval",
@@ -165,6 +174,8 @@ class NodeConfig:
         max_per_ip: int = 10,
         max_per_net24: int = 64,
         lookup_deadline: float = 20.0,
+        control_port: int | None = None,
+        control_key_file: str | None = None,
     ) -> None:
         self.role = role
         self.port = port
@@ -186,6 +197,8 @@ class NodeConfig:
         self.max_per_ip = max_per_ip
         self.max_per_net24 = max_per_net24
         self.lookup_deadline = lookup_deadline
+        self.control_port = control_port
+        self.control_key_file = control_key_file
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
@@ -217,6 +230,7 @@ class NodeConfig:
                 f"CQKD_CONTROL_SOCKET={control_socket} is longer than the "
                 f"{MAX_SOCKET_PATH} bytes a Unix socket path may have"
             )
+        control_port, key_file = parse_control_port(env)
         level_name = (env.get("CQKD_LOG_LEVEL") or "WARNING").strip().upper()
         backoff = _parse_number(env, "JOIN_BACKOFF", 0.5)
         return cls(
@@ -240,7 +254,32 @@ class NodeConfig:
             max_per_ip=max(1, int(_parse_number(env, "CQKD_MAX_PER_IP", 10))),
             max_per_net24=max(1, int(_parse_number(env, "CQKD_MAX_PER_NET24", 64))),
             lookup_deadline=_parse_number(env, "CQKD_LOOKUP_DEADLINE", 20.0),
+            control_port=control_port,
+            control_key_file=key_file,
         )
+
+
+def parse_control_port(env: Mapping[str, str]) -> tuple[int | None, str | None]:
+    """(TCP port, key file) of the network control port, or (None, None) for none.
+
+    The port is opened only with a key file: no key, no port (workers have
+    neither). A port without a key file is refused rather than ignored, so a
+    stack that forgot the key says so instead of quietly losing the port.
+    """
+    raw = (env.get("CQKD_CONTROL_PORT") or "").strip()
+    key_file = (env.get("CQKD_CONTROL_KEY_FILE") or "").strip() or None
+    if not raw and key_file is None:
+        return None, None
+    if not raw:
+        raise CqkdError("CQKD_CONTROL_KEY_FILE is set but CQKD_CONTROL_PORT is not")
+    if key_file is None:
+        raise CqkdError(
+            "CQKD_CONTROL_PORT is set but CQKD_CONTROL_KEY_FILE is not: the network "
+            "control port only opens with the stack's key"
+        )
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise CqkdError(f"CQKD_CONTROL_PORT={raw!r} is not a port (1-65535)")
+    return int(raw), key_file
 
 
 def _parse_number(env: Mapping[str, str], name: str, default: float) -> float:

@@ -60,6 +60,8 @@ Environment (besides the port variables, ``CQKD_ROLE`` and ``BOOTSTRAP_NODES``):
 ``CQKD_NODE_NAME``        optional name of a special node (``alice``), shown in logs and status
 ``CQKD_HEALTH_FILE``      health file path (default ``/tmp/cqkd-health``)
 ``CQKD_CONTROL_SOCKET``   control socket path (default ``/tmp/cqkd/control.sock``)
+``CQKD_CONTROL_PORT``     TCP port for sealed control requests (Alice, Bob); needs the key file
+``CQKD_CONTROL_KEY_FILE`` the stack's control key (a Swarm config); no file, no control port
 ``JOIN_BACKOFF``          first pause between join attempts in seconds (default 0.5)
 ``JOIN_BACKOFF_MAX``      longest pause between join attempts (default 5)
 ``CQKD_HEALTH_INTERVAL``  seconds between neighbour checks (default 10)
@@ -312,6 +314,8 @@ class DhtNode:
         self.sock: socket.socket | None = None
         self.muted: KernelMute | None = None
         self.control: ControlServer | None = None
+        # Alice's and Bob's sealed control port (CQKD_CONTROL_PORT), else None.
+        self.network_control: ControlServer | None = None
         self.wake_r, self.wake_w = socket.socketpair()
         # msgid -> (deadline, callback, address)
         self.pending: dict[bytes, tuple[float, Reply, tuple[str, int]]] = {}
@@ -424,10 +428,19 @@ class DhtNode:
             ) from None
         sock.setblocking(False)
         self.muted = KernelMute(sock, MAX_MUTED, MUTE_SECONDS)
-        control = self.control = ControlServer(self, self.config.control_socket)
+        control = self.control = ControlServer.unix(self, self.config.control_socket)
+        if self.config.control_port is not None and self.config.control_key_file:
+            from .auth import read_key
+
+            key = read_key(self.config.control_key_file)
+            self.network_control = ControlServer.network(
+                self, self.config.interface, self.config.control_port, key
+            )
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
         self.selector.register(sock, selectors.EVENT_READ, self._on_datagrams)
-        self.selector.register(control.listener, selectors.EVENT_READ, control.on_accept)
+        for server in (control, self.network_control):
+            if server is not None:
+                self.selector.register(server.listener, selectors.EVENT_READ, server.on_accept)
         if self.config.role == "bootstrap":
             # Listening is enough: the first node of a network has nobody to join.
             self.announce()
@@ -441,8 +454,9 @@ class DhtNode:
     def close(self) -> None:
         """Health file first, so the health check fails before anything else goes away."""
         self.health.remove()
-        if self.control is not None:
-            self.control.close()
+        for server in (self.control, self.network_control):
+            if server is not None:
+                server.close()
         if self.sock is not None:
             self.sock.close()
         for name in list(self._resolving):
