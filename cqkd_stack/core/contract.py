@@ -43,6 +43,8 @@ CONTROL_KEY_VARIABLE = "CQKD_CONTROL_KEY_FILE"
 def control_key_config(stack: str) -> str:
     """The Swarm config holding a stack's control key: in the stack's namespace."""
     return f"{stack}_{CONTROL_KEY_CONFIG}"
+
+
 # Stacks take their overlay subnets from DEFAULT_SUBNET_BASE/SUBNET_POOL_PREFIX.
 DEFAULT_SUBNET_BASE = "10.213.0.0"
 SUBNET_POOL_PREFIX = 16
