@@ -588,6 +588,8 @@ def _probe_dict(result: Any) -> dict[str, Any]:
         "node running a DHT task (this engine's, or an org.cqkd.engine label)",
         "timeout": "with --kill-holders: seconds Bob may take to read the value again after "
         "the kill (default: Alice's CQKD_REPUBLISH_INTERVAL + 2 health rounds + 30)",
+        "via": "auto (default: Alice's and Bob's sealed control ports when the stack has "
+        "them, else Swarm jobs), network (only the control ports) or job (only Swarm jobs)",
     },
 )
 @operator_errors
@@ -599,6 +601,7 @@ def dht_check(
     target: str = "swarm",
     kill_holders: bool = False,
     timeout: int = 0,
+    via: str = "auto",
 ) -> None:
     """Alice stores a value in the DHT and Bob reads it back through the network.
 
@@ -618,14 +621,23 @@ def dht_check(
         raise UsageError("--timeout is the wait of --kill-holders")
     if timeout < 0:
         raise UsageError("--timeout must be a number of seconds (0: the default)")
+    from ..live.dhtcheck import VIAS
+
+    if via not in VIAS:
+        raise UsageError(f"--via must be one of {', '.join(VIAS)}, got '{via}'")
+    if via != "auto" and (compose or kill_holders):
+        raise UsageError("--via chooses how a Swarm stack's Alice and Bob are reached")
     name = _setting(c, "stack", stack)
     client = connect()
     if kill_holders:
         _kill_holders_check(client, name, format, timeout, all)
         return
     if compose:
-        from ..live.compose_project import check_project_dht as check
-    result = check(client, name)
+        from ..live.compose_project import check_project_dht
+
+        result = check_project_dht(client, name)
+    else:
+        result = check(client, name, via=via)
     probed = _probe(client, name) if all else None
     stored_on = f" (node {result.stored_on})" if result.stored_on else ""
     read_on = f" (node {result.read_on})" if result.read_on else ""
@@ -635,7 +647,12 @@ def dht_check(
         f"{result.read_by} read it back through the DHT{read_on}; "
         f"round trip {result.round_trip_seconds * 1000:.0f} ms "
         f"(set {result.set_seconds * 1000:.0f} ms, get {result.get_seconds * 1000:.0f} ms "
-        f"in the nodes; by {result.via})",
+        f"in the nodes; by {result.via})"
+        + (
+            f"; the control port was not usable: {'; '.join(result.fallback)}"
+            if getattr(result, "fallback", None)
+            else ""
+        ),
         probed,
         format,
     )

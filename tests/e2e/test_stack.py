@@ -353,13 +353,14 @@ def test_dht_check_round_trip(stack: str) -> None:
 def test_dht_check_runs_swarm_jobs_not_execs(
     stack: str, docker_client: docker.DockerClient
 ) -> None:
-    """Each request is a Swarm job on the task's node, created, read and removed;
-    no exec into Alice's or Bob's container (which works on this engine only)."""
+    """With --via job (the path of stacks without a control port), each request is
+    a Swarm job on the task's node, created, read and removed; no exec into
+    Alice's or Bob's container (which works on this engine only)."""
     hostname = docker_client.info()["Name"]
     nodes = {n["ID"]: n["Description"]["Hostname"] for n in docker_client.api.nodes()}
     began = time.time_ns()
     since = began // 10**9 - 1
-    done = cqkd("dht-check", "--stack", stack, "--format", "json")
+    done = cqkd("dht-check", "--stack", stack, "--format", "json", "--via", "job")
     until = int(time.time()) + 1
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(done.stdout)
