@@ -118,6 +118,11 @@ Limits on a hostile network (every datagram may come from an attacker):
   failing for want of descriptors pauses the listener 0.5 s instead of
   spinning; a client that does not read its reply is dropped after 2 s; the
   health file is written through a fresh ``O_EXCL | O_NOFOLLOW`` temporary file.
+* the TCP control port (``CQKD_CONTROL_PORT``, only with a key file)
+  answers only requests sealed with the stack's key (HMAC-SHA256, at most
+  30 s old, nonce never seen before); anything else, a request over 4 KiB
+  or one not sent within 5 s is closed without a reply; 8 connections at a
+  time, more are closed at once.
 
 ``JOIN_RETRIES`` is accepted and ignored: the node no longer gives up joining.
 """
