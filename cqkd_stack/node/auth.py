@@ -107,13 +107,18 @@ def open_reply(key: bytes, nonce: str, line: bytes) -> dict[str, Any]:
     expected = _mac(key, REPLY_PREFIX, nonce.encode(), b"\x00", body).encode()
     if not hmac.compare_digest(mac, expected):
         raise AuthError("the reply is not sealed with this stack's key for this request")
+    return _json_object(body, "reply")
+
+
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
+    """An authenticated body as the JSON object it must be."""
     try:
-        reply = json.loads(body.decode("utf-8"))
+        data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise AuthError("the sealed reply is not JSON") from None
-    if not isinstance(reply, dict):
-        raise AuthError("the sealed reply is not a JSON object")
-    return reply
+        raise AuthError(f"the sealed {what} is not JSON") from None
+    if not isinstance(data, dict):
+        raise AuthError(f"the sealed {what} is not a JSON object")
+    return data
 
 
 class RequestGate:
@@ -139,12 +144,7 @@ class RequestGate:
         mac, body = _split(line)
         if not hmac.compare_digest(mac, _mac(self.key, REQUEST_PREFIX, body).encode()):
             raise AuthError("bad MAC")
-        try:
-            data = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise AuthError("sealed request is not JSON") from None
-        if not isinstance(data, dict):
-            raise AuthError("sealed request is not a JSON object")
+        data = _json_object(body, "request")
         stamp, nonce = data.get("ts"), data.get("nonce")
         if not isinstance(stamp, (int, float)) or isinstance(stamp, bool):
             raise AuthError("no timestamp")

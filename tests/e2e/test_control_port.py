@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import subprocess
 import sys
 import uuid
@@ -20,6 +19,7 @@ import docker
 import pytest
 
 from cqkd_stack.node.auth import seal_request
+from tests.unit.node.test_network_control import exchange
 
 WORKERS = 5
 STACK_LABEL = "com.docker.stack.namespace"
@@ -58,17 +58,6 @@ def published(client: docker.DockerClient, stack: str, service: str) -> tuple[st
     return address, ports[0]["PublishedPort"]
 
 
-def said(address: str, port: int, data: bytes) -> bytes:
-    """Everything the peer at ``address:port`` sends back for ``data`` before it closes."""
-    with socket.create_connection((address, port), timeout=15) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def test_dht_check_goes_over_the_control_ports(stack: str) -> None:
     done = cqkd("dht-check", "--stack", stack, "--format", "json")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -93,15 +82,15 @@ def test_an_unauthenticated_peer_gets_nothing(
     address, port = published(docker_client, stack, "alice")
     bob = published(docker_client, stack, "bob")
     assert bob != (address, port)  # each special node its own port
-    assert said(address, port, b'{"op": "status"}\n') == b""
-    assert said(address, port, seal_request(b"k" * 32, {"op": "status"})[0]) == b""
+    assert exchange(port, host=address, data=b'{"op": "status"}\n') == b""
+    assert exchange(port, host=address, data=seal_request(b"k" * 32, {"op": "status"})[0]) == b""
     # The stack's key is in a Swarm config that a manager reads back.
     config = docker_client.api.inspect_config(f"{stack}_control-key")
     assert config["Spec"]["Labels"][STACK_LABEL] == stack
     key = base64.b64decode(config["Spec"]["Data"])
     assert len(key) == 32
     line, _ = seal_request(key, {"op": "status"})
-    assert b'"name": "alice"' in said(address, port, line)
+    assert b'"name": "alice"' in exchange(port, host=address, data=line)
     # The key is in no environment variable or label of the service.
     spec = docker_client.api.inspect_service(f"{stack}_alice")["Spec"]
     assert key.hex() not in json.dumps(spec) and config["Spec"]["Data"] not in json.dumps(spec)

@@ -161,9 +161,12 @@ def keyed(spawn: Callable[..., NodeProc], tmp_path: Path) -> tuple[NodeProc, Nod
     return boot, special, tcp, key
 
 
-def exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
-    """Send ``data``, half-close, read until the node closes: everything it said."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+def exchange(port: int, data: bytes, host: str = "127.0.0.1", timeout: float = 10.0) -> bytes:
+    """Send ``data``, half-close, read until the peer closes: everything it said.
+
+    tests/e2e/test_control_port.py asks a deployed stack's port the same way.
+    """
+    with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)
         chunks = []
