@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import subprocess
 import sys
 import uuid
@@ -19,7 +20,6 @@ import docker
 import pytest
 
 from cqkd_stack.node.auth import seal_request
-from tests.unit.node.test_network_control import exchange
 
 WORKERS = 5
 STACK_LABEL = "com.docker.stack.namespace"
@@ -56,6 +56,18 @@ def published(client: docker.DockerClient, stack: str, service: str) -> tuple[st
     if address in ("", "0.0.0.0"):
         address = node["ManagerStatus"]["Addr"].rpartition(":")[0]
     return address, ports[0]["PublishedPort"]
+
+
+def exchange(port: int, host: str, data: bytes) -> bytes:
+    """What the peer at ``host:port`` sends back for ``data`` before it closes.
+
+    As tests/unit/node/test_network_control.py asks a node on loopback (the
+    e2e tests import nothing from the unit tests).
+    """
+    with socket.create_connection((host, port), timeout=15) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        return b"".join(iter(lambda: sock.recv(65536), b""))
 
 
 def test_dht_check_goes_over_the_control_ports(stack: str) -> None:
