@@ -160,7 +160,8 @@ def test_every_node_runs_unprivileged_on_a_read_only_root(
     stack: str, docker_client: docker.DockerClient
 ) -> None:
     """Not root, no capability, nothing writable but its /tmp tmpfs (and for Alice and
-    Bob the stack's control volume, where dht-check's jobs reach their sockets)."""
+    Bob the stack's control volume, where dht-check's jobs reach their sockets, and
+    their control key, read-only)."""
     containers = docker_client.api.containers(filters={"label": f"{STACK_LABEL}={stack}"})
     assert len(containers) >= WORKERS + 3
     special = 0
@@ -176,7 +177,11 @@ def test_every_node_runs_unprivileged_on_a_read_only_root(
         if service in (f"{stack}_alice", f"{stack}_bob"):
             special += 1
             control = ("volume", "/run/cqkd", f"{stack}_control")
-            assert mounts == [("tmpfs", "/tmp", None), control], name
+            # The control key: a Swarm config, a read-only file of the node's user.
+            key = ("bind", "/run/cqkd-control.key", None)
+            assert mounts == sorted([("tmpfs", "/tmp", None), control, key]), name
+            held = [m for m in attrs["Mounts"] if m["Destination"] == key[1]]
+            assert held[0]["RW"] is False, name
         else:
             assert mounts == [("tmpfs", "/tmp", None)], name
     assert special == 2
