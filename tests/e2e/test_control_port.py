@@ -108,6 +108,31 @@ def test_an_unauthenticated_peer_gets_nothing(
     assert key.hex() not in json.dumps(spec) and config["Spec"]["Data"] not in json.dumps(spec)
 
 
+def test_the_key_is_a_read_only_file_of_the_node_user(
+    stack: str, docker_client: docker.DockerClient
+) -> None:
+    flt = {"label": [f"{STACK_LABEL}={stack}", f"com.docker.swarm.service.name={stack}_alice"]}
+    (summary,) = docker_client.api.containers(filters=flt)
+    attrs = docker_client.api.inspect_container(summary["Id"])
+    (mount,) = [m for m in attrs["Mounts"] if m["Destination"] == "/run/cqkd-control.key"]
+    assert (mount["Type"], mount["RW"]) == ("bind", False)
+    container = docker_client.containers.get(summary["Id"])
+    code, out = container.exec_run(["stat", "-c", "%a %u", "/run/cqkd-control.key"])
+    assert (code, out.strip()) == (0, b"400 10001")
+    # Workers have no key and listen on no TCP port.
+    env = attrs["Config"]["Env"]
+    assert "CQKD_CONTROL_KEY_FILE=/run/cqkd-control.key" in env
+    workers = docker_client.api.containers(
+        filters={
+            "label": [f"{STACK_LABEL}={stack}", f"com.docker.swarm.service.name={stack}_worker"]
+        }
+    )
+    worker = docker_client.api.inspect_container(workers[0]["Id"])
+    control = ("CQKD_CONTROL_PORT=", "CQKD_CONTROL_KEY_FILE=")
+    assert [e for e in worker["Config"]["Env"] if e.startswith(control)] == []
+    assert [m["Destination"] for m in worker["Mounts"]] == ["/tmp"]
+
+
 def test_teardown_removes_the_key_config(stack: str, docker_client: docker.DockerClient) -> None:
     done = cqkd("teardown", "--stack", stack, "--timeout", "300")
     assert done.returncode == 0, done.stdout + done.stderr
