@@ -1558,21 +1558,35 @@ def plot_timelines(runs: list[dict[str, Any]], out: Path) -> None:
     fig, axes = plt.subplots(len(ordered), 1, figsize=(9, 3.6 * len(ordered)), squeeze=False)
     for ax, run in zip(axes[:, 0], ordered, strict=True):
         stages = run.get("stages") or {}
+        ends = []
         for name in STAGES:
             stage = stages.get(name)
             if not stage:
                 continue
             colour = STAGE_COLOURS[name]
-            for count, style in (("running", "-"), ("joined", "--")):
+            for count, style, width in (("running", "-", 2.4), ("joined", "--", 1.4)):
                 seconds, counts = timeline_series(stage, count)
                 if seconds:
-                    ax.plot(seconds, counts, style, color=colour, label=f"{name}: {count}")
+                    ax.plot(seconds, counts, style, color=colour, linewidth=width,
+                            label=f"{name}: {count}")  # fmt: skip
+            end = _joined_or_running(stage)
+            if end is not None:
+                ends.append(end)
+                ax.axvline(end, color=colour, linestyle=":", linewidth=1)
+                ax.annotate(f"{end:.0f} s", (end, 0), color=colour, fontsize="small",
+                            xytext=(3, 3), textcoords="offset points")  # fmt: skip
+        if ends:
+            # The figures taken after each stage's end add samples; the race is before.
+            ax.set_xlim(0, max(ends) * 1.15)
         ax.set_title(f"{run.get('workers')} workers ({str(run.get('date', ''))[:10]})")
         ax.set_xlabel("seconds since the deploy command")
         ax.set_ylabel("tasks")
         ax.grid(True, alpha=0.3)
         ax.legend(loc="lower right", fontsize="small")
-    fig.suptitle("benchmarks/scale.py: Swarm's floor (sleep), the bare stack, the project")
+    fig.suptitle(
+        "benchmarks/scale.py: Swarm's floor (sleep), the bare stack, the project\n"
+        "dotted: floor all running, bare all joined, project's deploy command done"
+    )
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
