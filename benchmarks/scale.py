@@ -30,9 +30,19 @@ Ctrl-C or SIGTERM waits for a removal under way, then the run cleans up and
 prints what it has. ``--bare-lonely N`` makes N of the bare workers unable to
 join, so a small run takes the never-joined path for real.
 
+Each stage also keeps a timeline: tasks running and tasks joined against
+seconds since its deploy command, sampled (at most every 2 s, and at each
+milestone) from the counts its waits read anyway, so it costs the engine
+nothing. ``--workers 100,300,1000`` runs the three stages at each size and
+adds a growth table (each figure, and per task, at each size, with the
+ratios project/floor and project/bare); ``--plot PNG`` draws the timelines,
+one panel a size. ``--from-json FILE...`` (or ``benchmarks/plot_scale.py``)
+rebuilds both from saved runs, so sizes run separately can be shown together.
+
 Progress goes to stderr, the table to stdout, the figures to ``--json FILE``.
 
     python benchmarks/scale.py --workers 1000 --json scale.json
+    python benchmarks/scale.py --workers 100,300 --json s.json --plot docs/scale-timeline.png
 """
 
 from __future__ import annotations
