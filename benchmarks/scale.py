@@ -1546,12 +1546,26 @@ def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
 STAGE_COLOURS = {"floor": "tab:gray", "bare": "tab:orange", "project": "tab:blue"}
 
 
-def timeline_series(stage: dict[str, Any], count: str) -> tuple[list[float], list[int]]:
-    """(seconds, counts) of one stage's timeline for ``count`` ("running" or "joined"),
-    the samples that have it."""
+# Samples further apart than this are not joined by a line in the picture: nothing was
+# read in between (the bare stack's joined count, before its all-running figures).
+SERIES_GAP_SECONDS = 10.0
+
+
+def timeline_series(stage: dict[str, Any], count: str) -> tuple[list[float], list[float]]:
+    """(seconds, counts) of one stage's timeline for ``count`` ("running" or "joined"), the
+    samples that have it; a NaN between two that are more than SERIES_GAP_SECONDS apart, so
+    a line is never drawn across a stretch where the count was not read."""
     samples = _get(stage, "timeline", "samples") or []
     kept = [(s["seconds"], s[count]) for s in samples if s.get(count) is not None]
-    return [t for t, _ in kept], [n for _, n in kept]
+    seconds: list[float] = []
+    counts: list[float] = []
+    for t, n in kept:
+        if seconds and t - seconds[-1] > SERIES_GAP_SECONDS:
+            seconds.append((seconds[-1] + t) / 2)
+            counts.append(float("nan"))
+        seconds.append(t)
+        counts.append(n)
+    return seconds, counts
 
 
 def plot_timelines(runs: list[dict[str, Any]], out: Path) -> None:
@@ -1574,10 +1588,14 @@ def plot_timelines(runs: list[dict[str, Any]], out: Path) -> None:
             if not stage:
                 continue
             colour = STAGE_COLOURS[name]
-            for count, style, width in (("running", "-", 2.4), ("joined", "--", 1.4)):
+            # Running wide and pale, joined thin on top: where they coincide both show.
+            for count, style, width, alpha in (
+                ("running", "-", 4.0, 0.4),
+                ("joined", "--", 1.5, 1.0),
+            ):
                 seconds, counts = timeline_series(stage, count)
-                if seconds:
-                    ax.plot(seconds, counts, style, color=colour, linewidth=width,
+                if any(n == n for n in counts):  # one count read, not only gaps (NaN != NaN)
+                    ax.plot(seconds, counts, style, color=colour, linewidth=width, alpha=alpha,
                             label=f"{name}: {count}")  # fmt: skip
             end = _joined_or_running(stage)
             if end is not None:
@@ -1595,7 +1613,8 @@ def plot_timelines(runs: list[dict[str, Any]], out: Path) -> None:
         ax.legend(loc="lower right", fontsize="small")
     fig.suptitle(
         "benchmarks/scale.py: Swarm's floor (sleep), the bare stack, the project\n"
-        "dotted: floor all running, bare all joined, project's deploy command done"
+        "dotted: floor all running, bare all joined, project deploy done; "
+        "no line where nothing was read"
     )
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

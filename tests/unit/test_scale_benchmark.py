@@ -366,6 +366,20 @@ def test_the_picture_s_series_are_the_samples_that_have_the_count() -> None:
     assert scale.timeline_series({}, "running") == ([], [])
 
 
+def test_the_picture_draws_no_line_where_a_count_was_not_read() -> None:
+    # The bare stack's joined count: 0 at the deploy, then only from its all-running figures.
+    bare = {"timeline": {"samples": [
+        {"seconds": 0.0, "running": 0, "joined": 0},
+        {"seconds": 2.0, "running": 40, "joined": None},
+        {"seconds": 99.0, "running": 301, "joined": 290},
+        {"seconds": 101.0, "running": 301, "joined": 301},
+    ]}}  # fmt: skip
+    seconds, joined = scale.timeline_series(bare, "joined")
+    assert seconds == [0.0, 49.5, 99.0, 101.0]
+    assert joined[0] == 0 and joined[1] != joined[1] and joined[2:] == [290, 301]  # NaN
+    assert scale.timeline_series(bare, "running")[0] == [0.0, 2.0, 50.5, 99.0, 101.0]
+
+
 def test_workers_take_several_sizes_once_each_smallest_first() -> None:
     assert scale.parse_args(["--workers", "1000,100,300,100"]).workers == [100, 300, 1000]
     assert scale.parse_args([]).workers == [1000]
