@@ -756,6 +756,7 @@ MOMENT_NAMES = {"all_joined": "all joined", "timeout": "timeout", "all_running":
 HEADLINE_KEYS = (
     "memory",
     "idle_cpu",
+    "deploy_cpu",
     "probe_wall_seconds",
     "probe_seconds",
     "probe_answered_min",
@@ -810,8 +811,17 @@ CPU_GROUPS = (
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_snapshot() -> tuple[float, dict[int, tuple[str, int]]]:
-    """(host busy jiffies from /proc/stat, pid -> (group, utime+stime jiffies))."""
+# (host busy jiffies, pid -> (group, jiffies)): see cpu_snapshot.
+Snapshot = tuple[float, dict[int, tuple[str, int]]]
+
+
+def cpu_snapshot() -> Snapshot:
+    """(host busy jiffies from /proc/stat, pid -> (group, CPU jiffies)).
+
+    A process's jiffies include the children it has reaped (cutime and
+    cstime): the runc runs and execs that come and go between two readings
+    are counted with the shim or container that waited for them.
+    """
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     values = [int(v) for v in fields[:8]]
     busy = sum(values) - values[3] - values[4]  # all but idle and iowait
@@ -825,7 +835,8 @@ def cpu_snapshot() -> tuple[float, dict[int, tuple[str, int]]]:
             continue  # gone meanwhile
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         rest = stat[stat.rindex(")") + 2 :].split()
-        procs[int(entry.name)] = (comm, int(rest[1]), int(rest[11]) + int(rest[12]))
+        ticks = int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
+        procs[int(entry.name)] = (comm, int(rest[1]), ticks)
 
     def group(pid: int) -> str:
         comm, ppid, _ = procs[pid]
@@ -845,22 +856,45 @@ def cpu_snapshot() -> tuple[float, dict[int, tuple[str, int]]]:
     return busy, {pid: (group(pid), ticks) for pid, (_, _, ticks) in procs.items()}
 
 
-def idle_cpu(seconds: float) -> dict[str, Any]:
-    """Cores busy over ``seconds`` while nothing is asked of the stack, by group."""
-    busy0, procs0 = cpu_snapshot()
-    start = time.monotonic()
-    time.sleep(seconds)  # the measure: what the host does on its own meanwhile
-    busy1, procs1 = cpu_snapshot()
-    elapsed = time.monotonic() - start
+def cpu_used(before: Snapshot, after: Snapshot) -> tuple[float, dict[str, float]]:
+    """CPU seconds between two snapshots: the host's busy time, and by group."""
+    (busy0, procs0), (busy1, procs1) = before, after
     groups = dict.fromkeys(CPU_GROUPS, 0)
     for pid, (name, ticks) in procs1.items():
-        before = procs0.get(pid)
-        # A process started meanwhile counts whole; one that ended is lost.
-        groups[name] += ticks - (before[1] if before and before[0] == name else 0)
+        was = procs0.get(pid)
+        # A process started meanwhile counts whole; one that ended unreaped is lost.
+        groups[name] += ticks - (was[1] if was and was[0] == name else 0)
+    return (busy1 - busy0) / CLOCK_TICKS, {k: v / CLOCK_TICKS for k, v in groups.items()}
+
+
+def idle_cpu(seconds: float) -> dict[str, Any]:
+    """Cores busy over ``seconds`` while nothing is asked of the stack, by group."""
+    before = cpu_snapshot()
+    start = time.monotonic()
+    time.sleep(seconds)  # the measure: what the host does on its own meanwhile
+    busy, groups = cpu_used(before, cpu_snapshot())
+    elapsed = time.monotonic() - start
     return {
         "seconds": elapsed,
-        "host_busy_cores": (busy1 - busy0) / CLOCK_TICKS / elapsed,
-        "cores": {name: ticks / CLOCK_TICKS / elapsed for name, ticks in groups.items()},
+        "host_busy_cores": busy / elapsed,
+        "cores": {name: used / elapsed for name, used in groups.items()},
+    }
+
+
+def deploy_cpu(before: Snapshot, tasks: int) -> dict[str, Any]:
+    """CPU from the deploy's start to now, in all and per task: where deploy time goes.
+
+    Against the floor's, the per-task figures show what the node's start
+    costs beyond a `sleep` (containers: python) and what the engine spends
+    on each task (containerd, shims, runc, dockerd), on the same engine.
+    """
+    busy, groups = cpu_used(before, cpu_snapshot())
+    per = max(tasks, 1) / 1000
+    return {
+        "host_busy_core_seconds": busy,
+        "core_seconds": groups,
+        "host_ms_per_task": busy / per,
+        "ms_per_task": {name: used / per for name, used in groups.items()},
     }
 
 
@@ -894,12 +928,15 @@ class Measure:
         self.client, self.what, self.stack, self.out = client, what, stack, out
         self.before, self.start, self.tasks = before, start, tasks
         self.dht, self.dht_check = dht, dht_check
+        self.cpu_before = cpu_snapshot()
 
     def __call__(self, moment: str) -> dict[str, Any]:
         began = time.monotonic()
         taken: dict[str, Any] = {"at_seconds": began - self.start, "tasks": self.tasks}
         errors: dict[str, str] = {}
         log(f"{self.what}: figures at {MOMENT_NAMES[moment]} ({taken['at_seconds']:.1f} s)")
+        # First: the figures below cost CPU of their own.
+        taken["deploy_cpu"] = deploy_cpu(self.cpu_before, self.tasks)
 
         def attempt(name: str, figure: Callable[[], Any]) -> Any:
             try:
@@ -1298,6 +1335,13 @@ def table(results: dict) -> str:
         *((f"  {name}", _get(floor, "idle_cpu", "cores", name),
            _get(bare, "idle_cpu", "cores", name), _get(project, "idle_cpu", "cores", name))
           for name in CPU_GROUPS),
+        ("CPU from deploy to then, ms/task", _get(floor, "deploy_cpu", "host_ms_per_task"),
+         _get(bare, "deploy_cpu", "host_ms_per_task"),
+         _get(project, "deploy_cpu", "host_ms_per_task")),
+        *((f"  {name}", _get(floor, "deploy_cpu", "ms_per_task", name),
+           _get(bare, "deploy_cpu", "ms_per_task", name),
+           _get(project, "deploy_cpu", "ms_per_task", name))
+          for name in CPU_GROUPS),
         ("teardown to nothing left, s", floor.get("teardown_seconds"),
          bare.get("teardown_seconds"), project.get("teardown_seconds")),
         ("engine alive after teardown", None, None,
@@ -1471,6 +1515,11 @@ GROWTH_FIGURES: tuple[tuple[str, Callable[[dict], Any], tuple[float, str] | None
     ("probe all, wall s", lambda s: s.get("probe_wall_seconds"), (1000.0, "ms")),
     ("ports, wall s", lambda s: s.get("ports_seconds"), (1000.0, "ms")),
     ("dht-check round trip, s", lambda s: s.get("dht_check_seconds"), None),
+    # The stage's headline moment's: from its deploy command to then.
+    ("CPU from deploy to then, core-s",
+     lambda s: _get(s, "deploy_cpu", "host_busy_core_seconds"), (1000.0, "ms")),
+    ("  of it the nodes (python), core-s",
+     lambda s: _get(s, "deploy_cpu", "core_seconds", "containers: python"), (1000.0, "ms")),
     ("host CPU at rest, cores", lambda s: _get(s, "idle_cpu", "host_busy_cores"),
      (1000.0, "cores/1000")),
     ("  of it the nodes (python), cores",

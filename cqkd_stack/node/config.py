@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 PROG = "cqkd-node"
 ROLES = ("bootstrap", "special", "worker")
 DEFAULT_HEALTH_FILE = "/tmp/cqkd-health"
+# Seconds between health rounds; every check at rest is counted in rounds.
+DEFAULT_HEALTH_INTERVAL = 10.0
 
 # Bytes of values held for others (CQKD_STORE_BYTES): the stack's memory
 # limits (stacks/cqkd.stack.tmpl.yml) are sized to hold it.
@@ -95,14 +97,20 @@ NEIGHBOUR_CHECK_MAX = 50
 # request from a contact, an answer to our RPC), and pings only what it has
 # not heard from for a while, counted in health rounds (CQKD_HEALTH_INTERVAL):
 # its bootstrap nodes after BOOTSTRAP_CHECK_ROUNDS (a lost bootstrap must be
-# noticed soon: issue 10's split), other contacts after CONTACT_STALE_ROUNDS.
-# A bootstrap node hears from every node that knows it each
-# BOOTSTRAP_CHECK_ROUNDS, so its contacts are stale sooner, which finds
-# its dead contacts before it hands them to joining nodes, at no cost at rest.
-# Pinging a sample every round kept 1000 idle nodes at 0.06 cores.
-BOOTSTRAP_CHECK_ROUNDS = 3
-CONTACT_STALE_ROUNDS = 180
-BOOTSTRAP_CONTACT_STALE_ROUNDS = 5
+# noticed soon: issue 10's split), other contacts after CONTACT_STALE_ROUNDS
+# (an hour at the default 10 s rounds: the paper refreshes a bucket that
+# has been quiet for an hour). A bootstrap node hears from every node that
+# knows it each BOOTSTRAP_CHECK_ROUNDS, so its contacts are stale sooner,
+# which finds its dead contacts before it hands them to joining nodes, at no
+# cost at rest. Pinging a sample every round kept 1000 idle nodes at 0.06
+# cores; 3 / 180 / 5 rounds, waking every round, at 0.048 (on loopback,
+# benchmarks/idle_cpu.py). A bootstrap check costs the worker a wake-up, a
+# send and a receive, and the bootstrap a receive and a send: at 1000
+# workers every 90 s it is 11 pings a second in all. A lost bootstrap is
+# then noticed within 90 s and an RPC timeout (issue 10's repair).
+BOOTSTRAP_CHECK_ROUNDS = 9
+CONTACT_STALE_ROUNDS = 360
+BOOTSTRAP_CONTACT_STALE_ROUNDS = 2 * BOOTSTRAP_CHECK_ROUNDS
 # 1000 containers log: a node that cannot join says so at most this often.
 JOIN_WARNING_INTERVAL = 30.0
 
@@ -151,7 +159,7 @@ class NodeConfig:
         control_socket: str = DEFAULT_CONTROL_SOCKET,
         join_backoff: float = 0.5,
         join_backoff_max: float = 5.0,
-        health_interval: float = 10.0,
+        health_interval: float = DEFAULT_HEALTH_INTERVAL,
         # Tasks on one overlay network answer in milliseconds; rpcudp's 5 s made
         # every dead contact cost a lookup five seconds.
         rpc_timeout: float = 2.0,
@@ -228,7 +236,7 @@ class NodeConfig:
             control_socket=control_socket,
             join_backoff=backoff,
             join_backoff_max=max(backoff, _parse_number(env, "JOIN_BACKOFF_MAX", 5.0)),
-            health_interval=_parse_number(env, "CQKD_HEALTH_INTERVAL", 10.0),
+            health_interval=_parse_number(env, "CQKD_HEALTH_INTERVAL", DEFAULT_HEALTH_INTERVAL),
             rpc_timeout=_parse_number(env, "CQKD_RPC_TIMEOUT", 2.0),
             interface=resolution.bind_host,
             log_level=LEVELS.get(level_name, LEVELS["WARNING"]),

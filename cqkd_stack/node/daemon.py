@@ -23,13 +23,15 @@ is needed in front of it. The node
 * writes the health file (``:XXXX `` for ``grep -qf FILE /proc/net/udp``) once it
   is in the DHT (a bootstrap node: once it listens) and removes it while it
   has no neighbour, trying a fresh join every health round meanwhile;
-* learns which contacts are alive from the traffic it gets anyway, and each
-  health round (``CQKD_HEALTH_INTERVAL``) pings only those it has not heard
-  from in 180 rounds (a bootstrap node: 5), so dead ones leave the table
-  at next to no cost at rest; its bootstrap nodes after 3 rounds without
-  news: once none answers (Swarm replaced a lost one), it joins again each
-  round until one does, so the nodes that join the replacement and the
-  older ones stay one DHT;
+* learns which contacts are alive from the traffic it gets anyway, and pings
+  only those it has not heard from in 360 health rounds
+  (``CQKD_HEALTH_INTERVAL``; a bootstrap node: 18), so dead ones leave the
+  table at next to no cost at rest; its bootstrap nodes after 9 rounds
+  without news: once none answers (Swarm replaced a lost one), it joins
+  again each round until one does, so the nodes that join the replacement
+  and the older ones stay one DHT. At rest it sleeps until the next check
+  is due, and a contact's check falling due shortly after the bootstrap's
+  goes with it, so a worker wakes once a bootstrap check;
 * serves ``set`` / ``get`` / ``status`` / ``holds`` on a Unix control socket
   (one JSON line in, one out), where ``get`` always asks the network and
   never this node, and ``holds`` only says whether this node's own store has
@@ -1063,7 +1065,10 @@ class DhtNode:
         each dead contact's RPC timeout, and the bootstrap node hands its dead
         contacts to every node that joins. A contact heard from lately is
         alive, so at rest each is pinged once per ``CONTACT_STALE_ROUNDS``
-        rounds, not a tenth of the table every round (see config).
+        rounds, not a tenth of the table every round (see config); and a
+        check falling due soon after the bootstrap's goes with it (see
+        :meth:`_pull_forward`), so a worker at rest wakes once a bootstrap
+        check, not once a round.
         """
         interval = self.config.health_interval
         now = time.monotonic()
@@ -1071,9 +1076,11 @@ class DhtNode:
         count = min(NEIGHBOUR_CHECK_MAX, max(NEIGHBOUR_CHECK_MIN, size // 10))
         boots = self.bootstrap_ids
         # Our bootstrap nodes sooner: their loss must be noticed (issue 10).
-        due = self.table.unseen_for(BOOTSTRAP_CHECK_ROUNDS * interval, now)
+        # Half a round early, so a wake-up timed for this check always finds it due.
+        due = self.table.unseen_for(BOOTSTRAP_CHECK_ROUNDS * interval - interval / 2, now)
         sample = [c for c in due if c[0] in boots]
-        others = [c for c in self.table.unseen_for(self._stale_after(), now) if c[0] not in boots]
+        others = self.table.unseen_for(self._stale_after() - self._pull_forward(), now)
+        others = [c for c in others if c[0] not in boots]
         others.sort(key=lambda _: _random_fraction())
         sample += others[:count]
         if not sample:
@@ -1096,6 +1103,42 @@ class DhtNode:
             rounds = BOOTSTRAP_CONTACT_STALE_ROUNDS
         return rounds * self.config.health_interval
 
+    def _pull_forward(self) -> float:
+        """How much sooner than due a contact is pinged, to share a wake-up with the bootstrap's.
+
+        A worker checks its bootstrap every BOOTSTRAP_CHECK_ROUNDS rounds;
+        pinging a contact up to that much before it is stale (1/60 of its
+        staleness) means the node never wakes for it alone. A bootstrap node
+        checks no bootstrap: its contacts, which check it, are pinged on time.
+        """
+        if self.config.role == "bootstrap" or not self.config.bootstrap_nodes:
+            return 0.0
+        return BOOTSTRAP_CHECK_ROUNDS * self.config.health_interval
+
+    def _next_round(self) -> float:
+        """Seconds until the next contact falls due; one round while joining or rejoining.
+
+        Waking every round only to find nothing due was most of what 1000
+        idle nodes cost (one select, a table scan and a stat a round each).
+        """
+        interval = self.config.health_interval
+        if self.config.role != "bootstrap" and (
+            not self.in_dht or len(self.table) == 0 or self._needs_bootstrap()
+        ):
+            return interval
+        boots = self.bootstrap_ids
+        boot_after = BOOTSTRAP_CHECK_ROUNDS * interval
+        other_after = self._stale_after() - self._pull_forward()
+        seen = self.table.seen
+        now = time.monotonic()
+        soonest = now + self._stale_after()
+        for node_id in self.table.addresses.values():
+            last = seen.get(node_id)
+            if last is None:
+                return interval
+            soonest = min(soonest, last + (boot_after if node_id in boots else other_after))
+        return max(interval, soonest - now)
+
     def _after_health_pings(self) -> None:
         """Health file gone while the table is empty, with a fresh join attempt per round."""
         try:
@@ -1112,7 +1155,7 @@ class DhtNode:
                     if self._needs_bootstrap() and self.attempt is None:
                         self.join_attempt()
         finally:
-            self.later(self.config.health_interval, self.health_round)
+            self.later(self._next_round(), self.health_round)
 
     # -- republish
 

@@ -28,6 +28,7 @@ from cqkd_stack.host.cluster import Cluster, ClusterNode
 from cqkd_stack.live import dhtcheck
 from cqkd_stack.live.distribution import ENGINE_LABEL
 from cqkd_stack.live.inspection import PortMap, port_map
+from cqkd_stack.node.config import BOOTSTRAP_CHECK_ROUNDS, DEFAULT_HEALTH_INTERVAL
 
 WORKERS = 12
 STACK_LABEL = "com.docker.stack.namespace"
@@ -650,10 +651,11 @@ def test_a_lost_node_s_tasks_move_with_their_slots_and_ports_and_the_value_survi
         every=2,
     )
     # The nodes that joined the bootstrap's replacement (if it was on the lost
-    # node) meet the older ones at the older ones' next health round.
+    # node) meet the older ones at the older ones' next bootstrap check (every
+    # BOOTSTRAP_CHECK_ROUNDS rounds of the default 10 s), plus an RPC timeout.
     readable = wait_for(
         lambda: dhtcheck.read_value(manager, overlay_stack, "bob", key) == value,
-        60,
+        BOOTSTRAP_CHECK_ROUNDS * DEFAULT_HEALTH_INTERVAL + 30,
         "Bob reads the value Alice stored before the loss",
         every=1,
     )

@@ -239,6 +239,36 @@ def test_cpu_at_rest_is_grouped_by_what_runs_each_process(tmp_path: Path) -> Non
         proc.wait()
 
 
+def test_cpu_of_a_process_that_came_and_went_counts_with_whoever_reaped_it(
+    tmp_path: Path,
+) -> None:
+    """runc and each exec live for a moment: between two readings they would be lost."""
+    shim = tmp_path / "containerd-shim-runc-v2"
+    shutil.copy(sys.executable, shim)
+    burn = "import time; end = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    code = (
+        "import subprocess, sys; print('up', flush=True); sys.stdin.readline(); "
+        f"subprocess.run([sys.executable, '-c', {burn!r}]); print('done', flush=True); "
+        "sys.stdin.readline()"
+    )
+    proc = subprocess.Popen(
+        [str(shim), "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline() == "up\n"
+        before = scale.cpu_snapshot()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "done\n"  # the child ran, ended and was reaped
+        busy, groups = scale.cpu_used(before, scale.cpu_snapshot())
+        assert groups["containerd+shims"] >= 0.25, groups
+        assert busy >= groups["containerd+shims"] - 0.05
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 # --- timeline, growth table, options -----------------------------------------------------
 
 
