@@ -27,9 +27,7 @@ from ..core.errors import BUG, INVALID, CqkdError, UsageError
 from ..core.files import write_atomically
 from ..core.policy import Policy, load_policy
 from ..core.results import Results
-from ..lint.validate import read_sources, validate_texts
 from ..targets.base import RenderOptions
-from ..targets.registry import target_named
 from . import report
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -227,6 +225,8 @@ def render_stack(
     With --target compose, a docker-compose file; with --target kubernetes,
     manifests. Each is checked as `validate` would before it is written.
     """
+    from ..targets.registry import target_named
+
     chosen = target_named(target)
     rules = _policy(c, policy)
     options = _render_options(
@@ -237,6 +237,8 @@ def render_stack(
     options = dataclasses.replace(options, **kubernetes)
     text = chosen.render(rules, options)
     name = "<rendered>" if output in ("", "-") else output
+    from ..lint.validate import validate_texts
+
     results = validate_texts([(name, text)], rules, target=target)
     if not results.ok:
         # Never hand out a stack that would be refused: say why instead.
@@ -315,6 +317,9 @@ def validate(
     if not names:
         raise UsageError("give at least one stack file to validate ('-' for standard input)")
     _format(format, tuple(report.FORMATS))
+    from ..lint.validate import read_sources, validate_texts
+    from ..targets.registry import target_named
+
     sources = read_sources(names)
     results = validate_texts(
         sources,
@@ -471,6 +476,7 @@ def deploy(
     from ..live.deploy import DeployRequest, check_stack, deploy_stack
     from ..live.distribution import registry_reference
     from ..live.plan import plan_deploy
+    from ..targets.registry import target_named
     from .console import print_port_map, stderr_console, with_progress
 
     _format(format)
@@ -610,6 +616,7 @@ def dht_check(
     """
     from ..live.client import connect
     from ..live.dhtcheck import check_stack_dht as check
+    from ..targets.registry import target_named
 
     _format(format)
     compose = target_named(target, ("swarm", "compose")).name == "compose"
@@ -807,6 +814,7 @@ def teardown(
     from ..live.client import connect
     from ..live.plan import plan_teardown
     from ..live.teardown import stack_rm
+    from ..targets.registry import target_named
     from .console import stderr_console, with_progress
 
     _format(format)
@@ -868,6 +876,8 @@ def _deploy_compose(
     from .console import stderr_console, with_progress
 
     if file:
+        from ..lint.validate import read_sources
+
         [(name, text)] = read_sources([file])
     else:
         name, text = "<rendered>", render_compose(rules, options)

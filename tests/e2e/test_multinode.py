@@ -684,3 +684,19 @@ def test_teardown_leaves_nothing_on_any_node(
         assert [n["Name"] for n in here.api.networks(filters=flt)] == [], node.container
         volumes = here.api.volumes(filters=flt).get("Volumes") or []
         assert [v["Name"] for v in volumes] == [], node.container
+
+
+def test_a_worker_node_s_engine_is_refused_as_not_a_manager(cluster: Cluster) -> None:
+    """GET /swarm, which the manager check asks, answers 503 on a worker: said in our words."""
+    worker = next((n for n in cluster.nodes if n.role == "worker"), None)
+    assert worker is not None, f"no worker node in {[n.role for n in cluster.nodes]}"
+    env = {**os.environ, "DOCKER_HOST": worker.engine_url}
+    done = subprocess.run(
+        [sys.executable, "-m", "cqkd_stack", "ports", "--stack", "anything"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "this engine is not a swarm manager" in done.stderr
