@@ -32,22 +32,27 @@ if TYPE_CHECKING:
 KEY_LABEL = "org.cqkd.control-key"
 
 
-def wants_control_key(doc: dict[str, Any], stack: str) -> bool:
-    """Whether the stack file names this stack's control key config (as render writes it)."""
+def wanted_control_key(doc: dict[str, Any]) -> str | None:
+    """The config the stack file names for its control key (render: ``<stack>_control-key``).
+
+    A file rendered for one stack name may be deployed under another
+    (``deploy --file``): the name is the file's, whatever stack deploys it.
+    """
     configs = doc.get("configs") or {}
     entry = configs.get(CONTROL_KEY_CONFIG) if isinstance(configs, dict) else None
-    return (
-        isinstance(entry, dict)
-        and bool(entry.get("external"))
-        and entry.get("name") == control_key_config(stack)
-    )
+    if isinstance(entry, dict) and entry.get("external") and isinstance(entry.get("name"), str):
+        return str(entry["name"])
+    return None
 
 
-def ensure_control_key(client: docker.DockerClient, stack: str) -> bool:
-    """Create ``<stack>_control-key`` with a fresh key unless it exists; True if created."""
+def ensure_control_key(client: docker.DockerClient, stack: str, name: str | None = None) -> bool:
+    """Create the key config (default ``<stack>_control-key``) unless it exists; True if created.
+
+    Labelled with ``stack``'s namespace, so that stack's teardown removes it.
+    """
     from docker.errors import APIError
 
-    name = control_key_config(stack)
+    name = name or control_key_config(stack)
     # The name filter matches prefixes too: compare the whole name.
     if any(c["Spec"]["Name"] == name for c in client.api.configs(filters={"name": name})):
         return False
@@ -61,13 +66,15 @@ def ensure_control_key(client: docker.DockerClient, stack: str) -> bool:
 
 
 def remove_control_key(client: docker.DockerClient, stack: str) -> bool:
-    """Remove the stack's key config if it is ours; True if it went (teardown calls this)."""
+    """Remove the key configs deploy made for ``stack``; True if one went (teardown calls this).
+
+    A config another stack's services still use stays (Docker refuses).
+    """
     from docker.errors import APIError, NotFound
 
-    name = control_key_config(stack)
+    removed = False
     for config in client.api.configs(filters={"label": f"{KEY_LABEL}={stack}"}):
-        if config["Spec"]["Name"] == name:
-            with contextlib.suppress(NotFound, APIError):
-                client.api.remove_config(config["ID"])
-                return True
-    return False
+        with contextlib.suppress(NotFound, APIError):
+            client.api.remove_config(config["ID"])
+            removed = True
+    return removed

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.contract import TakenSubnet, control_key_config, service_role
+from ..core.contract import TakenSubnet, service_role
 from ..core.documents import read_text
 from ..core.errors import CqkdError, NotDeployed
 from ..core.policy import Policy
@@ -33,7 +33,7 @@ from ..targets.base import RenderOptions
 from ..targets.swarm import render
 from . import distribution, inspection
 from .client import docker_cli, image_source
-from .controlkey import ensure_control_key, wants_control_key
+from .controlkey import ensure_control_key, wanted_control_key
 from .waits import POLL_SECONDS, WaitResult, wait_until_ready
 
 if TYPE_CHECKING:
@@ -245,8 +245,9 @@ def deploy_stack(
         resolve = "always"
     else:
         outcome.images = images_on_nodes(client, checked.images, say)
-    if wants_control_key(checked.doc, request.stack) and ensure_control_key(client, request.stack):
-        say(f"created the control key config {control_key_config(request.stack)}")
+    key_config = wanted_control_key(checked.doc)
+    if key_config is not None and ensure_control_key(client, request.stack, key_config):
+        say(f"created the control key config {key_config}")
     with tempfile.TemporaryDirectory(prefix="cqkd-") as tmp:
         path = Path(tmp) / f"{request.stack}.stack.yml"
         path.write_text(checked.text)

@@ -12,7 +12,7 @@ import yaml
 from cqkd_stack.core.errors import CqkdError
 from cqkd_stack.core.policy import load_policy
 from cqkd_stack.lint.validate import validate_texts
-from cqkd_stack.live.controlkey import wants_control_key
+from cqkd_stack.live.controlkey import wanted_control_key
 from cqkd_stack.live.dhtcheck import (
     CONTROL_DIR,
     JOB_LABEL,
@@ -259,9 +259,10 @@ def test_nodectl_arguments_become_the_request_it_would_send(args: tuple, payload
 
 def test_the_rendered_stack_names_its_own_key_config() -> None:
     doc = rendered(replicas=3, join_stack="prod")
-    assert wants_control_key(doc, "prod")
-    assert not wants_control_key(doc, "other")  # another stack's key is not made here
-    assert not wants_control_key(rendered(replicas=3, network="host"), "cqkd")
+    # The file's name, whatever stack deploys it (deploy --file of a file rendered for another).
+    assert wanted_control_key(doc) == "prod_control-key"
+    assert wanted_control_key(rendered(replicas=3, network="host")) is None
+    assert wanted_control_key(rendered(replicas=3, port_offset=100)) is None
     assert doc["configs"]["control-key"] == {"external": True, "name": "prod_control-key"}
     # The key itself is never in the stack file, nor in any environment.
     alice = doc["services"]["alice"]
