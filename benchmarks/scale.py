@@ -30,9 +30,19 @@ Ctrl-C or SIGTERM waits for a removal under way, then the run cleans up and
 prints what it has. ``--bare-lonely N`` makes N of the bare workers unable to
 join, so a small run takes the never-joined path for real.
 
+Each stage also keeps a timeline: tasks running and tasks joined against
+seconds since its deploy command, sampled (at most every 2 s, and at each
+milestone) from the counts its waits read anyway, so it costs the engine
+nothing. ``--workers 100,300,1000`` runs the three stages at each size and
+adds a growth table (each figure, and per task, at each size, with the
+ratios project/floor and project/bare); ``--plot PNG`` draws the timelines,
+one panel a size. ``--from-json FILE...`` (or ``benchmarks/plot_scale.py``)
+rebuilds both from saved runs, so sizes run separately can be shown together.
+
 Progress goes to stderr, the table to stdout, the figures to ``--json FILE``.
 
     python benchmarks/scale.py --workers 1000 --json scale.json
+    python benchmarks/scale.py --workers 100,300 --json s.json --plot docs/scale-timeline.png
 """
 
 from __future__ import annotations
@@ -46,12 +56,14 @@ import ipaddress
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -83,6 +95,9 @@ LONELY_BASE_PORT = 9000
 SUBNET_POOL = ipaddress.IPv4Network("10.232.0.0/16")
 POLL_SECONDS = 1.0
 PROGRESS_EVERY = 10.0
+# A stage's timeline keeps at most one sample this often, from the counts its
+# waits read anyway (no call to the engine of its own).
+TIMELINE_EVERY = 2.0
 MEMORY_READINGS = 3
 MEMORY_GAP = 3.0
 REPEAT = 5
@@ -161,6 +176,75 @@ class Throttled:
         if now - self.last >= PROGRESS_EVERY:
             self.last = now
             log(f"  {self.what}: {note or f'{done}/{total}'} ({now - self.start:.0f} s)")
+
+
+# --- timeline -------------------------------------------------------------------
+
+
+class Timeline:
+    """Tasks running and joined against seconds since a stage's deploy command.
+
+    Fed only with counts the stage reads anyway (its waits' task lists, the
+    probe rounds of its figures, the deploy command's own progress), so it
+    costs the engine nothing. A sample is kept if ``every`` seconds passed
+    since the last one kept; one that is not is held as pending, and a
+    milestone (``keep``, or ``flush``) keeps it, so a stage's all-running or
+    all-joined moment is never thinned away.
+    """
+
+    def __init__(self, start: float, every: float = TIMELINE_EVERY) -> None:
+        self.start, self.every = start, every
+        self.samples: list[dict[str, Any]] = []
+        self.pending: dict[str, Any] | None = None
+
+    def add(
+        self, now: float, running: int | None, joined: int | None = None, keep: bool = False
+    ) -> None:
+        sample = {"seconds": round(now - self.start, 2), "running": running, "joined": joined}
+        last = self.samples[-1]["seconds"] if self.samples else None
+        if keep or last is None or sample["seconds"] - last >= self.every:
+            self.samples.append(sample)
+            self.pending = None
+        else:
+            self.pending = sample
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            self.samples.append(self.pending)
+            self.pending = None
+
+    def as_dict(self) -> dict[str, Any]:
+        self.flush()
+        return {"every_seconds": self.every, "samples": self.samples}
+
+
+# "12/303 tasks running" (wait_until_running), "300/303 running, 40/303 joined"
+# (wait_until_ready): what the project's waits report, to the CLI's progress bar too.
+COUNTS = re.compile(r"(\d+)/\d+ (?:tasks )?running(?:, (\d+)/\d+ joined)?")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def progress_counts(text: str) -> tuple[int, int | None] | None:
+    """(running, joined or None) from the last progress report in ``text``, if it has one."""
+    found = COUNTS.findall(ANSI.sub("", text))
+    if not found:
+        return None
+    running, joined = found[-1]
+    return int(running), int(joined) if joined else None
+
+
+def timeline_progress(
+    timeline: Timeline, progress: Callable[[int, int, str], None]
+) -> Callable[[int, int, str], None]:
+    """A wait's progress callback that also feeds the timeline from the same report."""
+
+    def report(done: int, total: int, note: str) -> None:
+        progress(done, total, note)
+        counts = progress_counts(note)
+        if counts is not None:
+            timeline.add(time.monotonic(), *counts)
+
+    return report
 
 
 # --- host measurements ----------------------------------------------------------
@@ -248,7 +332,12 @@ def docker_stack_deploy(text: str, stack: str) -> None:
 
 
 def wait_running(
-    client: docker.DockerClient, stack: str, total: int, deadline: float, what: str
+    client: docker.DockerClient,
+    stack: str,
+    total: int,
+    deadline: float,
+    what: str,
+    timeline: Timeline | None = None,
 ) -> None:
     """Until ``total`` slots of the stack run: one task list call per poll round."""
     flt = {**stack_filter(stack), "desired-state": "running"}
@@ -256,6 +345,8 @@ def wait_running(
     while True:
         running = running_slots(client.api.tasks(filters=flt))
         progress(running, total, f"{running}/{total} running")
+        if timeline is not None:
+            timeline.add(time.monotonic(), running, keep=running >= total)
         if running >= total:
             return
         if time.monotonic() >= deadline:
@@ -526,8 +617,71 @@ def cqkd(
     return time.perf_counter() - start, done
 
 
-def cqkd_json(*args: str, timeout: float = 600, ok_codes: tuple[int, ...] = (0,)) -> Any:
-    wall, done = cqkd(*args, timeout=timeout)
+def cqkd_watched(
+    *args: str, timeout: float, on_line: Callable[[str], None]
+) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """``cqkd`` with its stderr read as it comes, each line (or redrawn bar) to ``on_line``.
+
+    The CLI draws its progress bar only for a terminal; FORCE_COLOR makes it
+    draw as in one (what an operator sees), so the deploy's own wait reports
+    its running and joined counts here as it reads them. stderr comes back
+    without the terminal's escape codes.
+    """
+    env = {**os.environ, "FORCE_COLOR": "1", "COLUMNS": "250"}
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cqkd_stack", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    err: list[bytes] = []
+    out: list[bytes] = []
+
+    def pump_err(stream: Any) -> None:
+        tail = b""
+        for chunk in iter(lambda: stream.read1(65536), b""):
+            err.append(chunk)
+            *lines, tail = re.split(rb"[\r\n]", tail + chunk)
+            for line in lines:
+                if line:
+                    on_line(line.decode(errors="replace"))
+
+    readers = [
+        threading.Thread(target=pump_err, args=(proc.stderr,), daemon=True),
+        threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    try:
+        proc.wait(timeout=timeout)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        for reader in readers:
+            reader.join()
+        proc.stdout.close()
+        proc.stderr.close()
+    wall = time.perf_counter() - start
+    stderr = ANSI.sub("", b"".join(err).decode(errors="replace"))
+    return wall, subprocess.CompletedProcess(
+        proc.args, proc.returncode, b"".join(out).decode(), stderr
+    )
+
+
+def cqkd_json(
+    *args: str,
+    timeout: float = 600,
+    ok_codes: tuple[int, ...] = (0,),
+    on_line: Callable[[str], None] | None = None,
+) -> Any:
+    if on_line is None:
+        wall, done = cqkd(*args, timeout=timeout)
+    else:
+        wall, done = cqkd_watched(*args, timeout=timeout, on_line=on_line)
     if done.returncode not in ok_codes:
         raise RuntimeError(
             f"cqkd-stack {' '.join(args)} exited {done.returncode}:\n{done.stderr.strip()[-2000:]}"
@@ -535,11 +689,14 @@ def cqkd_json(*args: str, timeout: float = 600, ok_codes: tuple[int, ...] = (0,)
     return wall, json.loads(done.stdout)
 
 
-def probe_figures(stack: str) -> dict[str, Any]:
+def probe_figures(
+    stack: str, on_round: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
     """``probe`` five times: wall time, its own seconds (medians), worst answered and joined.
 
     Also when (``time.monotonic()``) the first round that found every task
     joined ended, if one did: a bound on when the stack was all joined.
+    ``on_round`` sees each round's report (the timeline's joined counts).
     """
     walls, seconds, answered, joined, total = [], [], [], [], 0
     all_joined_at = None
@@ -551,6 +708,8 @@ def probe_figures(stack: str) -> dict[str, Any]:
         answered.append(out["answered"])
         joined.append(out["joined"])
         total = out["total"]
+        if on_round is not None:
+            on_round(out)
         if all_joined_at is None and total and out["joined"] == total:
             all_joined_at = time.monotonic()
     return {
@@ -597,6 +756,7 @@ MOMENT_NAMES = {"all_joined": "all joined", "timeout": "timeout", "all_running":
 HEADLINE_KEYS = (
     "memory",
     "idle_cpu",
+    "deploy_cpu",
     "probe_wall_seconds",
     "probe_seconds",
     "probe_answered_min",
@@ -651,8 +811,17 @@ CPU_GROUPS = (
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_snapshot() -> tuple[float, dict[int, tuple[str, int]]]:
-    """(host busy jiffies from /proc/stat, pid -> (group, utime+stime jiffies))."""
+# (host busy jiffies, pid -> (group, jiffies)): see cpu_snapshot.
+Snapshot = tuple[float, dict[int, tuple[str, int]]]
+
+
+def cpu_snapshot() -> Snapshot:
+    """(host busy jiffies from /proc/stat, pid -> (group, CPU jiffies)).
+
+    A process's jiffies include the children it has reaped (cutime and
+    cstime): the runc runs and execs that come and go between two readings
+    are counted with the shim or container that waited for them.
+    """
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     values = [int(v) for v in fields[:8]]
     busy = sum(values) - values[3] - values[4]  # all but idle and iowait
@@ -666,7 +835,8 @@ def cpu_snapshot() -> tuple[float, dict[int, tuple[str, int]]]:
             continue  # gone meanwhile
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         rest = stat[stat.rindex(")") + 2 :].split()
-        procs[int(entry.name)] = (comm, int(rest[1]), int(rest[11]) + int(rest[12]))
+        ticks = int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
+        procs[int(entry.name)] = (comm, int(rest[1]), ticks)
 
     def group(pid: int) -> str:
         comm, ppid, _ = procs[pid]
@@ -686,22 +856,45 @@ def cpu_snapshot() -> tuple[float, dict[int, tuple[str, int]]]:
     return busy, {pid: (group(pid), ticks) for pid, (_, _, ticks) in procs.items()}
 
 
-def idle_cpu(seconds: float) -> dict[str, Any]:
-    """Cores busy over ``seconds`` while nothing is asked of the stack, by group."""
-    busy0, procs0 = cpu_snapshot()
-    start = time.monotonic()
-    time.sleep(seconds)  # the measure: what the host does on its own meanwhile
-    busy1, procs1 = cpu_snapshot()
-    elapsed = time.monotonic() - start
+def cpu_used(before: Snapshot, after: Snapshot) -> tuple[float, dict[str, float]]:
+    """CPU seconds between two snapshots: the host's busy time, and by group."""
+    (busy0, procs0), (busy1, procs1) = before, after
     groups = dict.fromkeys(CPU_GROUPS, 0)
     for pid, (name, ticks) in procs1.items():
-        before = procs0.get(pid)
-        # A process started meanwhile counts whole; one that ended is lost.
-        groups[name] += ticks - (before[1] if before and before[0] == name else 0)
+        was = procs0.get(pid)
+        # A process started meanwhile counts whole; one that ended unreaped is lost.
+        groups[name] += ticks - (was[1] if was and was[0] == name else 0)
+    return (busy1 - busy0) / CLOCK_TICKS, {k: v / CLOCK_TICKS for k, v in groups.items()}
+
+
+def idle_cpu(seconds: float) -> dict[str, Any]:
+    """Cores busy over ``seconds`` while nothing is asked of the stack, by group."""
+    before = cpu_snapshot()
+    start = time.monotonic()
+    time.sleep(seconds)  # the measure: what the host does on its own meanwhile
+    busy, groups = cpu_used(before, cpu_snapshot())
+    elapsed = time.monotonic() - start
     return {
         "seconds": elapsed,
-        "host_busy_cores": (busy1 - busy0) / CLOCK_TICKS / elapsed,
-        "cores": {name: ticks / CLOCK_TICKS / elapsed for name, ticks in groups.items()},
+        "host_busy_cores": busy / elapsed,
+        "cores": {name: used / elapsed for name, used in groups.items()},
+    }
+
+
+def deploy_cpu(before: Snapshot, tasks: int) -> dict[str, Any]:
+    """CPU from the deploy's start to now, in all and per task: where deploy time goes.
+
+    Against the floor's, the per-task figures show what the node's start
+    costs beyond a `sleep` (containers: python) and what the engine spends
+    on each task (containerd, shims, runc, dockerd), on the same engine.
+    """
+    busy, groups = cpu_used(before, cpu_snapshot())
+    per = max(tasks, 1) / 1000
+    return {
+        "host_busy_core_seconds": busy,
+        "core_seconds": groups,
+        "host_ms_per_task": busy / per,
+        "ms_per_task": {name: used / per for name, used in groups.items()},
     }
 
 
@@ -717,6 +910,8 @@ class Measure:
     """
 
     idle_seconds = 60.0
+    # Fed by the probe rounds (joined) and the running count of each moment.
+    timeline: Timeline | None = None
 
     def __init__(
         self,
@@ -733,12 +928,15 @@ class Measure:
         self.client, self.what, self.stack, self.out = client, what, stack, out
         self.before, self.start, self.tasks = before, start, tasks
         self.dht, self.dht_check = dht, dht_check
+        self.cpu_before = cpu_snapshot()
 
     def __call__(self, moment: str) -> dict[str, Any]:
         began = time.monotonic()
         taken: dict[str, Any] = {"at_seconds": began - self.start, "tasks": self.tasks}
         errors: dict[str, str] = {}
         log(f"{self.what}: figures at {MOMENT_NAMES[moment]} ({taken['at_seconds']:.1f} s)")
+        # First: the figures below cost CPU of their own.
+        taken["deploy_cpu"] = deploy_cpu(self.cpu_before, self.tasks)
 
         def attempt(name: str, figure: Callable[[], Any]) -> Any:
             try:
@@ -754,7 +952,11 @@ class Measure:
         if self.dht:
             # The probe first: at all-running, whether every task has joined
             # already is the figure that ages fastest.
-            taken.update(attempt("probe", lambda: probe_figures(self.stack)) or {})
+            def probed(report: dict[str, Any]) -> None:
+                if self.timeline is not None:
+                    self.timeline.add(time.monotonic(), running, report["joined"])
+
+            taken.update(attempt("probe", lambda: probe_figures(self.stack, probed)) or {})
             seen = taken.pop("probe_all_joined_at", None)
             if seen is not None:
                 taken["all_joined_by_seconds"] = seen - self.start
@@ -821,11 +1023,13 @@ def stage_floor(
     before = memory()
     log(f"floor: deploying {workers} x sleep infinity as {stack} ({subnet})")
     start = time.monotonic()
+    timeline = Timeline(start)
+    timeline.add(start, 0)
     measure = Measure(client, "floor", stack, out, before, start, workers, dht=False)
     try:
         docker_stack_deploy(text, stack)
         try:
-            wait_running(client, stack, workers, start + timeout, "floor")
+            wait_running(client, stack, workers, start + timeout, "floor", timeline)
         except TimeoutError as exc:
             out["not_running"] = str(exc)
             measure("timeout")
@@ -834,6 +1038,7 @@ def stage_floor(
         log(f"floor: all {workers} running after {out['running_seconds']:.1f} s")
         measure("all_running")
     finally:
+        out["timeline"] = timeline.as_dict()
         # The same stepped removal as the project's teardown: the engine's own
         # ceiling for that method (a plain `docker stack rm` of 1000 sleepers
         # once took containerd and dockerd down here).
@@ -913,11 +1118,14 @@ def _bare(
     before = memory()
     log(f"bare: deploying bootstrap + {workers} naive workers as {stack} ({subnet})")
     start = time.monotonic()
+    timeline = Timeline(start)
+    timeline.add(start, 0, 0)
     measure = Measure(client, "bare", stack, out, before, start, tasks, dht=True)
+    measure.timeline = timeline
     try:
         docker_stack_deploy(text, stack)
         try:
-            wait_running(client, stack, tasks, start + timeout, "bare")
+            wait_running(client, stack, tasks, start + timeout, "bare", timeline)
         except TimeoutError as exc:
             out["not_running"] = str(exc)
             measure("timeout")
@@ -932,7 +1140,9 @@ def _bare(
         out["all_running_figures_seconds"] = at_running["seconds_taken"]
         remaining = max(start + timeout - time.monotonic(), 1.0)
         try:
-            ready = wait_until_ready(client, stack, remaining, progress=Throttled("bare joined"))
+            ready = wait_until_ready(
+                client, stack, remaining, timeline_progress(timeline, Throttled("bare joined"))
+            )
         except NotReady as exc:
             # "after N s" there is the wait's share, what all running left of the timeout.
             said = str(exc).splitlines()[0].removesuffix("; not ready:")
@@ -944,9 +1154,11 @@ def _bare(
         if seen_early:
             out["joined_seen_by"] = "the all-running figures' probe"
         out["ready_total"] = ready.total
+        timeline.flush()
         log(f"bare: all {ready.total} joined after {out['joined_seconds']:.1f} s")
         measure("all_joined")
     finally:
+        out["timeline"] = timeline.as_dict()
         budget = teardown_budget(timeout)
         take_down(stacks, stack, out, "bare", lambda: user_teardown(client, stack, budget))
 
@@ -973,15 +1185,24 @@ def stage_project(stacks: Stacks, workers: int, timeout: float, out: dict) -> No
     before = memory()
     log(f"project: python -m cqkd_stack deploy --replicas {workers} --stack {stack}")
     start = time.monotonic()
+    timeline = Timeline(start)
+    timeline.add(start, 0, 0)
     measure = Measure(
         stacks.client, "project", stack, out, before, start, workers + 3, dht=True, dht_check=True
     )
+    measure.timeline = timeline
+
+    def progress(line: str) -> None:
+        counts = progress_counts(line)
+        if counts is not None:
+            timeline.add(time.monotonic(), *counts)
+
     try:
         try:
             wall, summary = cqkd_json(
                 "deploy", "--replicas", str(workers), "--stack", stack,
                 "--format", "json", "--timeout", str(int(timeout)),
-                timeout=timeout + 600,
+                timeout=timeout + 600, on_line=progress,
             )  # fmt: skip
         except Exception:
             # Deployed but not all joined in time: what runs is still measured.
@@ -1001,10 +1222,12 @@ def stage_project(stacks: Stacks, workers: int, timeout: float, out: dict) -> No
             wait_seconds=summary.get("seconds"),
             tasks=tasks,
         )
+        timeline.flush()
         log(f"project: deploy done in {wall:.1f} s ({tasks} tasks)")
         measure.tasks = tasks
         measure("all_joined")
     finally:
+        out["timeline"] = timeline.as_dict()
         budget = teardown_budget(timeout)
         take_down(stacks, stack, out, "project", lambda: project_teardown(stack, budget))
         out["engine_alive_after_teardown"] = engine_alive()
@@ -1112,6 +1335,13 @@ def table(results: dict) -> str:
         *((f"  {name}", _get(floor, "idle_cpu", "cores", name),
            _get(bare, "idle_cpu", "cores", name), _get(project, "idle_cpu", "cores", name))
           for name in CPU_GROUPS),
+        ("CPU from deploy to then, ms/task", _get(floor, "deploy_cpu", "host_ms_per_task"),
+         _get(bare, "deploy_cpu", "host_ms_per_task"),
+         _get(project, "deploy_cpu", "host_ms_per_task")),
+        *((f"  {name}", _get(floor, "deploy_cpu", "ms_per_task", name),
+           _get(bare, "deploy_cpu", "ms_per_task", name),
+           _get(project, "deploy_cpu", "ms_per_task", name))
+          for name in CPU_GROUPS),
         ("teardown to nothing left, s", floor.get("teardown_seconds"),
          bare.get("teardown_seconds"), project.get("teardown_seconds")),
         ("engine alive after teardown", None, None,
@@ -1148,7 +1378,7 @@ def table(results: dict) -> str:
             out.append(f"kernel settings, {name}: {shown}")
     out.append("")
     out.append("targets:")
-    for verdict in results["targets"]:
+    for verdict in results.get("targets") or judge(results):
         mark = {True: "PASS", False: "FAIL", None: "n/a "}[verdict["pass"]]
         value = _fmt(verdict["value"])
         limit = _fmt(verdict["limit"])
@@ -1257,6 +1487,190 @@ def _joined(stage: dict) -> str | None:
     return f"{stage['probe_joined_min']}/{stage['probe_total']}"
 
 
+# --- growth: the figures at several sizes ----------------------------------------------------
+
+STAGES = ("floor", "bare", "project")
+
+
+def sizes_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs of one size in a saved JSON: a run of several sizes keeps them in ``sizes``;
+    a run of one size (and every run before several existed) is that size itself."""
+    return list(doc["sizes"]) if "sizes" in doc else [doc]
+
+
+def _joined_or_running(stage: dict[str, Any]) -> float | None:
+    """From pressing enter to all joined (the floor, which has nothing to join: all running)."""
+    for key in ("deploy_wall_seconds", "joined_seconds", "running_seconds"):
+        if stage.get(key) is not None:
+            return stage[key]
+    return None
+
+
+# (label, figure of a stage, how a per-task row divides it: (scale, unit) or None).
+# Seconds become milliseconds a task, cores become cores per 1000 tasks.
+GROWTH_FIGURES: tuple[tuple[str, Callable[[dict], Any], tuple[float, str] | None], ...] = (
+    ("all running, s", lambda s: s.get("running_seconds"), (1000.0, "ms")),
+    ("start to all joined, s (floor: all running)", _joined_or_running, (1000.0, "ms")),
+    ("host memory per task, MiB", lambda s: _get(s, "memory", "mib_per_task"), None),
+    ("probe all, wall s", lambda s: s.get("probe_wall_seconds"), (1000.0, "ms")),
+    ("ports, wall s", lambda s: s.get("ports_seconds"), (1000.0, "ms")),
+    ("dht-check round trip, s", lambda s: s.get("dht_check_seconds"), None),
+    # The stage's headline moment's: from its deploy command to then.
+    ("CPU from deploy to then, core-s",
+     lambda s: _get(s, "deploy_cpu", "host_busy_core_seconds"), (1000.0, "ms")),
+    ("  of it the nodes (python), core-s",
+     lambda s: _get(s, "deploy_cpu", "core_seconds", "containers: python"), (1000.0, "ms")),
+    ("host CPU at rest, cores", lambda s: _get(s, "idle_cpu", "host_busy_cores"),
+     (1000.0, "cores/1000")),
+    ("  of it the nodes (python), cores",
+     lambda s: _get(s, "idle_cpu", "cores", "containers: python"), (1000.0, "cores/1000")),
+    ("teardown to nothing left, s", lambda s: s.get("teardown_seconds"), (1000.0, "ms")),
+)  # fmt: skip
+
+
+def _ratio(part: Any, whole: Any) -> str:
+    numbers = all(type(v) in (int, float) for v in (part, whole))
+    return f"{part / whole:.2f}x" if numbers and whole else "-"
+
+
+def growth_rows(runs: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """One row per figure and size (and per task, where it divides), smallest size first;
+    a size run twice shows each run. Ratios are the project's over the floor's and the bare's."""
+    ordered = sorted(runs, key=lambda r: r.get("workers") or 0)
+    rows = []
+    for label, figure, per_task in GROWTH_FIGURES:
+        kinds = [(label, None)] + ([(f"  per task, {per_task[1]}", per_task)] if per_task else [])
+        for shown, divide in kinds:
+            for run in ordered:
+                stages = run.get("stages") or {}
+                values = []
+                for name in STAGES:
+                    stage = stages.get(name) or {}
+                    value = figure(stage) if stage else None
+                    if divide is not None and value is not None:
+                        value = value * divide[0] / stage["tasks"] if stage.get("tasks") else None
+                    values.append(value)
+                if all(v is None for v in values):
+                    continue
+                floor, bare, project = values
+                rows.append(
+                    (shown, str(run.get("workers")), *(_fmt(v) for v in values),
+                     _ratio(project, floor), _ratio(project, bare))
+                )  # fmt: skip
+    return rows
+
+
+def growth_table(runs: list[dict[str, Any]]) -> str:
+    """Each figure at each size, side by side: how the cost grows with the workers."""
+    header = ("figure", "workers", "floor", "bare", "project", "project/floor", "project/bare")
+    rows = growth_rows(runs)
+    if not rows:
+        return "(no figures at any size)"
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    previous = None
+    for cells in [header, tuple("-" * w for w in widths), *rows]:
+        label = cells[0] if cells[0] != previous else ""
+        previous = cells[0]
+        lines.append("  ".join(
+            [label.ljust(widths[0]), *(c.rjust(w) for c, w in zip(cells[1:], widths[1:],
+                                                                    strict=True))]
+        ).rstrip())  # fmt: skip
+    dates = sorted({str(r.get("date", "?")) for r in runs})
+    lines.append("")
+    lines.append(f"sizes from runs of {', '.join(dates)}; per task: divided by the stage's tasks")
+    return "\n".join(lines)
+
+
+def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
+    """Every size of every saved JSON, so sizes run separately can be shown together."""
+    runs = []
+    for path in paths:
+        runs += sizes_of(json.loads(path.read_text()))
+    return runs
+
+
+# --- timeline picture --------------------------------------------------------------------------
+
+STAGE_COLOURS = {"floor": "tab:gray", "bare": "tab:orange", "project": "tab:blue"}
+
+
+# Samples further apart than this are not joined by a line in the picture: nothing was
+# read in between (the bare stack's joined count, before its all-running figures).
+SERIES_GAP_SECONDS = 10.0
+
+
+def timeline_series(stage: dict[str, Any], count: str) -> tuple[list[float], list[float]]:
+    """(seconds, counts) of one stage's timeline for ``count`` ("running" or "joined"), the
+    samples that have it; a NaN between two that are more than SERIES_GAP_SECONDS apart, so
+    a line is never drawn across a stretch where the count was not read."""
+    samples = _get(stage, "timeline", "samples") or []
+    kept = [(s["seconds"], s[count]) for s in samples if s.get(count) is not None]
+    seconds: list[float] = []
+    counts: list[float] = []
+    for t, n in kept:
+        if seconds and t - seconds[-1] > SERIES_GAP_SECONDS:
+            seconds.append((seconds[-1] + t) / 2)
+            counts.append(float("nan"))
+        seconds.append(t)
+        counts.append(n)
+    return seconds, counts
+
+
+def plot_timelines(runs: list[dict[str, Any]], out: Path) -> None:
+    """One panel per size: tasks running (solid) and joined (dashed) of each stage against
+    seconds since its deploy command. matplotlib is the optional extra ``bench``."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("drawing needs matplotlib: pip install -e '.[bench]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ordered = sorted(runs, key=lambda r: r.get("workers") or 0)
+    fig, axes = plt.subplots(len(ordered), 1, figsize=(9, 3.6 * len(ordered)), squeeze=False)
+    for ax, run in zip(axes[:, 0], ordered, strict=True):
+        stages = run.get("stages") or {}
+        ends = []
+        for name in STAGES:
+            stage = stages.get(name)
+            if not stage:
+                continue
+            colour = STAGE_COLOURS[name]
+            # Running wide and pale, joined thin on top: where they coincide both show.
+            for count, style, width, alpha in (
+                ("running", "-", 4.0, 0.4),
+                ("joined", "--", 1.5, 1.0),
+            ):
+                seconds, counts = timeline_series(stage, count)
+                if any(n == n for n in counts):  # one count read, not only gaps (NaN != NaN)
+                    ax.plot(seconds, counts, style, color=colour, linewidth=width, alpha=alpha,
+                            label=f"{name}: {count}")  # fmt: skip
+            end = _joined_or_running(stage)
+            if end is not None:
+                ends.append(end)
+                ax.axvline(end, color=colour, linestyle=":", linewidth=1)
+                ax.annotate(f"{end:.0f} s", (end, 0), color=colour, fontsize="small",
+                            xytext=(3, 3), textcoords="offset points")  # fmt: skip
+        if ends:
+            # The figures taken after each stage's end add samples; the race is before.
+            ax.set_xlim(0, max(ends) * 1.15)
+        ax.set_title(f"{run.get('workers')} workers ({str(run.get('date', ''))[:10]})")
+        ax.set_xlabel("seconds since the deploy command")
+        ax.set_ylabel("tasks")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower right", fontsize="small")
+    fig.suptitle(
+        "benchmarks/scale.py: Swarm's floor (sleep), the bare stack, the project\n"
+        "dotted: floor all running, bare all joined, project deploy done; "
+        "no line where nothing was read"
+    )
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -1264,9 +1678,27 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def main() -> int:
+def worker_sizes(text: str) -> list[int]:
+    """``--workers 100,300,1000``: each size once, smallest first (the cheap ones fail first)."""
+    try:
+        sizes = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not sizes or sizes[0] < 1:
+        raise argparse.ArgumentTypeError("every size must be at least 1")
+    return sizes
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=1000)
+    parser.add_argument(
+        "--workers",
+        type=worker_sizes,
+        default=[1000],
+        metavar="N[,N...]",
+        help="workers per stage; several sizes (100,300,1000) run the three stages at each "
+        "and add a table of each figure at each size",
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="per deploy, seconds")
     parser.add_argument("--skip-floor", action="store_true")
     parser.add_argument("--skip-bare", action="store_true")
@@ -1300,43 +1732,52 @@ def main() -> int:
         help="how long each stage's CPU at rest is read, by process group (0: not read)",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures here")
-    args = parser.parse_args()
-    Measure.idle_seconds = args.idle_seconds
-    if args.workers < 1:
-        parser.error("--workers must be at least 1")
-    if not 0 <= args.bare_lonely <= args.workers:
-        parser.error("--bare-lonely must be between 0 and --workers")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="draw tasks running and joined against time, each stage, each size "
+        "(needs the extra `bench`: matplotlib)",
+    )
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="deploy nothing: print the tables (and --plot) of saved runs, their sizes "
+        "together in one growth table",
+    )
+    return parser
 
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-    client = docker.from_env(timeout=300)
-    try:
-        client.images.get(host_base_image())
-    except docker.errors.ImageNotFound:
-        print(f"{host_base_image()} is missing: run `cqkd-stack setup` first", file=sys.stderr)
-        return 2
-    version = client.version()
-    results: dict[str, Any] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "workers": args.workers,
-        "timeout": args.timeout,
-        "bare_lonely": args.bare_lonely,
-        "host": {
-            "cpus": os.cpu_count(),
-            "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
-            "kernel": platform.release(),
-        },
-        "engine": {"version": version.get("Version"), "api": version.get("ApiVersion")},
-        "stages": {},
-    }
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser_ = parser()
+    args = parser_.parse_args(argv)
+    if args.from_json:
+        return args
+    if not 0 <= args.bare_lonely <= args.workers[0]:
+        parser_.error("--bare-lonely must be between 0 and the smallest of --workers")
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401  (fail now, not after an hour of deploys)
+        except ImportError:
+            parser_.error("--plot needs matplotlib: pip install -e '.[bench]'")
+    return args
+
+
+def run_size(
+    client: docker.DockerClient, args: argparse.Namespace, workers: int, results: dict[str, Any]
+) -> None:
+    """The three stages at one size, into ``results``; whatever they leave is removed."""
+    results.update(workers=workers, timeout=args.timeout, bare_lonely=args.bare_lonely)
+    results["stages"] = {}
     stacks = Stacks(client)
     try:
         if not args.skip_floor:
             run_stage(
                 "floor",
                 results,
-                lambda out: stage_floor(client, stacks, args.workers, args.timeout, out),
+                lambda out: stage_floor(client, stacks, workers, args.timeout, out),
             )
         # The project before the bare baseline: a plain `docker stack rm` of
         # 1000 tasks has taken the engine down here, and must not cost the
@@ -1345,7 +1786,7 @@ def main() -> int:
             run_stage(
                 "project",
                 results,
-                lambda out: stage_project(stacks, args.workers, args.timeout, out),
+                lambda out: stage_project(stacks, workers, args.timeout, out),
             )
         if not args.skip_bare:
             run_stage(
@@ -1354,7 +1795,7 @@ def main() -> int:
                 lambda out: stage_bare(
                     client,
                     stacks,
-                    args.workers,
+                    workers,
                     args.timeout,
                     not args.bare_without_init,
                     args.bare_sysctls == "tuned",
@@ -1370,15 +1811,74 @@ def main() -> int:
     finally:
         results["left_behind"] = stacks.clean(teardown_budget(args.timeout))
         results["targets"] = judge(results)
-        if args.json is not None:
-            write_atomically(args.json, json.dumps(results, indent=2) + "\n")
-            log(f"figures written to {args.json}")
-    print(table(results))
-    if results.get("interrupted"):
+
+
+def report(runs: list[dict[str, Any]]) -> str:
+    """Each size's table, then (several sizes) the growth table."""
+    if len(runs) == 1:
+        return table(runs[0])
+    parts = [f"=== {run.get('workers')} workers ===\n{table(run)}\n" for run in runs]
+    parts.append("=== growth: each figure at each size ===\n" + growth_table(runs))
+    return "\n".join(parts)
+
+
+def exit_code(runs: list[dict[str, Any]]) -> int:
+    if any(run.get("interrupted") for run in runs):
         return 130
-    if results["left_behind"]:
+    if any(run.get("left_behind") for run in runs):
         return 3
-    return 0 if all(v["pass"] is not False for v in results["targets"]) else 1
+    passed = all(v["pass"] is not False for run in runs for v in run.get("targets", []))
+    return 0 if passed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.from_json:
+        runs = load_runs(args.from_json)
+        print(report(runs))
+        if args.plot is not None:
+            plot_timelines(runs, args.plot)
+            log(f"picture written to {args.plot}")
+        return 0
+    Measure.idle_seconds = args.idle_seconds
+
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    client = docker.from_env(timeout=300)
+    try:
+        client.images.get(host_base_image())
+    except docker.errors.ImageNotFound:
+        print(f"{host_base_image()} is missing: run `cqkd-stack setup` first", file=sys.stderr)
+        return 2
+    version = client.version()
+    common: dict[str, Any] = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "host": {
+            "cpus": os.cpu_count(),
+            "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+            "kernel": platform.release(),
+        },
+        "engine": {"version": version.get("Version"), "api": version.get("ApiVersion")},
+    }
+    runs: list[dict[str, Any]] = []
+    for workers in args.workers:
+        log(f"=== {workers} workers ===")
+        results = dict(common)
+        runs.append(results)
+        run_size(client, args, workers, results)
+        # One size's figures are on disk before the next size starts.
+        if args.json is not None:
+            doc = runs[0] if len(args.workers) == 1 else {**common, "sizes": runs}
+            write_atomically(args.json, json.dumps(doc, indent=2) + "\n")
+            log(f"figures written to {args.json}")
+        if results.get("interrupted"):
+            break
+    print(report(runs))
+    if args.plot is not None:
+        plot_timelines(runs, args.plot)
+        log(f"picture written to {args.plot}")
+    return exit_code(runs)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,8 @@ def probe_text(result: ProbeReport) -> str:
     """Answered / joined / total, then the silent and lonely slots by service."""
     lines = [
         f"{result.answered}/{result.total} DHT tasks answered at their address and port, "
-        f"{result.joined} in the DHT; probe round {result.round_seconds:.2f} s, "
+        f"{result.joined} in the DHT; probe round {result.round_seconds:.2f} s "
+        f"({result.method}), "
         f"{result.seconds:.2f} s in all"
     ]
     for label, rows in (("silent", result.silent), ("answering, no contacts", result.not_joined)):

@@ -27,9 +27,7 @@ from ..core.errors import BUG, INVALID, CqkdError, UsageError
 from ..core.files import write_atomically
 from ..core.policy import Policy, load_policy
 from ..core.results import Results
-from ..lint.validate import read_sources, validate_texts
 from ..targets.base import RenderOptions
-from ..targets.registry import target_named
 from . import report
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -227,6 +225,8 @@ def render_stack(
     With --target compose, a docker-compose file; with --target kubernetes,
     manifests. Each is checked as `validate` would before it is written.
     """
+    from ..targets.registry import target_named
+
     chosen = target_named(target)
     rules = _policy(c, policy)
     options = _render_options(
@@ -237,6 +237,8 @@ def render_stack(
     options = dataclasses.replace(options, **kubernetes)
     text = chosen.render(rules, options)
     name = "<rendered>" if output in ("", "-") else output
+    from ..lint.validate import validate_texts
+
     results = validate_texts([(name, text)], rules, target=target)
     if not results.ok:
         # Never hand out a stack that would be refused: say why instead.
@@ -315,6 +317,9 @@ def validate(
     if not names:
         raise UsageError("give at least one stack file to validate ('-' for standard input)")
     _format(format, tuple(report.FORMATS))
+    from ..lint.validate import read_sources, validate_texts
+    from ..targets.registry import target_named
+
     sources = read_sources(names)
     results = validate_texts(
         sources,
@@ -471,6 +476,7 @@ def deploy(
     from ..live.deploy import DeployRequest, check_stack, deploy_stack
     from ..live.distribution import registry_reference
     from ..live.plan import plan_deploy
+    from ..targets.registry import target_named
     from .console import print_port_map, stderr_console, with_progress
 
     _format(format)
@@ -588,6 +594,8 @@ def _probe_dict(result: Any) -> dict[str, Any]:
         "node running a DHT task (this engine's, or an org.cqkd.engine label)",
         "timeout": "with --kill-holders: seconds Bob may take to read the value again after "
         "the kill (default: Alice's CQKD_REPUBLISH_INTERVAL + 2 health rounds + 30)",
+        "via": "auto (default: Alice's and Bob's sealed control ports when the stack has "
+        "them, else Swarm jobs), network (only the control ports) or job (only Swarm jobs)",
     },
 )
 @operator_errors
@@ -599,6 +607,7 @@ def dht_check(
     target: str = "swarm",
     kill_holders: bool = False,
     timeout: int = 0,
+    via: str = "auto",
 ) -> None:
     """Alice stores a value in the DHT and Bob reads it back through the network.
 
@@ -607,6 +616,7 @@ def dht_check(
     """
     from ..live.client import connect
     from ..live.dhtcheck import check_stack_dht as check
+    from ..targets.registry import target_named
 
     _format(format)
     compose = target_named(target, ("swarm", "compose")).name == "compose"
@@ -618,14 +628,23 @@ def dht_check(
         raise UsageError("--timeout is the wait of --kill-holders")
     if timeout < 0:
         raise UsageError("--timeout must be a number of seconds (0: the default)")
+    from ..live.dhtcheck import VIAS
+
+    if via not in VIAS:
+        raise UsageError(f"--via must be one of {', '.join(VIAS)}, got '{via}'")
+    if via != "auto" and (compose or kill_holders):
+        raise UsageError("--via chooses how a Swarm stack's Alice and Bob are reached")
     name = _setting(c, "stack", stack)
     client = connect()
     if kill_holders:
         _kill_holders_check(client, name, format, timeout, all)
         return
     if compose:
-        from ..live.compose_project import check_project_dht as check
-    result = check(client, name)
+        from ..live.compose_project import check_project_dht
+
+        result = check_project_dht(client, name)
+    else:
+        result = check(client, name, via=via)
     probed = _probe(client, name) if all else None
     stored_on = f" (node {result.stored_on})" if result.stored_on else ""
     read_on = f" (node {result.read_on})" if result.read_on else ""
@@ -635,7 +654,12 @@ def dht_check(
         f"{result.read_by} read it back through the DHT{read_on}; "
         f"round trip {result.round_trip_seconds * 1000:.0f} ms "
         f"(set {result.set_seconds * 1000:.0f} ms, get {result.get_seconds * 1000:.0f} ms "
-        f"in the nodes; by {result.via})",
+        f"in the nodes; by {result.via})"
+        + (
+            f"; the control port was not usable: {'; '.join(result.fallback)}"
+            if getattr(result, "fallback", None)
+            else ""
+        ),
         probed,
         format,
     )
@@ -790,6 +814,7 @@ def teardown(
     from ..live.client import connect
     from ..live.plan import plan_teardown
     from ..live.teardown import stack_rm
+    from ..targets.registry import target_named
     from .console import stderr_console, with_progress
 
     _format(format)
@@ -851,6 +876,8 @@ def _deploy_compose(
     from .console import stderr_console, with_progress
 
     if file:
+        from ..lint.validate import read_sources
+
         [(name, text)] = read_sources([file])
     else:
         name, text = "<rendered>", render_compose(rules, options)

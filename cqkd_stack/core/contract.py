@@ -25,6 +25,26 @@ HASH_LABEL = "org.cqkd.build-inputs"
 STACK_LABEL = "com.docker.stack.namespace"
 DHT_NETWORK = "dht"
 HOST_NETWORK = "hostnet"
+# The image's user (Dockerfile `USER 10001:10001`); a numeric id needs no passwd entry.
+NODE_USER = 10001
+# Alice's and Bob's sealed control port (see cqkd_stack.node.auth). The key is
+# the Swarm config <stack>_control-key, which deploy creates (32 random bytes)
+# and every manager can read back; the task gets it as this file, 0400, owned
+# by the node's user. The port is published in mode: host, which Docker only
+# maps for a task with an interface on docker_gwbridge: the DHT network is
+# internal (no gwbridge), so the special nodes also join CONTROL_NETWORK.
+CONTROL_KEY_CONFIG = "control-key"
+CONTROL_KEY_FILE = "/run/cqkd-control.key"
+CONTROL_NETWORK = "control"
+CONTROL_PORT_VARIABLE = "CQKD_CONTROL_PORT"
+CONTROL_KEY_VARIABLE = "CQKD_CONTROL_KEY_FILE"
+
+
+def control_key_config(stack: str) -> str:
+    """The Swarm config holding a stack's control key: in the stack's namespace."""
+    return f"{stack}_{CONTROL_KEY_CONFIG}"
+
+
 # Stacks take their overlay subnets from DEFAULT_SUBNET_BASE/SUBNET_POOL_PREFIX.
 DEFAULT_SUBNET_BASE = "10.213.0.0"
 SUBNET_POOL_PREFIX = 16

@@ -64,6 +64,9 @@ class Policy:
     allow_privileged_ports: bool = False
     blocked_ports: frozenset[int] = field(default_factory=frozenset)
     source: str = "<built-in>"
+    # TCP ports of the special nodes' sealed control port (container side);
+    # None: the stack gets none, and dht-check uses Swarm jobs.
+    control: PortRange | None = None
 
     def role_range(self, role: str) -> PortRange:
         try:
@@ -95,6 +98,22 @@ def policy_problems(data: Any, file: str) -> list[Problem]:
             problems.append(
                 Problem(file, f"$.roles.{name}", f"start {rng.start} is after end {rng.end}")
             )
+    if "control" in data:
+        control = PortRange(data["control"]["start"], data["control"]["end"])
+        if control.start > control.end:
+            problems.append(
+                Problem(file, "$.control", f"start {control.start} is after end {control.end}")
+            )
+        for name, rng in ranges.items():
+            if control.overlaps(rng):
+                problems.append(
+                    Problem(
+                        file,
+                        "$.control",
+                        f"range {control} overlaps role '{name}' ({rng}); the control "
+                        "ports must lie outside every role range",
+                    )
+                )
     names = list(ranges)
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
@@ -116,6 +135,11 @@ def _float_ports(data: dict[str, Any], file: str) -> list[Problem]:
         (f"$.roles.{name}.{key}", value)
         for name, rng in data["roles"].items()
         for key, value in rng.items()
+        if isinstance(value, float)
+    ]
+    found += [
+        (f"$.control.{key}", value)
+        for key, value in (data.get("control") or {}).items()
         if isinstance(value, float)
     ]
     found += [
@@ -146,4 +170,7 @@ def load_policy(path: Path | str | None = None) -> Policy:
         allow_privileged_ports=data.get("allow_privileged_ports", False),
         blocked_ports=frozenset(data.get("blocked_ports", [])),
         source=file,
+        control=PortRange(data["control"]["start"], data["control"]["end"])
+        if "control" in data
+        else None,
     )

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.contract import (
+    CONTROL_KEY_VARIABLE,
+    CONTROL_PORT_VARIABLE,
     FIXED_VARIABLES,
     ROLE_LABEL,
     SLOT_PLACEHOLDER,
@@ -116,6 +118,8 @@ class _ServiceCheck:
         self.env = key_values(service.get("environment"))
         self.labels = key_values(self.deploy.get("labels"))
         self.problems: list[Problem] = []
+        # CQKD_CONTROL_PORT once control_port() has read it.
+        self.control: int | None = None
 
     def problem(self, where: Iterable[str | int], message: str) -> None:
         """A problem at ``where`` in the service; a variable set in an env file is shown there.
@@ -349,6 +353,64 @@ class _ServiceCheck:
             source=first.source,
         )
 
+    # --- the sealed control port ---------------------------------------------
+
+    def control_port(self) -> int | None:
+        """CQKD_CONTROL_PORT as the node will read it, held to the policy's control range.
+
+        The node refuses to start with a port and no key file (or a port that
+        is not one), so those are problems here, before a deploy.
+        """
+        raw = self.env.get(CONTROL_PORT_VARIABLE, "").strip()
+        if not raw:
+            return None
+        where = ["environment", CONTROL_PORT_VARIABLE]
+        if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+            self.problem(where, f"{CONTROL_PORT_VARIABLE}={raw!r} is not a port (1-65535)")
+            return None
+        port = self.control = int(raw)
+        if not self.env.get(CONTROL_KEY_VARIABLE, "").strip():
+            self.problem(
+                where,
+                f"{CONTROL_PORT_VARIABLE} is set but {CONTROL_KEY_VARIABLE} is not: the node "
+                "refuses to start without the stack's control key (render adds both)",
+            )
+        control = self.policy.control
+        if control is None:
+            self.problem(
+                where,
+                f"control port {port}, but the policy has no control range: add one "
+                "(control: {start: 6100, end: 6109}) or drop the port",
+            )
+        elif port not in control:
+            self.problem(
+                where,
+                f"control port {port} is outside the policy's control range {control}",
+            )
+        return port
+
+    def _control_entry_ok(self, where: list[str | int], port: PublishedPort) -> None:
+        """An entry into the control range publishes this service's own control port, as TCP."""
+        control = self.policy.control
+        own = self.control
+        targets_control = own is not None and port.target is not None and own in port.target
+        in_range = control is not None and any(
+            r is not None and r.overlaps(control) for r in (port.target, port.published)
+        )
+        if not targets_control and in_range:
+            self.problem(
+                where,
+                f"'{port.spec}' is in the control range {control}, which the policy keeps "
+                f"for the special nodes' {CONTROL_PORT_VARIABLE}; publish another port",
+            )
+            return
+        if targets_control and port.protocol != "tcp":
+            self.problem(
+                where,
+                f"the control port {own} speaks TCP, but '{port.spec}' publishes "
+                f"{port.protocol}: set protocol: tcp",
+            )
+
     # --- published ports ------------------------------------------------------
 
     def published(self, own: ServicePorts | None) -> list[ServicePorts]:
@@ -372,6 +434,7 @@ class _ServiceCheck:
         if port.templated:
             self.problem(where, f"published port '{port.spec}' is templated; {TEMPLATED_PORT_FIX}")
             return False
+        self._control_entry_ok(where, port)
         dht = own is not None or self.is_dht
         if dht and self.replicated and self.replicas > 1:
             self.problem(where, self._many_tasks(port, own))
@@ -526,6 +589,7 @@ def check_service(
     """
     check = _ServiceCheck(file, name, service, policy, on_host, origins)
     check.deploy_modes()
+    check.control_port()
     own = check.dht_ports() if check.is_dht else None
     claims = [own] if own is not None else []
     claims += check.published(own)

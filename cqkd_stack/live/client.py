@@ -56,17 +56,47 @@ def connect() -> docker.DockerClient:
     from docker.errors import DockerException
 
     where, kwargs = _client_kwargs()
+
+    def client_of(version: str) -> docker.DockerClient:
+        if kwargs:
+            return docker.DockerClient(timeout=120, version=version, **kwargs)
+        return docker.from_env(timeout=120, version=version)
+
     try:
-        client = (
-            docker.DockerClient(timeout=120, **kwargs) if kwargs else docker.from_env(timeout=120)
-        )
-        client.ping()
+        # The SDK's "auto" asks GET /version, which dockerd answers by running
+        # runc and docker-init (tens of ms on a busy host, more at 1000
+        # tasks); the ping that proves the engine is up says the same
+        # version in its API-Version header, as the docker CLI reads it.
+        pinger = client_of(MINIMUM_API_VERSION)
+        version = engine_api_version(pinger)
+        pinger.close()
+        client = client_of(version)
     except DockerException as exc:
         remote = bool(kwargs) or "DOCKER_HOST" in os.environ
         fix = "is that manager up?" if remote else "start it with: cqkd-stack setup"
         raise CqkdError(f"cannot reach the Docker engine at {where} ({exc}); {fix}") from None
     require_manager(client)
     return client
+
+
+# The oldest API the SDK speaks, enough for a ping; every call after it uses the engine's own.
+MINIMUM_API_VERSION = "1.24"
+
+
+def engine_api_version(client: docker.DockerClient) -> str:
+    """The engine's API version from its ping (``auto`` if it does not say: GET /version then).
+
+    Raises DockerException (the SDK's, so ``connect`` words it) if the engine does not answer OK.
+    """
+    from docker.errors import APIError, DockerException
+
+    try:
+        response = client.api.get(f"{client.api.base_url}/_ping", timeout=client.api.timeout)
+    except Exception as exc:  # the transport's own errors (socket, TLS, SSH)
+        raise DockerException(str(exc)) from None
+    if response.status_code != 200 or response.text != "OK":
+        raise APIError(f"ping answered {response.status_code} {response.text[:200]!r}")
+    return response.headers.get("API-Version") or "auto"
 
 
 def local_engine() -> docker.DockerClient | None:
@@ -104,11 +134,22 @@ def image_source(
 
 
 def require_manager(client: docker.DockerClient) -> None:
-    """Stacks need a swarm manager; say so before anything else fails obscurely."""
-    swarm = client.info().get("Swarm") or {}
-    if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
-        raise CqkdError("this engine is not a swarm manager; initialise one with: cqkd-stack setup")
-    return swarm
+    """Stacks need a swarm manager; say so before anything else fails obscurely.
+
+    GET /swarm answers only on a manager (503 elsewhere: no swarm, or a
+    worker); GET /info would say the same, but dockerd counts every container
+    and runs runc and docker-init to answer it.
+    """
+    from docker.errors import APIError
+
+    try:
+        client.api.inspect_swarm()
+    except APIError as exc:
+        if exc.status_code == 503:
+            raise CqkdError(
+                "this engine is not a swarm manager; initialise one with: cqkd-stack setup"
+            ) from None
+        raise CqkdError(f"the swarm manager did not answer: {exc.explanation or exc}") from None
 
 
 # Loading ~200 MB into a busy engine can take minutes; the default 60 s cuts it off.

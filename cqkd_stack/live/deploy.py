@@ -33,6 +33,7 @@ from ..targets.base import RenderOptions
 from ..targets.swarm import render
 from . import distribution, inspection
 from .client import docker_cli, image_source
+from .controlkey import ensure_control_key, wanted_control_key
 from .waits import POLL_SECONDS, WaitResult, wait_until_ready
 
 if TYPE_CHECKING:
@@ -244,6 +245,9 @@ def deploy_stack(
         resolve = "always"
     else:
         outcome.images = images_on_nodes(client, checked.images, say)
+    key_config = wanted_control_key(checked.doc)
+    if key_config is not None and ensure_control_key(client, request.stack, key_config):
+        say(f"created the control key config {key_config}")
     with tempfile.TemporaryDirectory(prefix="cqkd-") as tmp:
         path = Path(tmp) / f"{request.stack}.stack.yml"
         path.write_text(checked.text)

@@ -25,21 +25,41 @@ A stack whose socket is in no shareable volume (one deployed before the
 template had the volume, or written by hand) is still checked when its task
 runs on this engine, by ``docker exec`` as before; on another node it gets
 an error saying what to add to the stack.
+
+All of that is the fallback. A stack rendered with the policy's control
+range gives Alice and Bob a sealed TCP control port (``CQKD_CONTROL_PORT``,
+:mod:`cqkd_stack.node.auth`), published in mode: host on a port Docker
+picks: the task's status says which, its node's address says where, and
+the key is the stack's Swarm config ``<stack>_control-key``, whose data any
+manager reads back through the API. One TCP connection per request from
+wherever the CLI runs replaces two scheduled jobs (2.9 s at 1003 tasks,
+issue 20). A config and not a secret: a secret cannot be read back through
+the API, so only the manager that made it would hold the key (on its
+disk); the key's readers are exactly the managers, who can exec into any
+task anyway. A request the port cannot carry (a node with no route to it,
+a firewall) falls back to the job path, and the result says which ran.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
 import json
 import posixpath
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..core.contract import env_for_slot
+from ..core.contract import (
+    CONTROL_KEY_VARIABLE,
+    CONTROL_PORT_VARIABLE,
+    env_for_slot,
+)
 from ..core.errors import CqkdError
+from ..node import nodectl
 from ..node.nodectl import DEFAULT_SOCKET, DEFAULT_TIMEOUT
 from .inspection import env_of
 
@@ -82,6 +102,9 @@ class DhtCheck:
     stored_on: str = ""
     read_on: str = ""
     via: str = "job"
+    # Why a service's sealed control port was not used, when it has one
+    # and the check fell back to a job.
+    fallback: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -96,6 +119,11 @@ class Control:
     # The task's mount that holds the socket, as in its service spec; None
     # when the socket is in the container only (its /tmp).
     mount: dict[str, Any] | None
+    # The sealed control port as Docker published it on the task's node
+    # (host port); None when the service has none.
+    published_port: int | None = None
+    # The Swarm config holding the key, as the service mounts it.
+    key_config: str | None = None
 
 
 def socket_mount(mounts: list[dict[str, Any]] | None, socket: str) -> dict[str, Any] | None:
@@ -131,7 +159,50 @@ def control_of(spec: dict[str, Any], task: dict[str, Any]) -> Control:
         image=str(container.get("Image") or ""),
         socket=socket,
         mount=socket_mount(container.get("Mounts"), socket),
+        published_port=published_control_port(env, status),
+        key_config=key_config_of(container, env),
     )
+
+
+def published_control_port(env: dict[str, str], status: dict[str, Any]) -> int | None:
+    """The host port Docker published the task's ``CQKD_CONTROL_PORT`` on; None if none.
+
+    The task status lists host-mode ports (once per address family).
+    """
+    raw = env.get(CONTROL_PORT_VARIABLE, "").strip()
+    if not raw.isdigit():
+        return None
+    for port in (status.get("PortStatus") or {}).get("Ports") or []:
+        if (
+            port.get("TargetPort") == int(raw)
+            and port.get("Protocol", "tcp") == "tcp"
+            and port.get("PublishMode") == "host"
+            and port.get("PublishedPort")
+        ):
+            return int(port["PublishedPort"])
+    return None
+
+
+def key_config_of(container: dict[str, Any], env: dict[str, str]) -> str | None:
+    """The name of the config the node reads its key from (the one at CQKD_CONTROL_KEY_FILE)."""
+    path = env.get(CONTROL_KEY_VARIABLE, "").strip()
+    for config in container.get("Configs") or []:
+        if path and (config.get("File") or {}).get("Name") == path:
+            return str(config.get("ConfigName") or "") or None
+    return None
+
+
+def node_address(node: dict[str, Any]) -> str:
+    """Where a swarm node is reached: its status address, else its manager address's host.
+
+    A manager may report 0.0.0.0 as its status address (it listens on all of
+    them); its manager address is then the one others use.
+    """
+    addr = str((node.get("Status") or {}).get("Addr") or "")
+    if addr and addr != "0.0.0.0":
+        return addr
+    manager = str((node.get("ManagerStatus") or {}).get("Addr") or "")
+    return manager.rpartition(":")[0] if ":" in manager else manager
 
 
 def last_json(text: str) -> dict[str, Any]:
@@ -167,20 +238,42 @@ def _control(client: docker.DockerClient, stack: str, service: str) -> Control:
 
 
 class Nodes:
-    """Node ids → host names, asked once per check; also which node this engine is."""
+    """Node ids → host names and addresses, asked once per check; also which node this engine is.
+
+    Also the stack's control key, read once (see the module docstring).
+    """
 
     def __init__(self, client: docker.DockerClient) -> None:
         self.client = client
-        self._names: dict[str, str] | None = None
+        self._nodes: dict[str, dict[str, Any]] | None = None
         self._local: str | None = None
+        self._keys: dict[str, bytes | None] = {}
+        # Why the network path was not taken, when a service has one.
+        self.network_errors: list[str] = []
+
+    def _all(self) -> dict[str, dict[str, Any]]:
+        if self._nodes is None:
+            self._nodes = {n["ID"]: n for n in self.client.api.nodes()}
+        return self._nodes
 
     def name(self, node_id: str) -> str:
-        if self._names is None:
-            self._names = {
-                n["ID"]: n.get("Description", {}).get("Hostname") or n["ID"][:12]
-                for n in self.client.api.nodes()
-            }
-        return self._names.get(node_id, node_id[:12])
+        node = self._all().get(node_id) or {}
+        return str(node.get("Description", {}).get("Hostname") or node_id[:12])
+
+    def address(self, node_id: str) -> str:
+        return node_address(self._all().get(node_id) or {})
+
+    def key(self, config: str) -> bytes | None:
+        """The data of a Swarm config (the control key); None if it cannot be read."""
+        if config not in self._keys:
+            from docker.errors import APIError, NotFound
+
+            try:
+                data = self.client.api.inspect_config(config)["Spec"].get("Data") or ""
+                self._keys[config] = base64.b64decode(data) or None
+            except (NotFound, APIError, ValueError):
+                self._keys[config] = None
+        return self._keys[config]
 
     @property
     def local(self) -> str:
@@ -353,17 +446,66 @@ def exec_nodectl(client: docker.DockerClient, control: Control, *args: str) -> d
     return reply
 
 
-def _via(control: Control) -> str:
+def request_path(control: Control) -> str:
+    """How a request reaches the task: its sealed control port, a job, or exec here."""
+    if control.published_port is not None and control.key_config:
+        return "network"
     return "job" if control.mount is not None else "exec"
+
+
+def nodectl_payload(args: tuple[str, ...]) -> dict[str, Any]:
+    """nodectl's command line (``set KEY VALUE``, ``get KEY``...) as the request it sends."""
+    op, *rest = args
+    payload: dict[str, Any] = {"op": op}
+    if rest:
+        payload["key"] = rest[0]
+    if op == "set":
+        payload["value"] = rest[1]
+    return payload
+
+
+# A node that does not accept a connection in this long is not reachable
+# from here; the job path is tried instead.
+CONNECT_SECONDS = 3.0
+
+
+def network_nodectl(control: Control, address: str, key: bytes, *args: str) -> dict[str, Any]:
+    """nodectl's request over the sealed control port; its reply as a job's would be.
+
+    ``reached`` is False when no sealed answer came back (nothing listening,
+    no route, a refused request): the caller may try another path.
+    """
+    assert control.published_port is not None
+    payload = nodectl_payload(args)
+    start = time.monotonic()
+    reply = nodectl.network_request(
+        address, control.published_port, key, payload, DEFAULT_TIMEOUT, CONNECT_SECONDS
+    )
+    reply.setdefault("seconds", round(time.monotonic() - start, 4))
+    reply["exit_code"] = nodectl.exit_code(payload["op"], reply)
+    return reply
 
 
 def _request(
     client: docker.DockerClient, stack: str, nodes: Nodes, control: Control, *args: str
 ) -> dict[str, Any]:
+    if request_path(control) == "network":
+        assert control.key_config is not None
+        key, address = nodes.key(control.key_config), nodes.address(control.node_id)
+        if key is not None and address:
+            reply = network_nodectl(control, address, key, *args)
+            if reply.pop("reached", True):
+                reply["via"] = "network"
+                return reply
+            nodes.network_errors.append(f"{control.service}: {reply.get('error')}")
     if control.mount is not None:
-        return _run_job(client, stack, control, *args)
+        reply = _run_job(client, stack, control, *args)
+        reply["via"] = "job"
+        return reply
     if control.node_id == nodes.local:
-        return exec_nodectl(client, control, *args)
+        reply = exec_nodectl(client, control, *args)
+        reply["via"] = "exec"
+        return reply
     raise CqkdError(unreachable(control, nodes.name(control.node_id)))
 
 
@@ -405,6 +547,11 @@ def read_value(client: docker.DockerClient, stack: str, service: str, key: str) 
 Request = Callable[..., dict[str, Any]]
 
 
+def used(reply: dict[str, Any], control: Control) -> str:
+    """The path a reply came by (``via``, set by the request), else the control's own."""
+    return str(reply.get("via") or request_path(control))
+
+
 def round_trip(
     writer: Control, reader: Control, request: Request, alice: str, bob: str
 ) -> DhtCheck:
@@ -434,15 +581,40 @@ def round_trip(
         set_seconds=float(stored.get("seconds", 0.0)),
         get_seconds=float(got.get("seconds", 0.0)),
         round_trip_seconds=elapsed,
-        via="+".join(sorted({_via(writer), _via(reader)}, reverse=True)),
+        via="+".join(sorted({used(stored, writer), used(got, reader)}, reverse=True)),
     )
 
 
+VIAS = ("auto", "network", "job")
+
+
 def check_stack_dht(
-    client: docker.DockerClient, stack: str, alice: str = "alice", bob: str = "bob"
+    client: docker.DockerClient,
+    stack: str,
+    alice: str = "alice",
+    bob: str = "bob",
+    via: str = "auto",
 ) -> DhtCheck:
-    """Alice stores a random value, Bob reads it back through the DHT (Swarm jobs or exec)."""
+    """Alice stores a random value, Bob reads it back through the DHT.
+
+    ``via="auto"``: through their sealed control ports when the stack has
+    them, else Swarm jobs (or exec on this engine). ``"job"`` skips the
+    control ports (to compare, or to rule them out); ``"network"`` refuses
+    a stack without them.
+    """
+    if via not in VIAS:
+        raise CqkdError(f"via must be one of {', '.join(VIAS)}, got {via!r}")
     writer, reader = _control(client, stack, alice), _control(client, stack, bob)
+    if via == "job":
+        writer = dataclasses.replace(writer, published_port=None)
+        reader = dataclasses.replace(reader, published_port=None)
+    elif via == "network":
+        for control in (writer, reader):
+            if request_path(control) != "network":
+                raise CqkdError(
+                    f"{control.service} has no published control port and key (a stack "
+                    "deployed before them, or without the policy's control range)"
+                )
     nodes = Nodes(client)
 
     def request(control: Control, *args: str) -> dict[str, Any]:
@@ -450,4 +622,7 @@ def check_stack_dht(
 
     check = round_trip(writer, reader, request, alice, bob)
     check.stored_on, check.read_on = nodes.name(writer.node_id), nodes.name(reader.node_id)
+    check.fallback = nodes.network_errors
+    if via == "network" and check.fallback:
+        raise CqkdError(f"the control port was not usable: {'; '.join(check.fallback)}")
     return check

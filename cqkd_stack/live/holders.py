@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.errors import CqkdError
 from ..core.process import Progress
-from ..node.config import BOOTSTRAP_CHECK_ROUNDS, K
+from ..node.config import BOOTSTRAP_CHECK_ROUNDS, DEFAULT_HEALTH_INTERVAL, K
 from ..node.wire import digest
 from .client import engine_client
 from .dhtcheck import Control, Nodes, control_of, exec_nodectl, read_value, store_value
@@ -55,7 +55,6 @@ if TYPE_CHECKING:
 
 # What a node does unless its stack says otherwise (node/daemon.py's defaults).
 DEFAULT_REPUBLISH_INTERVAL = 3600.0
-DEFAULT_HEALTH_INTERVAL = 10.0
 # Beyond the republish interval: the health rounds in which a replaced
 # bootstrap is noticed and joined again, and the republish lookup and store.
 TIMEOUT_MARGIN = 30.0

@@ -8,20 +8,26 @@ process a round instead of an exec per task per health interval (which kept
 the load above 120 on 2 cores and held tasks out of DNS until their first
 check passed).
 
-The probe runs in a container of the node image (an overlay's addresses are
-not reachable from the host). On an overlay it shares the network namespace
-of one of the stack's own tasks on this engine, the bootstrap node's by
-preference, rather than joining the network itself: measured at 1003 tasks,
-a fresh container on the overlay had to ARP for every address, each ARP
-broadcast was copied to all ~1003 ports of the overlay's bridge, the kernel
-dropped up to two million packets a round, and a round took 5-8 s with
-answers missing; from the bootstrap's namespace, whose neighbours every task
-already knows, the same round took 1.1-1.7 s with no drop and every answer.
-It also needs no attachment through the swarm manager, which timed out
-while Swarm was starting 1000 tasks. Where no task of the stack runs on this
-engine the probe attaches to the network as before; host-mode stacks are
-probed from the host network. The probe container is started once per wait
-and removed afterwards; it carries :data:`PROBE_LABEL` so teardown can
+An overlay's addresses are not reachable from the host, so the probe runs
+in the network namespace of one of the stack's own tasks on this engine,
+the bootstrap node's by preference, rather than joining the network
+itself: measured at 1003 tasks, a fresh container on the overlay had to ARP
+for every address, each ARP broadcast was copied to all ~1003 ports of the
+overlay's bridge, the kernel dropped up to two million packets a round, and
+a round took 5-8 s with answers missing; from the bootstrap's namespace,
+whose neighbours every task already knows, the same round took 1.1-1.7 s
+with no drop and every answer. It also needs no attachment through the
+swarm manager, which timed out while Swarm was starting 1000 tasks.
+
+Where this process may enter a namespace (root) and has the probe's rpcudp
+(the ``node`` extra), the probe runs here, over a socket made in that
+task's namespace (live/namespace.py): no container to start, no Python to
+start in it, no exec, which at 1003 tasks cost more than the round.
+Otherwise a container of the node image shares the task's namespace, and
+where no task of the stack runs on this engine it attaches to the network.
+Host-mode stacks are probed from the host network. A probe container is
+started once per wait and removed afterwards; it carries
+:data:`PROBE_LABEL` so teardown can
 remove one a crashed run left behind.
 """
 
@@ -38,6 +44,7 @@ from .. import DEFAULT_NODE_IMAGE
 from ..core.contract import HASH_LABEL
 from ..core.errors import CqkdError
 from .inspection import NetworkNames, ServicePortRule, TaskPort, port_rule, stack_filter
+from .namespace import Namespace
 
 if TYPE_CHECKING:
     import docker
@@ -120,6 +127,9 @@ class Round:
 
     answers: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    # How it was asked: "in-process" (this process, in a task's network
+    # namespace or on the host network) or "container" (a probe container).
+    method: str = ""
 
 
 class ProbeUnavailable(CqkdError):
@@ -127,7 +137,7 @@ class ProbeUnavailable(CqkdError):
 
 
 class Prober:
-    """A probe container on a stack's network that answers one round per call.
+    """A probe on a stack's network that answers one round per call: here, or in a container.
 
     Use as a context manager: the container is removed on exit, also after
     an error or Ctrl-C. It is started at the first round that has something
@@ -147,12 +157,18 @@ class Prober:
         stack: str,
         image: str = DEFAULT_NODE_IMAGE,
         network: str | None = None,
+        allow_in_process: bool = True,
     ) -> None:
         self.client = client
+        self.allow_in_process = allow_in_process
         self.stack = stack
         self.image = image
         self.network = network or stack_network(client, stack)
         self.container: Any = None
+        # Probing from this process instead: on the host network, or from
+        # a local task's network namespace (see live/namespace.py).
+        self.in_process = False
+        self.namespace: Namespace | None = None
         # The task container whose network namespace the probe shares, if any.
         self.via: str | None = None
         self.via_role: str | None = None
@@ -171,17 +187,20 @@ class Prober:
         """
         from docker.errors import APIError, ImageNotFound
 
-        if self.container is not None:
+        if self.started:
             if self.via is not None and not self._running(self.via):
                 self.close()  # its namespace went with the task; start beside another one
             elif self.via is None or self.via_role == "bootstrap":
                 return
         found = None if self.network == "host" else self._local_task()
-        if self.container is not None:  # beside a task that is not the bootstrap
+        if self.started:  # beside a task that is not the bootstrap
             if not found or found[1] != "bootstrap":
                 return
             self.close()  # the bootstrap runs now: every task already knows it
         via, role = found if found else (None, None)
+        if self._enter(via):
+            self.via, self.via_role = via, role
+            return
         if self.network == "host":
             net: dict[str, Any] = {"network_mode": "host"}
         elif via is not None:
@@ -226,6 +245,42 @@ class Prober:
             ) from None
         self.container, self.via, self.via_role = container, via, role
 
+    @property
+    def started(self) -> bool:
+        return self.container is not None or self.in_process
+
+    def _enter(self, via: str | None) -> bool:
+        """Probe from this process if it can: on the host network, or in ``via``'s namespace.
+
+        It cannot without the ``node`` extra (the probe speaks Kademlia
+        through rpcudp) or without the privilege to enter a namespace; then
+        a probe container does it, as before. What the tasks answer is
+        parsed here as in the container: by rpcudp and umsgpack, for the
+        message ids this probe sent, within the round's deadline.
+        """
+        from docker.errors import APIError, NotFound
+
+        if not self.allow_in_process or (self.network != "host" and via is None):
+            return False
+        try:
+            import rpcudp  # noqa: F401
+        except ImportError:
+            return False
+        if via is not None:
+            try:
+                pid = int(self.client.api.inspect_container(via)["State"]["Pid"])
+                namespace = Namespace(pid)
+            except (OSError, KeyError, TypeError, ValueError, APIError, NotFound):
+                return False
+            try:
+                namespace.udp_socket().close()  # EPERM without CAP_SYS_ADMIN
+            except OSError:
+                namespace.close()
+                return False
+            self.namespace = namespace
+        self.in_process = True
+        return True
+
     def _usable_image(self) -> str:
         """The probe's image, else the stack's own (pulled if it names a registry).
 
@@ -259,7 +314,10 @@ class Prober:
                 self.container.kill()
             except (NotFound, APIError):
                 remove_container(self.container)  # not running: auto-removal will not happen
+        if self.namespace is not None:
+            self.namespace.close()
         self.container, self.via, self.via_role = None, None, None
+        self.in_process, self.namespace = False, None
 
     def _running(self, container_id: str) -> bool:
         from docker.errors import APIError, NotFound
@@ -299,6 +357,8 @@ class Prober:
         if not texts:
             return Round()
         self.start(attach)
+        if self.in_process:
+            return self._round_here(texts, rpc_timeout, attempts)
         command = [
             "python3",
             "-m",
@@ -323,7 +383,35 @@ class Prober:
         if not isinstance(answers, dict):
             detail = (err or b"").decode(errors="replace").strip() or text or f"exit {code}"
             raise CqkdError(f"the probe in {self.container.name} failed: {detail[-500:]}")
-        return Round(answers, seconds)
+        return Round(answers, seconds, "container")
+
+    def _round_here(self, texts: list[str], rpc_timeout: float, attempts: int) -> Round:
+        """The probe's round in this process, over a socket in the task's namespace."""
+        import asyncio
+        import logging
+
+        from ..node import probe as node_probe
+
+        # rpcudp logs every unanswered ping at ERROR; the answers already say so.
+        logging.getLogger("rpcudp").setLevel(logging.CRITICAL)
+        targets = [node_probe.parse_target(text) for text in texts]
+        start = time.monotonic()
+        try:
+            sock = self.namespace.udp_socket() if self.namespace is not None else None
+            answers = asyncio.run(
+                node_probe.probe(
+                    targets,
+                    timeout=rpc_timeout * attempts * 2 + 5,
+                    rpc_timeout=rpc_timeout,
+                    attempts=attempts,
+                    joined=True,
+                    sock=sock,
+                )
+            )
+        except OSError as exc:
+            self.close()  # the next round starts again, beside a task that runs
+            raise ProbeUnavailable(f"cannot probe from task {self.via or 'host'}: {exc}") from None
+        return Round(answers, time.monotonic() - start, "in-process")
 
 
 def ignores_probe(client: docker.DockerClient, stack: str) -> bool:
@@ -376,6 +464,8 @@ class ProbeReport:
     joined: int
     seconds: float
     round_seconds: float
+    # "in-process" or "container": see Round.method.
+    method: str = ""
     silent: list[dict[str, Any]] = field(default_factory=list)
     not_joined: list[dict[str, Any]] = field(default_factory=list)
 
@@ -424,6 +514,7 @@ def probe_stack(
         joined=len(joined),
         seconds=time.monotonic() - start,
         round_seconds=result.seconds,
+        method=result.method,
         silent=[_row(t) for t in targets if id(t) not in answered_set],
         not_joined=[_row(t) for t in answered if id(t) not in joined_set],
     )

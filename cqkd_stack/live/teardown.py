@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ..core.errors import CqkdError
 from ..core.process import Progress, run
 from .client import docker_cli
+from .controlkey import remove_control_key
 from .deploy import scale_to
 from .dhtcheck import remove_control_volumes, remove_jobs
 from .distribution import other_engines
@@ -180,6 +181,9 @@ def _remove(
             left = stack_leftovers(client, stack, others)
             if not any(left.values()):
                 remove_control_volumes(client, stack, others, wait=CONTROL_VOLUME_SECONDS)
+                # docker stack rm removes it too (it has the namespace label);
+                # this covers a stack rm that failed half-way.
+                remove_control_key(client, stack)
                 break
         time.sleep(POLL_SECONDS)
     return Teardown(time.monotonic() - start, before["services"], left)

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 PROG = "cqkd-node"
 ROLES = ("bootstrap", "special", "worker")
 DEFAULT_HEALTH_FILE = "/tmp/cqkd-health"
+# Seconds between health rounds; every check at rest is counted in rounds.
+DEFAULT_HEALTH_INTERVAL = 10.0
 
 # Bytes of values held for others (CQKD_STORE_BYTES): the stack's memory
 # limits (stacks/cqkd.stack.tmpl.yml) are sized to hold it.
@@ -84,6 +86,13 @@ ACCEPT_PAUSE = 0.5
 OP_TIMEOUT = 30.0
 # A request is a key and a value; an RPC is capped at 8 KiB anyway.
 MAX_REQUEST_BYTES = 64 * 1024
+# The network control port (Alice, Bob; see auth.py) is open to anyone who
+# can reach it: a sealed request (a 512-byte value, a key, MAC, nonce,
+# timestamp) fits in 4 KiB, must arrive within 5 s, and 8 clients at a time
+# are served (the CLI uses one); more are closed at once.
+MAX_NETWORK_REQUEST_BYTES = 4096
+NETWORK_READ_TIMEOUT = 5.0
+MAX_NETWORK_CLIENTS = 8
 # sun_path is 108 bytes on Linux including the terminating NUL.
 MAX_SOCKET_PATH = 107
 # How long one name lookup may take before the join attempt counts it as failed.
@@ -95,14 +104,20 @@ NEIGHBOUR_CHECK_MAX = 50
 # request from a contact, an answer to our RPC), and pings only what it has
 # not heard from for a while, counted in health rounds (CQKD_HEALTH_INTERVAL):
 # its bootstrap nodes after BOOTSTRAP_CHECK_ROUNDS (a lost bootstrap must be
-# noticed soon: issue 10's split), other contacts after CONTACT_STALE_ROUNDS.
-# A bootstrap node hears from every node that knows it each
-# BOOTSTRAP_CHECK_ROUNDS, so its contacts are stale sooner, which finds
-# its dead contacts before it hands them to joining nodes, at no cost at rest.
-# Pinging a sample every round kept 1000 idle nodes at 0.06 cores.
-BOOTSTRAP_CHECK_ROUNDS = 3
-CONTACT_STALE_ROUNDS = 180
-BOOTSTRAP_CONTACT_STALE_ROUNDS = 5
+# noticed soon: issue 10's split), other contacts after CONTACT_STALE_ROUNDS
+# (an hour at the default 10 s rounds: the paper refreshes a bucket that
+# has been quiet for an hour). A bootstrap node hears from every node that
+# knows it each BOOTSTRAP_CHECK_ROUNDS, so its contacts are stale sooner,
+# which finds its dead contacts before it hands them to joining nodes, at no
+# cost at rest. Pinging a sample every round kept 1000 idle nodes at 0.06
+# cores; 3 / 180 / 5 rounds, waking every round, at 0.048 (on loopback,
+# benchmarks/idle_cpu.py). A bootstrap check costs the worker a wake-up, a
+# send and a receive, and the bootstrap a receive and a send: at 1000
+# workers every 90 s it is 11 pings a second in all. A lost bootstrap is
+# then noticed within 90 s and an RPC timeout (issue 10's repair).
+BOOTSTRAP_CHECK_ROUNDS = 9
+CONTACT_STALE_ROUNDS = 360
+BOOTSTRAP_CONTACT_STALE_ROUNDS = 2 * BOOTSTRAP_CHECK_ROUNDS
 # 1000 containers log: a node that cannot join says so at most this often.
 JOIN_WARNING_INTERVAL = 30.0
 
@@ -120,6 +135,8 @@ class NodeConfig:
 
     __slots__ = (
         "bootstrap_nodes",
+        "control_key_file",
+        "control_port",
         "control_socket",
         "health_file",
         "health_interval",
@@ -151,7 +168,7 @@ class NodeConfig:
         control_socket: str = DEFAULT_CONTROL_SOCKET,
         join_backoff: float = 0.5,
         join_backoff_max: float = 5.0,
-        health_interval: float = 10.0,
+        health_interval: float = DEFAULT_HEALTH_INTERVAL,
         # Tasks on one overlay network answer in milliseconds; rpcudp's 5 s made
         # every dead contact cost a lookup five seconds.
         rpc_timeout: float = 2.0,
@@ -165,6 +182,8 @@ class NodeConfig:
         max_per_ip: int = 10,
         max_per_net24: int = 64,
         lookup_deadline: float = 20.0,
+        control_port: int | None = None,
+        control_key_file: str | None = None,
     ) -> None:
         self.role = role
         self.port = port
@@ -186,6 +205,8 @@ class NodeConfig:
         self.max_per_ip = max_per_ip
         self.max_per_net24 = max_per_net24
         self.lookup_deadline = lookup_deadline
+        self.control_port = control_port
+        self.control_key_file = control_key_file
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
@@ -217,6 +238,7 @@ class NodeConfig:
                 f"CQKD_CONTROL_SOCKET={control_socket} is longer than the "
                 f"{MAX_SOCKET_PATH} bytes a Unix socket path may have"
             )
+        control_port, key_file = parse_control_port(env)
         level_name = (env.get("CQKD_LOG_LEVEL") or "WARNING").strip().upper()
         backoff = _parse_number(env, "JOIN_BACKOFF", 0.5)
         return cls(
@@ -228,7 +250,7 @@ class NodeConfig:
             control_socket=control_socket,
             join_backoff=backoff,
             join_backoff_max=max(backoff, _parse_number(env, "JOIN_BACKOFF_MAX", 5.0)),
-            health_interval=_parse_number(env, "CQKD_HEALTH_INTERVAL", 10.0),
+            health_interval=_parse_number(env, "CQKD_HEALTH_INTERVAL", DEFAULT_HEALTH_INTERVAL),
             rpc_timeout=_parse_number(env, "CQKD_RPC_TIMEOUT", 2.0),
             interface=resolution.bind_host,
             log_level=LEVELS.get(level_name, LEVELS["WARNING"]),
@@ -240,7 +262,32 @@ class NodeConfig:
             max_per_ip=max(1, int(_parse_number(env, "CQKD_MAX_PER_IP", 10))),
             max_per_net24=max(1, int(_parse_number(env, "CQKD_MAX_PER_NET24", 64))),
             lookup_deadline=_parse_number(env, "CQKD_LOOKUP_DEADLINE", 20.0),
+            control_port=control_port,
+            control_key_file=key_file,
         )
+
+
+def parse_control_port(env: Mapping[str, str]) -> tuple[int | None, str | None]:
+    """(TCP port, key file) of the network control port, or (None, None) for none.
+
+    The port is opened only with a key file: no key, no port (workers have
+    neither). A port without a key file is refused rather than ignored, so a
+    stack that forgot the key says so instead of quietly losing the port.
+    """
+    raw = (env.get("CQKD_CONTROL_PORT") or "").strip()
+    key_file = (env.get("CQKD_CONTROL_KEY_FILE") or "").strip() or None
+    if not raw and key_file is None:
+        return None, None
+    if not raw:
+        raise CqkdError("CQKD_CONTROL_KEY_FILE is set but CQKD_CONTROL_PORT is not")
+    if key_file is None:
+        raise CqkdError(
+            "CQKD_CONTROL_PORT is set but CQKD_CONTROL_KEY_FILE is not: the network "
+            "control port only opens with the stack's key"
+        )
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise CqkdError(f"CQKD_CONTROL_PORT={raw!r} is not a port (1-65535)")
+    return int(raw), key_file
 
 
 def _parse_number(env: Mapping[str, str], name: str, default: float) -> float:

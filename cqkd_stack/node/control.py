@@ -20,9 +20,12 @@ import selectors
 from .config import (
     ACCEPT_PAUSE,
     CONTROL_WRITE_TIMEOUT,
+    MAX_NETWORK_CLIENTS,
+    MAX_NETWORK_REQUEST_BYTES,
     MAX_PUBLISHED,
     MAX_REQUEST_BYTES,
     MAX_VALUE_BYTES,
+    NETWORK_READ_TIMEOUT,
     OP_TIMEOUT,
 )
 from .errors import CqkdError
@@ -34,6 +37,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Protocol
 
+    from .auth import RequestGate
     from .guard import ValueStore
     from .routing import Contact, LookupHost
 
@@ -112,11 +116,13 @@ def parse_request(raw: bytes) -> Request:
 class ControlClient:
     """One control connection: the request line being read, then the operation."""
 
-    __slots__ = ("buffer", "conn", "lookup", "out", "replied", "timer")
+    __slots__ = ("buffer", "conn", "lookup", "nonce", "out", "replied", "timer")
 
     def __init__(self, conn: _socket.socket) -> None:
         self.conn = conn
         self.buffer = b""
+        # The authenticated request's nonce (network port): the reply is sealed over it.
+        self.nonce = ""
         self.out = b""  # the reply not yet written
         self.lookup: Lookup | None = None
         self.replied = False
@@ -183,29 +189,89 @@ def open_control_socket(path: str) -> _socket.socket:
     return control
 
 
+def open_network_listener(interface: str, port: int) -> _socket.socket:
+    """Listen on TCP ``interface:port`` for sealed control requests (Alice and Bob only).
+
+    TCP, not UDP: the handshake proves the client's address receives before
+    the node sends it a byte, and a reply (a status) may be larger than a
+    datagram a client could be sure to get.
+    """
+    listener = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        listener.bind((interface, port))
+        listener.listen(16)
+    except OSError as exc:
+        listener.close()
+        raise CqkdError(f"cannot listen on TCP {interface}:{port} for control: {exc}") from None
+    listener.setblocking(False)
+    return listener
+
+
 class ControlServer:
-    """The listening control socket and its clients, on the node's loop.
+    """A listening control socket and its clients, on the node's loop.
 
     Every step is a callback of the node's selector and every wait a timer
     of the node's: a client that sends half a line, a request that crawls the
     network, or a reply nobody reads never stops the node from answering RPCs.
+
+    The same server serves the Unix socket (:meth:`unix`: the path's mode is
+    the access check) and the network control port (:meth:`network`: every
+    request sealed, see :mod:`cqkd_stack.node.auth`). On the network anybody
+    may connect, so there a request is smaller, must arrive within
+    ``NETWORK_READ_TIMEOUT``, at most ``MAX_NETWORK_CLIENTS`` are served at a
+    time (more are closed at once), and whatever does not open with the key
+    is answered by closing the connection, never by a reply.
     """
 
-    __slots__ = ("accept_paused", "listener", "node", "path")
+    __slots__ = (
+        "accept_paused",
+        "clients",
+        "gate",
+        "listener",
+        "max_clients",
+        "node",
+        "path",
+        "read_timeout",
+        "request_bytes",
+    )
 
-    def __init__(self, node: ControlledNode, path: str) -> None:
+    def __init__(
+        self,
+        node: ControlledNode,
+        listener: _socket.socket,
+        path: str | None = None,
+        gate: RequestGate | None = None,
+    ) -> None:
         self.node = node
         self.path = path
-        self.listener = open_control_socket(path)
+        self.listener = listener
+        self.gate = gate
         self.accept_paused = False
+        self.clients: set[ControlClient] = set()
+        network = gate is not None
+        self.max_clients = MAX_NETWORK_CLIENTS if network else None
+        self.read_timeout = NETWORK_READ_TIMEOUT if network else OP_TIMEOUT
+        self.request_bytes = MAX_NETWORK_REQUEST_BYTES if network else MAX_REQUEST_BYTES
+
+    @classmethod
+    def unix(cls, node: ControlledNode, path: str) -> ControlServer:
+        return cls(node, open_control_socket(path), path)
+
+    @classmethod
+    def network(cls, node: ControlledNode, interface: str, port: int, key: bytes) -> ControlServer:
+        from .auth import RequestGate
+
+        return cls(node, open_network_listener(interface, port), gate=RequestGate(key))
 
     def close(self) -> None:
         """Stop listening and take the path away, so ``nodectl`` fails at once, not on a timeout."""
         self.listener.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
 
     def on_accept(self) -> None:
         try:
@@ -220,9 +286,13 @@ class ControlServer:
             self._pause_accept()
             return
         conn = _socket.socket(fileno=fd)
+        if self.max_clients is not None and len(self.clients) >= self.max_clients:
+            conn.close()
+            return
         conn.setblocking(False)
         client = ControlClient(conn)
-        client.timer = self.node.later(OP_TIMEOUT, lambda: self._client_timed_out(client))
+        self.clients.add(client)
+        client.timer = self.node.later(self.read_timeout, lambda: self._client_timed_out(client))
         self.node.selector.register(conn, selectors.EVENT_READ, lambda: self._on_client(client))
 
     def _on_client(self, client: ControlClient) -> None:
@@ -235,16 +305,29 @@ class ControlServer:
             return
         client.buffer += chunk
         end = client.buffer.find(b"\n")
-        if end == -1 and chunk and len(client.buffer) <= MAX_REQUEST_BYTES:
+        limit = self.request_bytes
+        if end == -1 and chunk and len(client.buffer) <= limit:
             return  # more to come
         self.node.selector.unregister(client.conn)
-        if end > MAX_REQUEST_BYTES or (end == -1 and len(client.buffer) > MAX_REQUEST_BYTES):
-            self._reply(
-                client, {"ok": False, "error": f"request longer than {MAX_REQUEST_BYTES} bytes"}
-            )
+        if end > limit or (end == -1 and len(client.buffer) > limit):
+            if self.gate is not None:
+                self._drop(client)  # an unauthenticated peer hears nothing
+                return
+            self._reply(client, {"ok": False, "error": f"request longer than {limit} bytes"})
             return
         line = client.buffer if end == -1 else client.buffer[: end + 1]
         client.buffer = b""
+        if self.gate is not None:
+            from .auth import AuthError
+
+            try:
+                line, client.nonce = self.gate.open(line)
+            except AuthError:
+                self._drop(client)
+                return
+            # Authenticated: the operation now has the whole OP_TIMEOUT.
+            self.node.cancel(client.timer)
+            client.timer = self.node.later(OP_TIMEOUT, lambda: self._client_timed_out(client))
         try:
             self._execute(client, parse_request(line))
         except CqkdError as exc:
@@ -281,12 +364,7 @@ class ControlServer:
         if client.replied:
             return
         client.replied = True
-        self.node.cancel(client.timer)
-        try:
-            self.node.selector.unregister(client.conn)
-        except (KeyError, ValueError):
-            pass
-        client.conn.close()
+        self._close(client)
 
     def _reply(self, client: ControlClient, reply: dict[str, Any]) -> None:
         if client.replied:
@@ -298,7 +376,12 @@ class ControlServer:
         except (TypeError, ValueError):  # another node stored bytes, say, under the key
             line = json.dumps({"ok": False, "error": "the value found is not JSON data"})
         client.replied = True
-        client.out = line.encode() + b"\n"
+        if self.gate is not None:
+            from .auth import seal_reply
+
+            client.out = seal_reply(self.gate.key, client.nonce, line.encode())
+        else:
+            client.out = line.encode() + b"\n"
         self.node.cancel(client.timer)
         # Written as the client reads, never waited for: a client that does
         # not read its reply used to stall the whole node for 2 s.
@@ -331,6 +414,7 @@ class ControlServer:
 
     def _close(self, client: ControlClient) -> None:
         self.node.cancel(client.timer)
+        self.clients.discard(client)
         try:
             self.node.selector.unregister(client.conn)
         except (KeyError, ValueError):

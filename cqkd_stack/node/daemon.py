@@ -23,13 +23,15 @@ is needed in front of it. The node
 * writes the health file (``:XXXX `` for ``grep -qf FILE /proc/net/udp``) once it
   is in the DHT (a bootstrap node: once it listens) and removes it while it
   has no neighbour, trying a fresh join every health round meanwhile;
-* learns which contacts are alive from the traffic it gets anyway, and each
-  health round (``CQKD_HEALTH_INTERVAL``) pings only those it has not heard
-  from in 180 rounds (a bootstrap node: 5), so dead ones leave the table
-  at next to no cost at rest; its bootstrap nodes after 3 rounds without
-  news: once none answers (Swarm replaced a lost one), it joins again each
-  round until one does, so the nodes that join the replacement and the
-  older ones stay one DHT;
+* learns which contacts are alive from the traffic it gets anyway, and pings
+  only those it has not heard from in 360 health rounds
+  (``CQKD_HEALTH_INTERVAL``; a bootstrap node: 18), so dead ones leave the
+  table at next to no cost at rest; its bootstrap nodes after 9 rounds
+  without news: once none answers (Swarm replaced a lost one), it joins
+  again each round until one does, so the nodes that join the replacement
+  and the older ones stay one DHT. At rest it sleeps until the next check
+  is due, and a contact's check falling due shortly after the bootstrap's
+  goes with it, so a worker wakes once a bootstrap check;
 * serves ``set`` / ``get`` / ``status`` / ``holds`` on a Unix control socket
   (one JSON line in, one out), where ``get`` always asks the network and
   never this node, and ``holds`` only says whether this node's own store has
@@ -64,6 +66,8 @@ Environment (besides the port variables, ``CQKD_ROLE`` and ``BOOTSTRAP_NODES``):
 ``CQKD_NODE_NAME``        optional name of a special node (``alice``), shown in logs and status
 ``CQKD_HEALTH_FILE``      health file path (default ``/tmp/cqkd-health``)
 ``CQKD_CONTROL_SOCKET``   control socket path (default ``/tmp/cqkd/control.sock``)
+``CQKD_CONTROL_PORT``     TCP port for sealed control requests (Alice, Bob); needs the key file
+``CQKD_CONTROL_KEY_FILE`` the stack's control key (a Swarm config); no file, no control port
 ``JOIN_BACKOFF``          first pause between join attempts in seconds (default 0.5)
 ``JOIN_BACKOFF_MAX``      longest pause between join attempts (default 5)
 ``CQKD_HEALTH_INTERVAL``  seconds between neighbour checks (default 10)
@@ -120,6 +124,11 @@ Limits on a hostile network (every datagram may come from an attacker):
   failing for want of descriptors pauses the listener 0.5 s instead of
   spinning; a client that does not read its reply is dropped after 2 s; the
   health file is written through a fresh ``O_EXCL | O_NOFOLLOW`` temporary file.
+* the TCP control port (``CQKD_CONTROL_PORT``, only with a key file)
+  answers only requests sealed with the stack's key (HMAC-SHA256, at most
+  30 s old, nonce never seen before); anything else, a request over 4 KiB
+  or one not sent within 5 s is closed without a reply; 8 connections at a
+  time, more are closed at once.
 
 ``JOIN_RETRIES`` is accepted and ignored: the node no longer gives up joining.
 """
@@ -317,6 +326,8 @@ class DhtNode:
         self.sock: _socket.socket | None = None
         self.muted: KernelMute | None = None
         self.control: ControlServer | None = None
+        # Alice's and Bob's sealed control port (CQKD_CONTROL_PORT), else None.
+        self.network_control: ControlServer | None = None
         self.wake_r, self.wake_w = _socket.socketpair()
         # msgid -> (deadline, callback, address)
         self.pending: dict[bytes, tuple[float, Reply, tuple[str, int]]] = {}
@@ -429,10 +440,19 @@ class DhtNode:
             ) from None
         sock.setblocking(False)
         self.muted = KernelMute(sock, MAX_MUTED, MUTE_SECONDS)
-        control = self.control = ControlServer(self, self.config.control_socket)
+        control = self.control = ControlServer.unix(self, self.config.control_socket)
+        if self.config.control_port is not None and self.config.control_key_file:
+            from .auth import read_key
+
+            key = read_key(self.config.control_key_file)
+            self.network_control = ControlServer.network(
+                self, self.config.interface, self.config.control_port, key
+            )
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
         self.selector.register(sock, selectors.EVENT_READ, self._on_datagrams)
-        self.selector.register(control.listener, selectors.EVENT_READ, control.on_accept)
+        for server in (control, self.network_control):
+            if server is not None:
+                self.selector.register(server.listener, selectors.EVENT_READ, server.on_accept)
         if self.config.role == "bootstrap":
             # Listening is enough: the first node of a network has nobody to join.
             self.announce()
@@ -446,8 +466,9 @@ class DhtNode:
     def close(self) -> None:
         """Health file first, so the health check fails before anything else goes away."""
         self.health.remove()
-        if self.control is not None:
-            self.control.close()
+        for server in (self.control, self.network_control):
+            if server is not None:
+                server.close()
         if self.sock is not None:
             self.sock.close()
         for name in list(self._resolving):
@@ -1072,7 +1093,10 @@ class DhtNode:
         each dead contact's RPC timeout, and the bootstrap node hands its dead
         contacts to every node that joins. A contact heard from lately is
         alive, so at rest each is pinged once per ``CONTACT_STALE_ROUNDS``
-        rounds, not a tenth of the table every round (see config).
+        rounds, not a tenth of the table every round (see config); and a
+        check falling due soon after the bootstrap's goes with it (see
+        :meth:`_pull_forward`), so a worker at rest wakes once a bootstrap
+        check, not once a round.
         """
         interval = self.config.health_interval
         now = time.monotonic()
@@ -1080,9 +1104,11 @@ class DhtNode:
         count = min(NEIGHBOUR_CHECK_MAX, max(NEIGHBOUR_CHECK_MIN, size // 10))
         boots = self.bootstrap_ids
         # Our bootstrap nodes sooner: their loss must be noticed (issue 10).
-        due = self.table.unseen_for(BOOTSTRAP_CHECK_ROUNDS * interval, now)
+        # Half a round early, so a wake-up timed for this check always finds it due.
+        due = self.table.unseen_for(BOOTSTRAP_CHECK_ROUNDS * interval - interval / 2, now)
         sample = [c for c in due if c[0] in boots]
-        others = [c for c in self.table.unseen_for(self._stale_after(), now) if c[0] not in boots]
+        others = self.table.unseen_for(self._stale_after() - self._pull_forward(), now)
+        others = [c for c in others if c[0] not in boots]
         others.sort(key=lambda _: _random_fraction())
         sample += others[:count]
         if not sample:
@@ -1105,6 +1131,42 @@ class DhtNode:
             rounds = BOOTSTRAP_CONTACT_STALE_ROUNDS
         return rounds * self.config.health_interval
 
+    def _pull_forward(self) -> float:
+        """How much sooner than due a contact is pinged, to share a wake-up with the bootstrap's.
+
+        A worker checks its bootstrap every BOOTSTRAP_CHECK_ROUNDS rounds;
+        pinging a contact up to that much before it is stale (1/60 of its
+        staleness) means the node never wakes for it alone. A bootstrap node
+        checks no bootstrap: its contacts, which check it, are pinged on time.
+        """
+        if self.config.role == "bootstrap" or not self.config.bootstrap_nodes:
+            return 0.0
+        return BOOTSTRAP_CHECK_ROUNDS * self.config.health_interval
+
+    def _next_round(self) -> float:
+        """Seconds until the next contact falls due; one round while joining or rejoining.
+
+        Waking every round only to find nothing due was most of what 1000
+        idle nodes cost (one select, a table scan and a stat a round each).
+        """
+        interval = self.config.health_interval
+        if self.config.role != "bootstrap" and (
+            not self.in_dht or len(self.table) == 0 or self._needs_bootstrap()
+        ):
+            return interval
+        boots = self.bootstrap_ids
+        boot_after = BOOTSTRAP_CHECK_ROUNDS * interval
+        other_after = self._stale_after() - self._pull_forward()
+        seen = self.table.seen
+        now = time.monotonic()
+        soonest = now + self._stale_after()
+        for node_id in self.table.addresses.values():
+            last = seen.get(node_id)
+            if last is None:
+                return interval
+            soonest = min(soonest, last + (boot_after if node_id in boots else other_after))
+        return max(interval, soonest - now)
+
     def _after_health_pings(self) -> None:
         """Health file gone while the table is empty, with a fresh join attempt per round."""
         try:
@@ -1121,7 +1183,7 @@ class DhtNode:
                     if self._needs_bootstrap() and self.attempt is None:
                         self.join_attempt()
         finally:
-            self.later(self.config.health_interval, self.health_round)
+            self.later(self._next_round(), self.health_round)
 
     # -- republish
 

@@ -85,6 +85,62 @@ def request(path: str, payload: dict[str, Any], timeout: float = DEFAULT_TIMEOUT
     return reply
 
 
+# A sealed reply (a status, a value of at most 512 bytes) is far below this.
+MAX_REPLY_BYTES = 64 * 1024
+
+
+def network_request(
+    host: str,
+    port: int,
+    key: bytes,
+    payload: dict[str, Any],
+    timeout: float = DEFAULT_TIMEOUT,
+    connect_timeout: float | None = None,
+) -> dict[str, Any]:
+    """One sealed request to a node's network control port; its reply, checked with ``key``.
+
+    As :func:`request`, every failure is a reply with ``ok: false``; a reply
+    that is not sealed with the key over this request's nonce is refused, so
+    whatever answers at that address cannot pass off its own values. The
+    node closes the connection without a word on a request it refuses
+    (wrong key, stale clock, replay): that reads here as "closed without a
+    reply", with the likely causes named. A failure before any sealed
+    answer (no connection, nothing said) also carries ``reached: false``,
+    so a caller can try another way to the node.
+    """
+    from .auth import AuthError, open_reply, seal_request
+
+    line, nonce = seal_request(key, payload)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        with socket.create_connection((host, port), timeout=connect_timeout or timeout) as sock:
+            sock.settimeout(timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(line)
+            sock.shutdown(socket.SHUT_WR)
+            while size <= MAX_REPLY_BYTES and (chunk := sock.recv(65536)):
+                chunks.append(chunk)
+                size += len(chunk)
+    except TimeoutError:
+        error = f"{host}:{port} did not answer within {timeout:g}s"
+        return {"ok": False, "error": error, "reached": False}
+    except OSError as exc:
+        error = f"cannot talk to the node at {host}:{port}: {exc}"
+        return {"ok": False, "error": error, "reached": False}
+    if not chunks:
+        return {
+            "ok": False,
+            "error": f"the node at {host}:{port} closed the connection without a reply "
+            "(a wrong key, a clock more than 30 s off, or not a cqkd node)",
+            "reached": False,
+        }
+    try:
+        return open_reply(key, nonce, b"".join(chunks))
+    except AuthError as exc:
+        return {"ok": False, "error": f"refusing the answer from {host}:{port}: {exc.message}"}
+
+
 def exit_code(op: str, reply: dict[str, Any]) -> int:
     """0 only for a useful answer, so shell callers can just test ``$?``."""
     if not reply.get("ok"):

@@ -186,16 +186,25 @@ async def probe(
     concurrency: int = DEFAULT_CONCURRENCY,
     bind: str = "0.0.0.0",
     joined: bool = False,
+    sock: socket.socket | None = None,
 ) -> dict[str, Any]:
     """Ping every target; targets still unanswered after ``timeout`` seconds are ``None``.
 
     With ``joined``, each answer is ``{"id", "neighbours"}`` (see :func:`joined_one`).
+    ``sock``, an unbound UDP socket the caller made (in another network
+    namespace: see ``cqkd_stack.live.namespace``), is used instead of a new
+    one, bound to ``bind``, and closed at the end.
     """
     loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if sock is None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-    sock.bind((bind, 0))
+    try:
+        sock.bind((bind, 0))
+    except OSError:
+        sock.close()
+        raise
     protocol = ProbeProtocol(PROBE_NODE_ID, rpc_timeout)
     transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
     gate = asyncio.Semaphore(concurrency)

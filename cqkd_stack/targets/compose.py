@@ -17,6 +17,7 @@ tool, not ``docker stack``, reads it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -123,7 +124,9 @@ def render_compose_document(policy: Policy, options: RenderOptions) -> dict[str,
     """The compose file as data: the Swarm stack's services, one per task."""
     refuse_kubernetes_options(options)
     _check_options(options)
-    swarm = render_document(policy, options)
+    # No sealed control port: dht-check reaches a compose project's nodes by
+    # docker exec on this one host, and compose has no Swarm configs for the key.
+    swarm = render_document(dataclasses.replace(policy, control=None), options)
     services: dict[str, Any] = {}
     roles = {name: service_role(s, template=True) for name, s in swarm["services"].items()}
     bootstraps = [name for name, role in roles.items() if role == "bootstrap"]

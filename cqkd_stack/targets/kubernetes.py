@@ -23,7 +23,7 @@ from itertools import pairwise
 from typing import Any
 
 from .. import DEFAULT_NODE_IMAGE, __version__
-from ..core.contract import ROLE_LABEL, TakenSubnet
+from ..core.contract import NODE_USER, ROLE_LABEL, TakenSubnet
 from ..core.documents import MAX_BYTES, LoadedStack, line_of, parse_yaml_nodes
 from ..core.errors import InvalidInput, UsageError
 from ..core.policy import Policy, PortRange, load_policy
@@ -39,8 +39,6 @@ POD_INDEX_FIELD = f"metadata.labels['{POD_INDEX_LABEL}']"
 # The image's HEALTHCHECK (cqkd_stack/image/Dockerfile): the node writes its
 # port, as /proc/net/udp shows it, to this file once it listens and has joined.
 HEALTH_COMMAND = ["grep", "-qf", "/tmp/cqkd-health", "/proc/net/udp"]
-# The image's user (Dockerfile `USER 10001:10001`); a numeric id needs no passwd entry.
-NODE_USER = 10001
 # The node process was measured at ~3.7 MiB of anonymous memory once joined
 # (~4.8 before 2026-12-02, when 1003 tasks took ~9.1 MiB of host memory each
 # with everything counted; docs/operations.md).

@@ -16,11 +16,18 @@ from typing import Any
 
 from .. import __version__
 from ..core.contract import (
+    CONTROL_KEY_CONFIG,
+    CONTROL_KEY_FILE,
+    CONTROL_KEY_VARIABLE,
+    CONTROL_NETWORK,
+    CONTROL_PORT_VARIABLE,
     DHT_NETWORK,
     DOCKER_DEFAULT_SUBNET,
     HOST_NETWORK,
+    NODE_USER,
     ROLE_LABEL,
     TakenSubnet,
+    control_key_config,
     key_values,
     resolve_slot,
     service_role,
@@ -143,6 +150,8 @@ def render_document(
         if role == "worker":
             offset += options.port_offset
         _environment(service).update(port_environment(policy, role, offset))
+        if role == "special" and policy.control is not None and options.network == "overlay":
+            _add_control_port(doc, service, policy.control.start + offset, policy, options)
         service["image"] = options.image
         if role == "bootstrap":
             host = name if options.network == "overlay" else options.bootstrap_host
@@ -167,6 +176,56 @@ def render_document(
     else:
         _size_overlay(doc, options, choose_subnet or subnet_for)
     return _replace_placeholders(doc)
+
+
+def _add_control_port(
+    doc: dict[str, Any],
+    service: dict[str, Any],
+    port: int,
+    policy: Policy,
+    options: RenderOptions,
+) -> None:
+    """A special node's sealed TCP control port: key as a Swarm config, port published on its host.
+
+    The port is published in mode: host (ingress cannot be combined with
+    dnsrr) without a fixed host port: Docker picks a free one on the node
+    and reports it in the task's status, which dht-check reads through any
+    manager. A fixed host port would make two stacks (or Alice and Bob of
+    one, on one node) fight over it. Host-mode publishing needs an interface
+    on docker_gwbridge, which the internal DHT network does not give, so the
+    service also joins the (non-internal) control network. The key is the
+    external config ``<stack>_control-key`` that deploy creates; the task
+    reads it as a 0400 file of the node's user.
+    """
+    assert policy.control is not None
+    if port not in policy.control:
+        raise CqkdError(
+            f"the special services need control ports up to {port}, but the policy's "
+            f"control range is {policy.control}: widen it"
+        )
+    _environment(service).update(
+        {CONTROL_PORT_VARIABLE: str(port), CONTROL_KEY_VARIABLE: CONTROL_KEY_FILE}
+    )
+    service["ports"] = [{"target": port, "protocol": "tcp", "mode": "host"}]
+    # A new list: the template's services share theirs through a YAML anchor.
+    networks = list(service.get("networks") or [DHT_NETWORK])
+    service["networks"] = (
+        [*networks, CONTROL_NETWORK] if CONTROL_NETWORK not in networks else networks
+    )
+    service["configs"] = [
+        {
+            "source": CONTROL_KEY_CONFIG,
+            "target": CONTROL_KEY_FILE,
+            "uid": str(NODE_USER),
+            "gid": str(NODE_USER),
+            "mode": 0o400,
+        }
+    ]
+    doc.setdefault("networks", {}).setdefault(CONTROL_NETWORK, {"driver": "overlay"})
+    doc.setdefault("configs", {})[CONTROL_KEY_CONFIG] = {
+        "external": True,
+        "name": control_key_config(options.join_stack),
+    }
 
 
 def _pin_bootstraps(services: dict[str, dict[str, Any]], roles: Roles, node_id: str) -> None:

@@ -160,7 +160,8 @@ def test_every_node_runs_unprivileged_on_a_read_only_root(
     stack: str, docker_client: docker.DockerClient
 ) -> None:
     """Not root, no capability, nothing writable but its /tmp tmpfs (and for Alice and
-    Bob the stack's control volume, where dht-check's jobs reach their sockets)."""
+    Bob the stack's control volume, where dht-check's jobs reach their sockets, and
+    their control key, a 0400 file)."""
     containers = docker_client.api.containers(filters={"label": f"{STACK_LABEL}={stack}"})
     assert len(containers) >= WORKERS + 3
     special = 0
@@ -176,6 +177,8 @@ def test_every_node_runs_unprivileged_on_a_read_only_root(
         if service in (f"{stack}_alice", f"{stack}_bob"):
             special += 1
             control = ("volume", "/run/cqkd", f"{stack}_control")
+            # Their control key (a Swarm config) is not a mount Docker lists;
+            # tests/e2e/test_control_port.py checks its mode and owner.
             assert mounts == [("tmpfs", "/tmp", None), control], name
         else:
             assert mounts == [("tmpfs", "/tmp", None)], name
@@ -196,6 +199,8 @@ def test_probe_task_finds_every_task_in_the_dht(stack: str) -> None:
     assert (result["total"], result["answered"], result["joined"]) == (WORKERS + 3,) * 3
     assert result["silent"] == [] and result["not_joined"] == [] and result["ok"] is True
     assert 0 < result["round_seconds"] <= result["seconds"]
+    # As root on an engine running the stack's tasks: from the task's namespace, no container.
+    assert result["method"] == "in-process"
 
 
 def test_probe_and_dht_check_all_name_a_silent_worker(
@@ -250,10 +255,15 @@ def test_a_node_that_exits_zero_is_started_again(
     )
 
 
+@pytest.mark.parametrize("in_process", [True, False], ids=["in-process", "container"])
 def test_the_probe_sits_beside_the_bootstrap_and_moves_as_tasks_come_and_go(
-    stack: str, docker_client: docker.DockerClient
+    stack: str, docker_client: docker.DockerClient, in_process: bool
 ) -> None:
-    """No ARP flood, no attach through the manager: the probe sits in the bootstrap's netns."""
+    """No ARP flood, no attach through the manager: the probe sits in the bootstrap's netns.
+
+    From this process by default (a socket made in the task's namespace),
+    in a probe container sharing it where this process cannot.
+    """
     from cqkd_stack.live.inspection import task_rows
     from cqkd_stack.live.readiness import PROBE_LABEL, Prober, targets_of
 
@@ -285,12 +295,15 @@ def test_the_probe_sits_beside_the_bootstrap_and_moves_as_tasks_come_and_go(
             60,
             "the bootstrap's container to stop",
         )
-        with Prober(docker_client, stack) as prober:
+        with Prober(docker_client, stack, allow_in_process=in_process) as prober:
             # No bootstrap here: the probe sits beside another node, and still reaches all.
             first = prober.round(workers, attach=False)
+            assert first.method == ("in-process" if in_process else "container")
             assert prober.via_role in ("worker", "special")
             assert sum(1 for t in workers if first.answers.get(t.text)) == WORKERS
-            beside_worker = prober.container.id
+            beside_worker = prober.container.id if not in_process else prober.via
+            if in_process:
+                assert prober.container is None and prober.namespace is not None
             subprocess.run(
                 ["docker", "service", "scale", "--detach", f"{stack}_bootstrap=1"], check=True
             )
@@ -298,9 +311,12 @@ def test_the_probe_sits_beside_the_bootstrap_and_moves_as_tasks_come_and_go(
             # Once the bootstrap runs, the probe moves beside it.
             second = prober.round(workers, attach=False)
             assert prober.via == bootstrap_container() and prober.via_role == "bootstrap"
-            assert prober.container.id != beside_worker
-            mode = docker_client.api.inspect_container(prober.container.id)["HostConfig"]
-            assert mode["NetworkMode"] == f"container:{prober.via}"
+            if in_process:
+                assert prober.via != beside_worker and second.method == "in-process"
+            else:
+                assert prober.container.id != beside_worker
+                mode = docker_client.api.inspect_container(prober.container.id)["HostConfig"]
+                assert mode["NetworkMode"] == f"container:{prober.via}"
             assert sum(1 for t in workers if second.answers.get(t.text)) == WORKERS
             # The task it sits beside stops: the next round starts it beside another.
             old_via = prober.via
@@ -353,13 +369,14 @@ def test_dht_check_round_trip(stack: str) -> None:
 def test_dht_check_runs_swarm_jobs_not_execs(
     stack: str, docker_client: docker.DockerClient
 ) -> None:
-    """Each request is a Swarm job on the task's node, created, read and removed;
-    no exec into Alice's or Bob's container (which works on this engine only)."""
+    """With --via job (the path of stacks without a control port), each request is
+    a Swarm job on the task's node, created, read and removed; no exec into
+    Alice's or Bob's container (which works on this engine only)."""
     hostname = docker_client.info()["Name"]
     nodes = {n["ID"]: n["Description"]["Hostname"] for n in docker_client.api.nodes()}
     began = time.time_ns()
     since = began // 10**9 - 1
-    done = cqkd("dht-check", "--stack", stack, "--format", "json")
+    done = cqkd("dht-check", "--stack", stack, "--format", "json", "--via", "job")
     until = int(time.time()) + 1
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(done.stdout)

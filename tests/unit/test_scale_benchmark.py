@@ -237,3 +237,186 @@ def test_cpu_at_rest_is_grouped_by_what_runs_each_process(tmp_path: Path) -> Non
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_cpu_of_a_process_that_came_and_went_counts_with_whoever_reaped_it(
+    tmp_path: Path,
+) -> None:
+    """runc and each exec live for a moment: between two readings they would be lost."""
+    shim = tmp_path / "containerd-shim-runc-v2"
+    shutil.copy(sys.executable, shim)
+    burn = "import time; end = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    code = (
+        "import subprocess, sys; print('up', flush=True); sys.stdin.readline(); "
+        f"subprocess.run([sys.executable, '-c', {burn!r}]); print('done', flush=True); "
+        "sys.stdin.readline()"
+    )
+    proc = subprocess.Popen(
+        [str(shim), "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline() == "up\n"
+        before = scale.cpu_snapshot()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "done\n"  # the child ran, ended and was reaped
+        busy, groups = scale.cpu_used(before, scale.cpu_snapshot())
+        assert groups["containerd+shims"] >= 0.25, groups
+        assert busy >= groups["containerd+shims"] - 0.05
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# --- timeline, growth table, options -----------------------------------------------------
+
+
+def test_the_timeline_keeps_one_sample_per_interval_and_every_milestone() -> None:
+    timeline = scale.Timeline(start=100.0, every=2.0)
+    timeline.add(100.0, 0, 0)
+    for tenth in range(1, 31):  # a wait polling every 0.1 s for 3 s
+        timeline.add(100.0 + tenth / 10, tenth, None)
+    kept = [s["seconds"] for s in timeline.samples]
+    assert kept == [0.0, 2.0]
+    # all running at 3.1 s: kept although 2 s have not passed since the last sample.
+    timeline.add(103.1, 31, keep=True)
+    assert timeline.samples[-1] == {"seconds": 3.1, "running": 31, "joined": None}
+    timeline.add(103.5, 31, 7)
+    doc = timeline.as_dict()  # the pending last report is not lost
+    assert doc["every_seconds"] == 2.0
+    assert doc["samples"][-1] == {"seconds": 3.5, "running": 31, "joined": 7}
+    assert len(doc["samples"]) == 4
+
+
+def test_a_flush_keeps_the_pending_sample_once() -> None:
+    timeline = scale.Timeline(start=0.0, every=5.0)
+    timeline.add(0.0, 0, 0)
+    timeline.add(1.0, 3, 1)
+    timeline.flush()
+    timeline.flush()
+    assert [s["seconds"] for s in timeline.samples] == [0.0, 1.0]
+
+
+def test_the_counts_are_read_from_the_waits_own_progress_words() -> None:
+    # wait_until_ready's note, as the CLI's bar draws it in a terminal.
+    drawn = "\x1b[2K\x1b[1mstarting: 120/303 running, 17/303 joined\x1b[0m \x1b[32m 17/303\x1b[0m"
+    assert scale.progress_counts(drawn) == (120, 17)
+    assert scale.progress_counts("12/303 tasks running") == (12, None)  # wait_until_running
+    assert scale.progress_counts("[16:02:11] deploying stack 's'") is None
+    # Two reports in one read: the last one is the news.
+    assert scale.progress_counts("1/5 running, 0/5 joined 5/5 running, 5/5 joined") == (5, 5)
+
+
+def test_a_wait_s_progress_feeds_the_timeline_and_still_reports() -> None:
+    timeline = scale.Timeline(start=0.0, every=0.0)
+    told = []
+    report = scale.timeline_progress(timeline, lambda d, t, n: told.append(n))
+    report(4, 21, "21/21 running, 4/21 joined")
+    report(0, 0, "no counts here")
+    assert told == ["21/21 running, 4/21 joined", "no counts here"]
+    assert [(s["running"], s["joined"]) for s in timeline.samples] == [(21, 4)]
+
+
+def _run(workers: int, floor_s: float, bare_s: float, project_s: float) -> dict:
+    """A saved run of one size: every stage all running (and the DHTs joined) at these times."""
+    tasks = {"floor": workers, "bare": workers + 1, "project": workers + 3}
+    stages = {
+        "floor": {"tasks": tasks["floor"], "running_seconds": floor_s, "teardown_seconds": 10.0},
+        "bare": {"tasks": tasks["bare"], "running_seconds": bare_s, "joined_seconds": bare_s + 5},
+        "project": {
+            "tasks": tasks["project"],
+            "running_seconds": project_s - 5,
+            "deploy_wall_seconds": project_s,
+            "ports_seconds": 0.4,
+            "teardown_seconds": 20.0,
+            "memory": {"mib_per_task": 9.0},
+        },
+    }
+    for name, stage in stages.items():
+        stage["timeline"] = {
+            "every_seconds": 2.0,
+            "samples": [
+                {"seconds": 0.0, "running": 0, "joined": None if name == "floor" else 0},
+                {"seconds": 4.0, "running": workers, "joined": None if name == "floor" else 2},
+            ],
+        }
+    return {"date": "2026-12-02T16:00:00+00:00", "workers": workers, "stages": stages}
+
+
+def test_the_growth_table_has_each_figure_at_each_size_with_its_ratios() -> None:
+    rows = scale.growth_rows([_run(300, 60.0, 50.0, 90.0), _run(100, 20.0, 25.0, 30.0)])
+    joined = [r for r in rows if r[0].startswith("start to all joined")]
+    # Smallest size first; the floor's column is its all running.
+    assert [r[1] for r in joined] == ["100", "300"]
+    assert joined[0][2:] == ("20.0", "30.0", "30.0", "1.50x", "1.00x")
+    assert joined[1][5:] == ("1.50x", "1.64x")  # the bare one joined at 55 s
+    # Per task: milliseconds a task, each stage divided by its own tasks.
+    per_task = rows[rows.index(joined[1]) + 1]
+    assert per_task[0] == "  per task, ms" and per_task[1] == "100"
+    assert per_task[2:5] == ("200.0", "297.0", "291.3")
+    # A figure only the project has: no ratio against stages that lack it.
+    ports = next(r for r in rows if r[0] == "ports, wall s")
+    assert ports[2:] == ("-", "-", "0.400", "-", "-")
+    # Memory is already per task: no per-task row under it.
+    memory = [i for i, r in enumerate(rows) if r[0].startswith("host memory")]
+    assert rows[memory[-1] + 1][0] != "  per task, ms"
+    # A figure no stage has at any size is left out.
+    assert not any(r[0].startswith("dht-check") for r in rows)
+
+
+def test_saved_runs_of_one_size_and_of_several_make_one_growth_table(tmp_path: Path) -> None:
+    one = tmp_path / "scale-1000.json"
+    one.write_text(scale.json.dumps(_run(1000, 290.0, 480.0, 400.0)))
+    several = tmp_path / "scale-100-300.json"
+    several.write_text(
+        scale.json.dumps({"date": "x", "sizes": [_run(100, 20, 25, 30), _run(300, 60, 50, 90)]})
+    )
+    runs = scale.load_runs([one, several])
+    assert sorted(r["workers"] for r in runs) == [100, 300, 1000]
+    joined = [r for r in scale.growth_rows(runs) if r[0].startswith("start to all joined")]
+    assert [r[1] for r in joined] == ["100", "300", "1000"]
+    assert joined[-1][5] == "1.38x"  # 400 / 290 at 1000 workers
+    assert "1.38x" in scale.growth_table(runs)
+    # --from-json prints the same without an engine.
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "scale.py"), "--from-json", str(one),
+         str(several)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "=== growth: each figure at each size ===" in done.stdout
+    assert "=== 300 workers ===" in done.stdout
+
+
+def test_the_picture_s_series_are_the_samples_that_have_the_count() -> None:
+    floor = _run(100, 20, 25, 30)["stages"]["floor"]
+    assert scale.timeline_series(floor, "running") == ([0.0, 4.0], [0, 100])
+    assert scale.timeline_series(floor, "joined") == ([], [])  # sleep tasks join nothing
+    assert scale.timeline_series({}, "running") == ([], [])
+
+
+def test_the_picture_draws_no_line_where_a_count_was_not_read() -> None:
+    # The bare stack's joined count: 0 at the deploy, then only from its all-running figures.
+    bare = {"timeline": {"samples": [
+        {"seconds": 0.0, "running": 0, "joined": 0},
+        {"seconds": 2.0, "running": 40, "joined": None},
+        {"seconds": 99.0, "running": 301, "joined": 290},
+        {"seconds": 101.0, "running": 301, "joined": 301},
+    ]}}  # fmt: skip
+    seconds, joined = scale.timeline_series(bare, "joined")
+    assert seconds == [0.0, 49.5, 99.0, 101.0]
+    assert joined[0] == 0 and joined[1] != joined[1] and joined[2:] == [290, 301]  # NaN
+    assert scale.timeline_series(bare, "running")[0] == [0.0, 2.0, 50.5, 99.0, 101.0]
+
+
+def test_workers_take_several_sizes_once_each_smallest_first() -> None:
+    assert scale.parse_args(["--workers", "1000,100,300,100"]).workers == [100, 300, 1000]
+    assert scale.parse_args([]).workers == [1000]
+    for wrong in ("0,100", "a,b", ","):
+        with pytest.raises(SystemExit):
+            scale.parse_args(["--workers", wrong])
+    # Lonely workers must fit in the smallest size.
+    with pytest.raises(SystemExit):
+        scale.parse_args(["--workers", "5,100", "--bare-lonely", "6"])
+    assert scale.parse_args(["--workers", "5,100", "--bare-lonely", "5"]).bare_lonely == 5

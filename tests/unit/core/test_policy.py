@@ -84,3 +84,35 @@ def test_extra_roles_are_allowed_if_disjoint(tmp_path: Path) -> None:
         "  observer: {start: 9000, end: 9009}\n",
     )
     assert load_policy(path).role_range("observer") == PortRange(9000, 9009)
+
+
+ROLES = (
+    "version: 1\nroles:\n  bootstrap: {start: 5678, end: 5699}\n"
+    "  special: {start: 6000, end: 6099}\n  worker: {start: 7000, end: 7999}\n"
+)
+
+
+def test_the_shipped_policy_has_a_control_range_outside_every_role() -> None:
+    policy = load_policy()
+    assert policy.control == PortRange(6100, 6109)
+    assert all(not policy.control.overlaps(rng) for rng in policy.roles.values())
+
+
+def test_a_policy_without_control_ports_has_none(tmp_path: Path) -> None:
+    assert load_policy(write(tmp_path, ROLES)).control is None
+
+
+@pytest.mark.parametrize(
+    ("control", "message"),
+    [
+        ("{start: 6050, end: 6150}", "overlaps role 'special'"),
+        ("{start: 6200, end: 6100}", "start 6200 is after end 6100"),
+        ("{start: 6100.0, end: 6101}", "write ports as whole numbers"),
+        ("{start: 6100}", "missing required key: 'end'"),
+    ],
+)
+def test_bad_control_ranges_are_refused(tmp_path: Path, control: str, message: str) -> None:
+    with pytest.raises(PolicyError) as caught:
+        load_policy(write(tmp_path, f"{ROLES}control: {control}\n"))
+    assert any(p.path.startswith("$.control") for p in caught.value.problems)
+    assert message in str(caught.value)

@@ -12,6 +12,7 @@ import yaml
 from cqkd_stack.core.errors import CqkdError
 from cqkd_stack.core.policy import load_policy
 from cqkd_stack.lint.validate import validate_texts
+from cqkd_stack.live.controlkey import wanted_control_key
 from cqkd_stack.live.dhtcheck import (
     CONTROL_DIR,
     JOB_LABEL,
@@ -22,6 +23,9 @@ from cqkd_stack.live.dhtcheck import (
     job_name,
     job_spec,
     last_json,
+    node_address,
+    nodectl_payload,
+    request_path,
     socket_mount,
     unreachable,
 )
@@ -178,3 +182,89 @@ def test_a_removed_job_stops_at_once() -> None:
     container = job_spec(control, ["get", "k"])["ContainerSpec"]
     assert container["Init"] is True
     assert container["StopGracePeriod"] <= 1_000_000_000
+
+
+# ------------------------------------------------------------------ the sealed control port
+
+NETWORK_ENV = [
+    "CQKD_CONTROL_SOCKET=/run/cqkd/alice-{{.Task.Slot}}.sock",
+    "CQKD_CONTROL_PORT=6100",
+    "CQKD_CONTROL_KEY_FILE=/run/cqkd-control.key",
+]
+KEY_CONFIG = {
+    "ConfigID": "cfg1",
+    "ConfigName": "prod_control-key",
+    "File": {"Name": "/run/cqkd-control.key", "UID": "10001", "GID": "10001", "Mode": 256},
+}
+# As a task lists a host-mode port: once per address family.
+PORTS = {
+    "Ports": [
+        {"Protocol": "tcp", "TargetPort": 6100, "PublishedPort": 32768, "PublishMode": "host"},
+        {"Protocol": "tcp", "TargetPort": 6100, "PublishedPort": 32768, "PublishMode": "host"},
+    ]
+}
+
+
+def _network_task(ports: dict | None = PORTS) -> dict:
+    status = {**TASK["Status"], **({"PortStatus": ports} if ports is not None else {})}
+    return {**TASK, "Status": status}
+
+
+def test_a_task_with_a_published_control_port_and_key_is_reached_over_the_network() -> None:
+    spec = _spec(NETWORK_ENV, [TMPFS, VOLUME])
+    spec["TaskTemplate"]["ContainerSpec"]["Configs"] = [KEY_CONFIG]
+    control = control_of(spec, _network_task())
+    assert (control.published_port, control.key_config) == (32768, "prod_control-key")
+    assert request_path(control) == "network"
+    # The job path stays there for a fallback.
+    assert control.mount == VOLUME
+
+
+@pytest.mark.parametrize(
+    ("env", "configs", "ports"),
+    [
+        (NETWORK_ENV, [KEY_CONFIG], None),  # not published (yet), or an older engine
+        (NETWORK_ENV, [], PORTS),  # no key mounted
+        (NETWORK_ENV[:1], [KEY_CONFIG], PORTS),  # an older stack: no control port
+        (NETWORK_ENV, [KEY_CONFIG], {"Ports": [{**PORTS["Ports"][0], "TargetPort": 6101}]}),
+        (NETWORK_ENV, [KEY_CONFIG], {"Ports": [{**PORTS["Ports"][0], "PublishMode": "ingress"}]}),
+    ],
+    ids=["unpublished", "no-key", "older-stack", "other-port", "ingress"],
+)
+def test_without_port_and_key_the_job_path_is_used(env: list, configs: list, ports: dict) -> None:
+    spec = _spec(env, [TMPFS, VOLUME])
+    spec["TaskTemplate"]["ContainerSpec"]["Configs"] = configs
+    assert request_path(control_of(spec, _network_task(ports))) == "job"
+
+
+def test_a_node_is_reached_at_its_status_address_or_its_manager_address() -> None:
+    assert node_address({"Status": {"Addr": "10.0.0.5"}}) == "10.0.0.5"
+    manager = {"Status": {"Addr": "0.0.0.0"}, "ManagerStatus": {"Addr": "10.0.0.2:2377"}}
+    assert node_address(manager) == "10.0.0.2"
+    assert node_address({}) == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "payload"),
+    [
+        (("set", "k", "v"), {"op": "set", "key": "k", "value": "v"}),
+        (("get", "k"), {"op": "get", "key": "k"}),
+        (("holds", "k"), {"op": "holds", "key": "k"}),
+        (("status",), {"op": "status"}),
+    ],
+)
+def test_nodectl_arguments_become_the_request_it_would_send(args: tuple, payload: dict) -> None:
+    assert nodectl_payload(args) == payload
+
+
+def test_the_rendered_stack_names_its_own_key_config() -> None:
+    doc = rendered(replicas=3, join_stack="prod")
+    # The file's name, whatever stack deploys it (deploy --file of a file rendered for another).
+    assert wanted_control_key(doc) == "prod_control-key"
+    assert wanted_control_key(rendered(replicas=3, network="host")) is None
+    assert wanted_control_key(rendered(replicas=3, port_offset=100)) is None
+    assert doc["configs"]["control-key"] == {"external": True, "name": "prod_control-key"}
+    # The key itself is never in the stack file, nor in any environment.
+    alice = doc["services"]["alice"]
+    assert alice["environment"]["CQKD_CONTROL_KEY_FILE"] == "/run/cqkd-control.key"
+    assert alice["configs"][0]["target"] == "/run/cqkd-control.key"

@@ -25,7 +25,7 @@ from cqkd_stack.live.holders import (
     survival_timeout,
     task_order,
 )
-from cqkd_stack.node.config import K
+from cqkd_stack.node.config import BOOTSTRAP_CHECK_ROUNDS, K
 from cqkd_stack.node.wire import digest
 
 
@@ -117,15 +117,19 @@ def test_only_that_task_s_container_of_that_stack_may_be_killed(
     assert is_task_container(labels, "s1", TASK) is ours
 
 
+REJOIN = BOOTSTRAP_CHECK_ROUNDS + 1
+
+
 @pytest.mark.parametrize(
     ("env", "interval", "timeout"),
     [
-        # The republish, four health rounds (a lost bootstrap noticed), 30 s.
-        ({}, DEFAULT_REPUBLISH_INTERVAL, DEFAULT_REPUBLISH_INTERVAL + 70),
-        ({"CQKD_REPUBLISH_INTERVAL": "5"}, 5, 75),
-        ({"CQKD_REPUBLISH_INTERVAL": "5", "CQKD_HEALTH_INTERVAL": "2"}, 5, 43),
+        # The republish, BOOTSTRAP_CHECK_ROUNDS + 1 health rounds (a lost
+        # bootstrap noticed), 30 s.
+        ({}, DEFAULT_REPUBLISH_INTERVAL, DEFAULT_REPUBLISH_INTERVAL + REJOIN * 10 + 30),
+        ({"CQKD_REPUBLISH_INTERVAL": "5"}, 5, 5 + REJOIN * 10 + 30),
+        ({"CQKD_REPUBLISH_INTERVAL": "5", "CQKD_HEALTH_INTERVAL": "2"}, 5, 5 + REJOIN * 2 + 30),
         # What the node would refuse to start with is not ours to judge: defaults.
-        ({"CQKD_REPUBLISH_INTERVAL": "soon"}, DEFAULT_REPUBLISH_INTERVAL, 3670),
+        ({"CQKD_REPUBLISH_INTERVAL": "soon"}, DEFAULT_REPUBLISH_INTERVAL, 3600 + REJOIN * 10 + 30),
     ],
 )
 def test_the_default_wait_follows_the_publisher_s_republish_interval(

@@ -84,7 +84,7 @@ def deployed(doc: dict[str, Any]) -> StackState:
         STACK,
         services,
         running_tasks(services),
-        networks=[{"Name": f"{STACK}_dht"}, {"Name": f"{STACK}_default"}],
+        networks=[{"Name": f"{STACK}_{n}"} for n in ("dht", "control", "default")],
         volumes=[f"{STACK}_control"],
         containers=[f"c{i}" for i in range(len(running_tasks(services)))],
     )
@@ -217,7 +217,7 @@ def test_teardown_removes_every_service_task_network_and_volume() -> None:
     assert plan.totals()["stopping"] == 153
     worker = next(s for s in plan.services if s.service == f"{STACK}_worker")
     assert worker.stepped and worker.current == 150
-    assert plan.networks_removed == [f"{STACK}_default", f"{STACK}_dht"]
+    assert plan.networks_removed == [f"{STACK}_control", f"{STACK}_default", f"{STACK}_dht"]
     assert plan.volumes_removed == [f"{STACK}_control"] and plan.containers_removed == 153
     nothing = teardown_plan(STACK, EMPTY)
     assert nothing.problems == [f"no stack named '{STACK}' is deployed; nothing to remove"]

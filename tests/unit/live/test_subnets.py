@@ -48,7 +48,7 @@ def test_stack_network_names_follow_docker_stack_naming() -> None:
     from cqkd_stack.live.inspection import stack_network_names
 
     overlay = yaml.safe_load(render(POLICY, RenderOptions(replicas=3)))
-    assert stack_network_names(overlay, "prod") == {"prod_dht"}
+    assert stack_network_names(overlay, "prod") == {"prod_dht", "prod_control"}
     host = yaml.safe_load(render(POLICY, RenderOptions(replicas=3, network="host")))
     assert stack_network_names(host, "prod") == {"host"}
     batch = yaml.safe_load(render(POLICY, RenderOptions(replicas=3, port_offset=100)))

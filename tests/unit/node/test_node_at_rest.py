@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from cqkd_stack.node.config import CONTACT_STALE_ROUNDS
+from cqkd_stack.node.config import BOOTSTRAP_CHECK_ROUNDS, CONTACT_STALE_ROUNDS
 from cqkd_stack.node.routing import RoutingTable
 
-from .test_node import NodeProc, free_udp_ports
+from .test_node import NodeProc, free_udp_ports, wait_for
 from .test_node_hostile import Peer, peers, spawn, verified
 
 __all__ = ["peers", "spawn"]  # the fixtures, imported so pytest finds them here
@@ -68,5 +69,46 @@ def test_an_idle_node_pings_only_contacts_it_has_not_heard_from(
             quiet_pinged_at = time.monotonic() - start
         time.sleep(0.2)  # pacing: the chatty contact's own traffic
     # The old node pinged a sample of three of its four contacts every round.
-    assert quiet_pinged_at is not None and quiet_pinged_at > stale - 2 * ROUND, quiet_pinged_at
+    # A check may be pulled forward to share the bootstrap check's wake-up.
+    early = (BOOTSTRAP_CHECK_ROUNDS + 1) * ROUND
+    assert quiet_pinged_at is not None and quiet_pinged_at > stale - early, quiet_pinged_at
     assert len(chatty.requests_received("ping")) == chatty_start
+
+
+def voluntary_switches(pid: int) -> int:
+    """How often the process has blocked: each time its loop slept and woke again."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no voluntary_ctxt_switches in /proc/{pid}/status")
+
+
+def test_an_idle_worker_wakes_only_when_a_check_is_due(spawn: Callable[..., NodeProc]) -> None:
+    """Waking every round to find nothing due was most of what 1000 idle nodes cost.
+
+    At rest a worker's only duty is its bootstrap check, every
+    BOOTSTRAP_CHECK_ROUNDS rounds: a wake-up for the check and one for the
+    answer. The old loop also woke once every round.
+    """
+    interval = 0.05
+    boot_port, port = free_udp_ports(2)
+    boot = spawn("boot", boot_port, "bootstrap", CQKD_HEALTH_INTERVAL=str(interval))
+    boot.wait_healthy()
+    node = spawn(
+        "w",
+        port,
+        "worker",
+        f"127.0.0.1:{boot_port}",
+        CQKD_HEALTH_INTERVAL=str(interval),
+        CQKD_LOG_LEVEL="INFO",
+    )
+    node.wait_healthy()
+    wait_for(lambda: "routing table filled" in node.stderr(), 5, "the join's lookup to end")
+    window = 3.0
+    before = voluntary_switches(node.proc.pid)
+    time.sleep(window)  # the measure: what the node does while nobody asks
+    woke = voluntary_switches(node.proc.pid) - before
+    rounds = window / interval
+    checks = rounds / BOOTSTRAP_CHECK_ROUNDS
+    assert woke < rounds, (woke, rounds)
+    assert woke >= checks / 2, (woke, checks)  # it still checks its bootstrap

@@ -54,7 +54,17 @@ def test_every_dht_service_gets_its_role_range_and_swarm_safety_settings() -> No
         assert service["deploy"]["endpoint_mode"] == "dnsrr"
         assert service["deploy"]["update_config"]["order"] == "stop-first"
         assert service["init"] is True
-        assert "ports" not in service
+        if name in ("alice", "bob"):
+            # The sealed control port, on a host port Docker picks (see _add_control_port).
+            port = 6100 + int(offset)
+            assert service["ports"] == [{"target": port, "protocol": "tcp", "mode": "host"}]
+            assert env["CQKD_CONTROL_PORT"] == str(port)
+            assert service["networks"] == ["dht", "control"]
+            assert service["configs"][0]["mode"] == 0o400
+        else:
+            assert "ports" not in service and "configs" not in service
+            assert service["networks"] == ["dht"]
+            assert "CQKD_CONTROL_PORT" not in env
     assert doc["services"]["alice"]["environment"]["BOOTSTRAP_NODES"] == "bootstrap:5678"
     assert "BOOTSTRAP_NODES" not in doc["services"]["bootstrap"]["environment"]
 
