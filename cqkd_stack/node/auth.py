@@ -151,7 +151,8 @@ class RequestGate:
         if not isinstance(nonce, str) or not 16 <= len(nonce) <= 64:
             raise AuthError("no nonce")
         wall = time.time() if now is None else now
-        if abs(wall - stamp) > self.skew:
+        # Written so that NaN (which JSON parsing accepts) fails it too.
+        if not abs(wall - stamp) <= self.skew:
             raise AuthError(f"timestamp {wall - stamp:+.0f} s off")
         clock = time.monotonic()
         while self.seen and next(iter(self.seen.values())) <= clock:

@@ -72,6 +72,10 @@ def test_stale_and_future_timestamps_are_refused() -> None:
             RequestGate(key).open(seal_request(key, {"op": "status"}, now=stamp)[0], now=now)
     body, _ = RequestGate(key).open(seal_request(key, {"op": "status"}, now=now - 29)[0], now=now)
     assert body
+    # JSON parsing takes NaN and Infinity: neither is a time within the window.
+    for stamp in (float("nan"), float("inf")):
+        with pytest.raises(AuthError, match="timestamp"):
+            RequestGate(key).open(seal_request(key, {"op": "status"}, now=stamp)[0], now=now)
 
 
 def test_the_nonce_cache_is_bounded_and_refuses_when_full() -> None:
