@@ -31,6 +31,8 @@ ALLOWED = {
     # rpcudp imports umsgpack itself.
     "cqkd_stack.node.probe": {"rpcudp", "umsgpack"},
     "cqkd_stack.probe": {"rpcudp", "umsgpack"},
+    # The crawler speaks Kademlia through the probe's protocol.
+    "cqkd_stack.node.crawler": {"rpcudp", "umsgpack"},
 }
 # The short names at the top of the package, each standing for one module of node/.
 ALIASES = {
