@@ -484,6 +484,18 @@ def _row(target: ProbedTask) -> dict[str, Any]:
     }
 
 
+def start_with_retries(prober: Prober) -> None:
+    """Start a one-off probe; the manager may be too busy for the first tries."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            prober.start()
+            return
+        except ProbeUnavailable:
+            if attempt == START_ATTEMPTS:
+                raise
+            time.sleep(attempt)
+
+
 def probe_stack(
     client: docker.DockerClient,
     stack: str,
@@ -494,14 +506,7 @@ def probe_stack(
     start = time.monotonic()
     targets = targets_of(rows)
     with Prober(client, stack, image) as prober:
-        for attempt in range(1, START_ATTEMPTS + 1):
-            try:
-                prober.start()
-                break
-            except ProbeUnavailable:
-                if attempt == START_ATTEMPTS:
-                    raise
-                time.sleep(attempt)
+        start_with_retries(prober)
         result = prober.round(targets, CHECK_RPC_TIMEOUT, CHECK_ATTEMPTS)
     answered = [t for t in targets if t.askable and result.answers.get(t.text)]
     joined = [t for t in answered if t.ready(result.answers.get(t.text))]
