@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import rich.progress
     from rich.console import Console
 
+    from ..core.dhtmap import DhtMap
     from ..live.holders import SurvivalCheck
     from ..live.inspection import PortMap
     from ..live.plan import Plan, ServicePlan
@@ -100,6 +101,85 @@ def probe_text(result: ProbeReport) -> str:
         for service, slots in sorted(by_service.items()):
             lines.append(f"{label}: {service} slots {compact(slots)}")
     return "\n".join(lines)
+
+
+def print_crawl(console: Console, result: DhtMap) -> None:
+    """The crawl's figures in one table, then every task or contact that is wrong, by name."""
+    from rich.table import Table
+
+    look = result.lookups
+    table = Table(title=f"stack {result.stack}: crawl of {result.running} running DHT tasks")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("", justify="left")
+
+    def mark(good: bool) -> str:
+        return "[green]ok[/green]" if good else "[red]FAIL[/red]"
+
+    table.add_row(
+        "tables read",
+        f"{result.answered}/{result.running} in {result.seconds:.2f} s ({result.method})",
+        mark(not result.silent),
+    )
+    table.add_row("tasks no other task lists", str(len(result.unknown)), mark(not result.unknown))
+    table.add_row(
+        "components (A lists B)",
+        " + ".join(map(str, result.components)) or "0",
+        mark(not result.split),
+    )
+    if result.reachable_from_bootstrap is not None:
+        table.add_row(
+            "reachable from the bootstrap",
+            f"{result.running - len(result.unreachable)}/{result.running}",
+            mark(result.reachable_from_bootstrap),
+        )
+    table.add_row(
+        "contacts per table (min/median/max)",
+        f"{result.table_min} / {result.table_median:g} / {result.table_max}"
+        + (f" ({result.incomplete_tables} read in part)" if result.incomplete_tables else ""),
+        "",
+    )
+    table.add_row("ids found", str(result.ids_found), "")
+    table.add_row(
+        "contacts at no task's address",
+        f"{len(result.foreign)} (never contacted); {result.stale} stale ids at task addresses",
+        "",
+    )
+    if look.lookups:
+        table.add_row(
+            "lookups found the true k closest",
+            f"{look.succeeded}/{look.lookups} ({look.starts} nodes x {look.keys} keys)",
+            mark(look.succeeded == look.lookups),
+        )
+        table.add_row(
+            "keys whose lookups agree",
+            f"{look.keys_agreeing}/{look.keys}",
+            mark(look.keys_agreeing == look.keys),
+        )
+        table.add_row(
+            "hops (median/max), RPCs (median)",
+            f"{look.hops_median:g} / {look.hops_max}, {look.queries_median:g}",
+            "",
+        )
+    console.print(table)
+    for label, rows in (
+        ("unknown (no task lists it)", result.unknown),
+        ("silent", result.silent),
+        ("not reachable from the bootstrap", result.unreachable),
+        *((f"apart (component {n})", rows) for n, rows in enumerate(result.apart, 2)),
+    ):
+        by_service: dict[str, list[int]] = {}
+        for row in rows:
+            by_service.setdefault(row["service"], []).append(row["slot"] or 0)
+        for service, slots in sorted(by_service.items()):
+            console.print(f"[red]{label}: {service} slots {compact(slots)}[/red]")
+    for contact in result.foreign[:10]:
+        console.print(
+            f"[yellow]id {contact['id'][:12]}... at {contact['address']}:{contact['port']}, "
+            f"no task of the stack, listed by {contact['listed_by']}[/yellow]"
+        )
+    if len(result.foreign) > 10:
+        console.print(f"[yellow]... and {len(result.foreign) - 10} more (--format json)[/yellow]")
 
 
 _DONE = {"deploy": "deployed", "scale": "scaled", "teardown": "removed"}

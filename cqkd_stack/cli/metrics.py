@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from prometheus_client.core import GaugeMetricFamily
     from prometheus_client.metrics_core import Metric
 
+    from ..core.dhtmap import DhtMap
     from ..core.policy import Policy
     from ..live.inspection import PortMap
 
@@ -91,4 +92,79 @@ def exposition(ports: PortMap, policy: Policy) -> str:
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PortMapCollector(ports, policy))
+    return generate_latest(registry).decode()
+
+
+class CrawlCollector:
+    """A one-shot collector over one crawl (``cqkd-stack crawl --format prometheus``)."""
+
+    def __init__(self, result: DhtMap) -> None:
+        self.result = result
+
+    def collect(self) -> Iterator[Metric]:
+        r, look = self.result, self.result.lookups
+        stack = [r.stack]
+        for name, documentation, value in (
+            ("cqkd_crawl_tasks_running", "Running DHT tasks the crawl asked", r.running),
+            ("cqkd_crawl_tables_read", "Tasks whose routing table was read", r.answered),
+            ("cqkd_crawl_tasks_unknown", "Running tasks no other task lists", len(r.unknown)),
+            (
+                "cqkd_crawl_components",
+                "Weakly connected components of A-lists-B",
+                len(r.components),
+            ),
+            (
+                "cqkd_crawl_unreachable_from_bootstrap",
+                "Tasks not reachable from the bootstrap along A-lists-B",
+                len(r.unreachable),
+            ),
+            ("cqkd_crawl_ids_found", "Distinct node ids in the crawl", r.ids_found),
+            (
+                "cqkd_crawl_foreign_contacts",
+                "Contacts at addresses that are no task of the stack",
+                len(r.foreign),
+            ),
+            ("cqkd_crawl_stale_contacts", "Contacts at a task's address under another id", r.stale),
+            ("cqkd_crawl_seconds", "Seconds the crawl took", r.seconds),
+            ("cqkd_crawl_lookups", "Lookups replayed over the crawled tables", look.lookups),
+            (
+                "cqkd_crawl_lookup_success_ratio",
+                "Share of lookups that found the true k closest",
+                look.success_rate,
+            ),
+            (
+                "cqkd_crawl_lookup_keys_agreeing",
+                "Keys whose lookups all ended with the same k closest",
+                look.keys_agreeing,
+            ),
+            (
+                "cqkd_crawl_healthy",
+                "1 when the graph is one component and every task known",
+                int(r.ok),
+            ),
+        ):
+            gauge = _gauge(name, documentation, ["stack"])
+            gauge.add_metric(stack, value)
+            yield gauge
+        sizes = _gauge("cqkd_crawl_table_contacts", "Contacts per routing table", ["stack", "stat"])
+        hops = _gauge(
+            "cqkd_crawl_lookup_hops", "Rounds of alpha RPCs per lookup", ["stack", "stat"]
+        )
+        for stat, size, hop in (
+            ("min", r.table_min, None),
+            ("median", r.table_median, look.hops_median),
+            ("max", r.table_max, look.hops_max),
+        ):
+            sizes.add_metric([r.stack, stat], size)
+            if hop is not None:
+                hops.add_metric([r.stack, stat], hop)
+        yield from (sizes, hops)
+
+
+def crawl_exposition(result: DhtMap) -> str:
+    """The Prometheus text format of one crawl."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CrawlCollector(result))
     return generate_latest(registry).decode()

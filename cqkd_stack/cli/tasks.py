@@ -726,6 +726,56 @@ def probe(c: Context, stack: str = "", format: str = "text") -> None:
 
 @cqkd_task(
     help={
+        "stack": STACK_HELP,
+        "format": "text (default), json or prometheus (exit 0: the metrics carry the health)",
+        "lookups": "nodes that replay lookups over the crawled tables (default: 10)",
+        "keys": "random keys each of those nodes looks up (default: 10)",
+    }
+)
+@operator_errors
+def crawl(
+    c: Context, stack: str = "", format: str = "text", lookups: int = 10, keys: int = 10
+) -> None:
+    """Read every DHT task's routing table: one network? every task known? lookups agree?
+
+    Exit 1 if the contact graph has more than one component or a running task
+    is listed by no other task.
+    """
+    from ..live.client import connect
+    from ..live.crawl import crawl_stack
+    from ..live.inspection import port_map
+
+    _format(format, (*TEXT_OR_JSON, "prometheus"))
+    if lookups < 0 or keys < 0:
+        raise UsageError("--lookups and --keys must be 0 or more")
+    client = connect()
+    name = _setting(c, "stack", stack)
+    report_crawl(
+        crawl_stack(client, name, port_map(client, name).tasks, lookups=lookups, keys=keys), format
+    )
+
+
+def report_crawl(result: Any, format: str) -> None:
+    """A crawl on stdout in its format; exit 1 when split or a task is unknown (not for metrics)."""
+    if format == "prometheus":
+        from .metrics import crawl_exposition
+
+        sys.stdout.write(crawl_exposition(result))
+        return
+    if format == "json":
+        _print_json(result.as_dict())
+    else:
+        from rich.console import Console
+
+        from .console import print_crawl
+
+        print_crawl(Console(), result)
+    if not result.ok:
+        raise Exit(code=1)
+
+
+@cqkd_task(
+    help={
         "replicas": "new number of worker tasks",
         "stack": STACK_HELP,
         "service": "service to scale (default: worker)",
@@ -1029,6 +1079,7 @@ ns.add_task(deploy)
 ns.add_task(ports)
 ns.add_task(dht_check)
 ns.add_task(probe)
+ns.add_task(crawl)
 ns.add_task(scale)
 ns.add_task(teardown)
 ns.add_task(test)

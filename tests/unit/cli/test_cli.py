@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[3]
 CASES = REPO / "tests" / "cases"
 
@@ -63,8 +65,23 @@ def test_short_flags_mean_the_same_in_every_task() -> None:
 def test_every_reporting_task_takes_format() -> None:
     from cqkd_stack.cli.tasks import ns
 
-    for name in ("setup", "validate", "deploy", "ports", "probe", "dht-check", "scale", "teardown"):
+    for name in (
+        "setup", "validate", "deploy", "ports", "probe", "crawl", "dht-check", "scale", "teardown"
+    ):
         assert "format" in [a.name for a in ns[name].get_arguments()], name
+
+
+def test_crawl_refuses_a_bad_format_or_count_before_asking_the_engine(
+    cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    for args, said in (
+        (("--format", "xml"), "--format must be one of text, json, prometheus"),
+        (("--lookups", "-1"), "--lookups and --keys must be 0 or more"),
+    ):
+        result = cli("crawl", *args)
+        assert result.code == 2, result.out + result.err
+        assert said in result.err
 
 
 def test_invoke_yaml_in_the_current_directory_is_honoured(cli, tmp_path: Path) -> None:
