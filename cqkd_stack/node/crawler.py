@@ -17,7 +17,7 @@ holds the whole bucket (k at most); once an answer reaches past the bucket
 (a contact of a farther bucket comes back), every nearer bucket was in it
 too and the table is read. A reply that may have been cut to the node's
 reply budget (see REPLY_BUDGET) has its bucket asked once more with another
-key; at 1000 nodes that is about 12 queries per node.
+key; at 1000 nodes that is about 12 queries per node (by the buckets' arithmetic).
 
 Only the given targets (running tasks, as the Docker API lists them) are
 asked; contacts the nodes list are returned, never contacted.
@@ -212,7 +212,7 @@ async def crawl_one(
             again = True  # the bucket may hold more than fitted: another key inside it
             continue
         index, again = index - 1, False
-    return {    return {
+    return {
         "id": node_id.hex(),
         "contacts": list(contacts.values()),
         "queries": queries,

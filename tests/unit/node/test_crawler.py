@@ -34,6 +34,15 @@ def joined_nodes(spawn: Callable[..., NodeProc]) -> list[NodeProc]:
     wait_for(
         lambda: boot.ctl("status")[1].get("neighbours") == WORKERS, 10, "the bootstrap to know all"
     )
+    # The last joins' verifying pings may still add contacts: wait until five
+    # reads in a row see the same tables.
+    seen: list[dict[int, int]] = []
+
+    def settled() -> bool:
+        seen.append(neighbours(nodes))
+        return len(seen) >= 5 and all(s == seen[-1] for s in seen[-5:])
+
+    wait_for(settled, 10, "the routing tables to settle")
     return nodes
 
 
@@ -50,7 +59,7 @@ def test_a_crawl_reads_every_table_whole_and_no_node_keeps_the_crawler(
     answers = asyncio.run(crawler.crawl([parse_target(t) for t in texts], rpc_timeout=1.0, seed=1))
     after = neighbours(nodes)
     assert before == after  # the crawler is in no table
-    for node, text in zip(nodes, texts):
+    for node, text in zip(nodes, texts, strict=True):
         got = answers[text]
         assert got is not None, f"{node.name} did not answer"
         # It answered our node's verifying ping, so its answers were whole ones.
