@@ -106,6 +106,9 @@ class SurvivalCheck:
     # Tasks other than the publisher's that held the value right after the
     # kill: empty means nothing alive but the publisher's record could bring it back.
     survivors_holding: list[str] = field(default_factory=list)
+    # Tasks that got a copy after the kill (the publisher's republish, every
+    # CQKD_REPUBLISH_INTERVAL, can land before the survivors are asked).
+    stored_after_kill: list[str] = field(default_factory=list)
 
 
 def closer_than(key: bytes, node_id: bytes, others: list[bytes]) -> int:
@@ -146,6 +149,20 @@ def choose_victims(holds: dict[str, dict[str, Any]], publisher: str) -> tuple[li
         key=task_order,
     )
     return holders, [name for name in holders if name.rpartition(".")[0] != publisher]
+
+
+def stored_after(reply: dict[str, Any], moment: float) -> bool:
+    """Whether a ``holds`` reply's copy was certainly stored after ``moment`` (monotonic).
+
+    The node answered after the question left (``asked_at``), so a copy
+    younger than ``asked_at - moment`` came after ``moment``. A reply that
+    cannot say (an older node) counts as holding it from before: the strict
+    reading, reported as a survivor.
+    """
+    age, asked_at = reply.get("stored_seconds_ago"), reply.get("asked_at")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (age, asked_at)):
+        return False
+    return age < asked_at - moment
 
 
 def task_order(name: str) -> tuple[str, int]:
@@ -249,8 +266,13 @@ def ask_every(
     """Each task's nodectl reply to ``args``, by docker exec, side by side; errors name tasks."""
 
     def ask(task: DhtTask) -> dict[str, Any]:
+        asked_at = time.monotonic()
         try:
-            return exec_nodectl(engines[task.control.node_id], task.control, *args)
+            reply = exec_nodectl(engines[task.control.node_id], task.control, *args)
+            # When the question left, on this host's clock: the reply's own
+            # ages (``stored_seconds_ago``) then date what it says.
+            reply["asked_at"] = asked_at
+            return reply
         except CqkdError as exc:
             return {"ok": False, "error": exc.message}
         except Exception as exc:  # the SDK's NotFound, APIError: the task just ended, say
@@ -346,9 +368,11 @@ def check_survival(
         others = [t for t in tasks if t.name not in victims and t not in publishers]
         if others:
             report(0, 0, f"asking the {len(others)} other tasks whether they hold {key}")
-            check.survivors_holding = choose_victims(
-                ask_every(engines, others, "holds", key), alice
-            )[0]
+            after = ask_every(engines, others, "holds", key)
+            holding = choose_victims(after, alice)[0]
+            late = [n for n in holding if stored_after(after[n], killed_at)]
+            check.survivors_holding = [n for n in holding if n not in late]
+            check.stored_after_kill = late
     return read_again(client, stack, check, killed_at, report)
 
 

@@ -431,11 +431,13 @@ class ControlServer:
         target = digest(key)
         if request.op == "holds":
             # Read-only and local: no lookup, nothing sent to the network.
-            held = node.storage.get(target) is not None
-            self._reply(
-                client,
-                {"ok": True, "key": key, "holds": held, "published": target in node.published},
-            )
+            age = node.storage.age(target)
+            reply = {"ok": True, "key": key, "holds": age is not None}
+            reply["published"] = target in node.published
+            if age is not None:
+                # When it came: a copy stored after a kill is a republish, not a survivor.
+                reply["stored_seconds_ago"] = round(age, 3)
+            self._reply(client, reply)
             return
         if request.op == "get":
             if not len(node.table):

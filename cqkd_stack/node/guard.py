@@ -225,6 +225,16 @@ class ValueStore:
             return None
         return entry[0]
 
+    def age(self, key: bytes, now: float | None = None) -> float | None:
+        """Seconds since ``key`` was last stored (or stored again), None if it is not held.
+
+        Every store sets the expiry to ``now + ttl``, so the expiry says when.
+        """
+        if self.get(key, now) is None:
+            return None
+        now = time.monotonic() if now is None else now
+        return max(0.0, now - (self.entries[key][3] - self.ttl))
+
     def put(self, key: bytes, value: Any, size: int, owner: str, now: float | None = None) -> bool:
         """Hold ``value`` (``size`` packed bytes) for ``owner``; False if over a bound.
 

@@ -22,6 +22,7 @@ from cqkd_stack.live.holders import (
     closer_than,
     draw_key,
     is_task_container,
+    stored_after,
     survival_timeout,
     task_order,
 )
@@ -136,3 +137,14 @@ def test_the_default_wait_follows_the_publisher_s_republish_interval(
     env: dict[str, str], interval: float, timeout: float
 ) -> None:
     assert survival_timeout(env) == (interval, timeout)
+
+
+def test_a_copy_stored_after_the_kill_is_a_republish_not_a_survivor() -> None:
+    """Alice republishes every CQKD_REPUBLISH_INTERVAL: her copy can land before the ask."""
+    killed_at = 100.0
+    # Asked 2 s after the kill: a copy 0.5 s old came after it, one 3 s old before.
+    assert stored_after({"holds": True, "stored_seconds_ago": 0.5, "asked_at": 102.0}, killed_at)
+    assert not stored_after({"holds": True, "stored_seconds_ago": 3.0, "asked_at": 102.0}, 100.0)
+    # A node that cannot say when held it from before: reported as a survivor.
+    assert not stored_after({"holds": True, "asked_at": 102.0}, killed_at)
+    assert not stored_after({"holds": True, "stored_seconds_ago": True, "asked_at": 102.0}, 100.0)

@@ -49,7 +49,9 @@ def test_value_store_expires_and_a_same_value_store_only_renews() -> None:
     assert store.put(b"k", "v", 2, "10.0.0.2", now=50.0)  # a republish by another holder
     assert store.used == used and store.by_owner == {"10.0.0.1": used}
     assert store.get(b"k", now=100.0) == "v"
+    assert store.age(b"k", now=100.0) == 50.0  # since the republish, not the first store
     assert store.get(b"k", now=111.0) is None
+    assert store.age(b"k", now=111.0) is None and store.age(b"other", now=1.0) is None
     assert store.used == 0 and store.by_owner == {}
 
 
