@@ -69,6 +69,7 @@ from .probe import (
     Endpoint,
     ProbeProtocol,
     UsageError,
+    ask_all,
     read_targets,
 )
 from .routing import as_int, contacts_from, is_contact_ip, is_id
@@ -185,9 +186,7 @@ async def crawl_one(
     index, again = ID_BITS, False
     while index > ID_BITS - MAX_BUCKETS:
         key = key_in_bucket(node_id, index, rng)
-        answered, answer = await ask(
-            protocol, address, "find_node", [PROBE_NODE_ID, key], attempts
-        )
+        answered, answer = await ask(protocol, address, "find_node", [PROBE_NODE_ID, key], attempts)
         queries += 1
         if not answered:
             failures += 1
@@ -255,26 +254,14 @@ async def crawl(
         raise
     protocol = CrawlProtocol(rpc_timeout, {(t.host, t.port) for t in targets})
     transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
-    gate = asyncio.Semaphore(concurrency)
     rng = random.Random(seed)
-
-    async def bounded(target: Endpoint) -> Any:
-        async with gate:
-            return await crawl_one(protocol, target, attempts, handshake, rng)
-
-    tasks = {t.text: asyncio.ensure_future(bounded(t)) for t in targets}
-    try:
-        await asyncio.wait(tasks.values(), timeout=timeout)
-    finally:
-        transport.close()
-    results: dict[str, Any] = {}
-    for text, task in tasks.items():
-        if task.done() and not task.cancelled() and task.exception() is None:
-            results[text] = task.result()
-        else:
-            task.cancel()
-            results[text] = None
-    return results
+    return await ask_all(
+        targets,
+        lambda t: crawl_one(protocol, t, attempts, handshake, rng),
+        concurrency,
+        timeout,
+        transport,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

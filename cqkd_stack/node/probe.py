@@ -33,6 +33,7 @@ import logging
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,13 +208,30 @@ async def probe(
         raise
     protocol = ProbeProtocol(PROBE_NODE_ID, rpc_timeout)
     transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
-    gate = asyncio.Semaphore(concurrency)
-
     ask = joined_one if joined else ping_one
+    return await ask_all(
+        targets, lambda t: ask(protocol, t, attempts), concurrency, timeout, transport
+    )
+
+
+async def ask_all(
+    targets: list[Endpoint],
+    ask: Callable[[Endpoint], Awaitable[Any]],
+    concurrency: int,
+    timeout: float,
+    transport: asyncio.BaseTransport,
+) -> dict[str, Any]:
+    """``ask(target)`` for every target, ``concurrency`` at a time, then close ``transport``.
+
+    A target whose answer failed or did not come within ``timeout`` seconds
+    (for all of them together) is ``None``: one slow target never holds up
+    the report of the others.
+    """
+    gate = asyncio.Semaphore(concurrency)
 
     async def bounded(target: Endpoint) -> Any:
         async with gate:
-            return await ask(protocol, target, attempts)
+            return await ask(target)
 
     tasks = {t.text: asyncio.ensure_future(bounded(t)) for t in targets}
     try:
