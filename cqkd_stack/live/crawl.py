@@ -10,7 +10,6 @@ is core/dhtmap.py's, so it is tested without an engine.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from typing import TYPE_CHECKING, Any
@@ -125,22 +124,14 @@ def _crawl_in_container(prober: Prober, texts: list[str], handshake: bool) -> di
         *([] if handshake else ["--no-handshake"]),
         *texts,
     ]
-    code, (out, err) = prober.container.exec_run(command, demux=True)
-    text = (out or b"").decode(errors="replace").strip()
-    detail = (err or b"").decode(errors="replace").strip()
-    if f"No module named {CRAWLER_MODULE}" in detail:
-        raise CqkdError(
-            f"the probe container's image ({prober.image}) has no crawler: it was built before "
-            "`crawl` existed; rebuild it with `cqkd-stack setup`, or run `crawl` as root with "
-            "the node extra (pip install 'cqkd-stack[node]') to crawl from this process"
-        )
     try:
-        answers = json.loads(text.splitlines()[-1]) if text else None
-    except json.JSONDecodeError:
-        answers = None
-    if not isinstance(answers, dict):
-        raise CqkdError(
-            f"the crawler in {prober.container.name} failed: "
-            f"{(detail or text or f'exit {code}')[-500:]}"
-        )
-    return answers
+        return prober.run_in_container(command, "the crawler")
+    except CqkdError as exc:
+        if f"No module named {CRAWLER_MODULE}" in exc.message:
+            raise CqkdError(
+                f"the probe container's image ({prober.image}) has no crawler: it was built "
+                "before `crawl` existed; rebuild it with `cqkd-stack setup`, or run `crawl` as "
+                "root with the node extra (pip install 'cqkd-stack[node]') to crawl from this "
+                "process"
+            ) from None
+        raise

@@ -373,8 +373,17 @@ class Prober:
             *texts,
         ]
         start = time.monotonic()
+        answers = self.run_in_container(command, "the probe")
+        return Round(answers, time.monotonic() - start, "container")
+
+    def run_in_container(self, command: list[str], what: str) -> dict[str, Any]:
+        """``command`` run in the probe container; the JSON object its last stdout line is.
+
+        The probe and the crawler print one JSON object on their last line
+        and say why they failed on stderr; the error quotes that (or stdout,
+        or the exit code), cut to its last 500 characters.
+        """
         code, (out, err) = self.container.exec_run(command, demux=True)
-        seconds = time.monotonic() - start
         text = (out or b"").decode(errors="replace").strip()
         try:
             answers = json.loads(text.splitlines()[-1]) if text else None
@@ -382,8 +391,8 @@ class Prober:
             answers = None
         if not isinstance(answers, dict):
             detail = (err or b"").decode(errors="replace").strip() or text or f"exit {code}"
-            raise CqkdError(f"the probe in {self.container.name} failed: {detail[-500:]}")
-        return Round(answers, seconds, "container")
+            raise CqkdError(f"{what} in {self.container.name} failed: {detail[-500:]}")
+        return answers
 
     def _round_here(self, texts: list[str], rpc_timeout: float, attempts: int) -> Round:
         """The probe's round in this process, over a socket in the task's namespace."""

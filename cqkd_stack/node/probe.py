@@ -196,7 +196,22 @@ async def probe(
     namespace: see ``cqkd_stack.live.namespace``), is used instead of a new
     one, bound to ``bind``, and closed at the end.
     """
-    loop = asyncio.get_running_loop()
+    protocol = ProbeProtocol(PROBE_NODE_ID, rpc_timeout)
+    transport = await open_endpoint(protocol, bind, sock)
+    ask = joined_one if joined else ping_one
+    return await ask_all(
+        targets, lambda t: ask(protocol, t, attempts), concurrency, timeout, transport
+    )
+
+
+async def open_endpoint(
+    protocol: asyncio.DatagramProtocol, bind: str, sock: socket.socket | None = None
+) -> asyncio.DatagramTransport:
+    """``protocol`` on ``sock`` (or a new UDP socket) bound to ``bind``, room for a burst.
+
+    Replies that arrive together queue on the socket: the receive buffer is
+    asked for :data:`RECEIVE_BUFFER` (the kernel caps it at rmem_max).
+    """
     if sock is None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with contextlib.suppress(OSError):
@@ -206,12 +221,9 @@ async def probe(
     except OSError:
         sock.close()
         raise
-    protocol = ProbeProtocol(PROBE_NODE_ID, rpc_timeout)
+    loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
-    ask = joined_one if joined else ping_one
-    return await ask_all(
-        targets, lambda t: ask(protocol, t, attempts), concurrency, timeout, transport
-    )
+    return transport
 
 
 async def ask_all(
