@@ -65,11 +65,11 @@ from .config import (
 )
 from .probe import (
     DEFAULT_CONCURRENCY,
-    RECEIVE_BUFFER,
     Endpoint,
     ProbeProtocol,
     UsageError,
     ask_all,
+    open_endpoint,
     read_targets,
 )
 from .routing import as_int, contacts_from, is_contact_ip, is_id
@@ -103,8 +103,9 @@ class CrawlProtocol(ProbeProtocol):
     """The probe's protocol with bounded datagrams and a record of who verified us.
 
     A reply larger than the node's largest (rpcudp's 8 KiB body) or a request
-    larger than the node's largest is dropped before decoding, and only the
-    targets' requests are answered: what a peer sends costs a bounded amount.
+    larger than the node's largest is dropped before decoding, and only what
+    the targets send is decoded at all (the crawler sends to nobody else):
+    what a peer sends costs a bounded amount.
     """
 
     def __init__(self, wait_timeout: float, targets: set[tuple[str, int]]) -> None:
@@ -114,12 +115,9 @@ class CrawlProtocol(ProbeProtocol):
         self.verified_by: dict[tuple[str, int], asyncio.Event] = {}
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if not data:
+        if not data or (addr[0], addr[1]) not in self.targets:
             return
-        if data[0] == 0:
-            if len(data) > MAX_REQUEST_DATAGRAM or (addr[0], addr[1]) not in self.targets:
-                return
-        elif len(data) > MAX_RESPONSE_DATAGRAM:
+        if len(data) > (MAX_REQUEST_DATAGRAM if data[0] == 0 else MAX_RESPONSE_DATAGRAM):
             return
         super().datagram_received(data, addr)
 
@@ -242,18 +240,8 @@ async def crawl(
     for target in targets:
         if not is_contact_ip(target.host):
             raise UsageError(f"target {target.text!r} is not an IPv4 address")
-    loop = asyncio.get_running_loop()
-    if sock is None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-    try:
-        sock.bind((bind, 0))
-    except OSError:
-        sock.close()
-        raise
     protocol = CrawlProtocol(rpc_timeout, {(t.host, t.port) for t in targets})
-    transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
+    transport = await open_endpoint(protocol, bind, sock)
     rng = random.Random(seed)
     return await ask_all(
         targets,

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+import pytest
+
 from cqkd_stack.core.dhtmap import CrawlTarget, analyse
 from cqkd_stack.node import crawler
 from cqkd_stack.node.probe import parse_target
@@ -112,9 +114,20 @@ def test_the_command_prints_json_and_exits_1_for_a_silent_target(
     boot = spawn("boot", boot_port, "bootstrap")
     boot.wait_healthy()
     done = subprocess.run(
-        [sys.executable, "-m", "cqkd_stack.node.crawler", "--rpc-timeout", "0.3",
-         f"127.0.0.1:{boot_port}", f"127.0.0.1:{silent}"],
-        capture_output=True, text=True, env=base_env(), cwd=REPO_ROOT, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "cqkd_stack.node.crawler",
+            "--rpc-timeout",
+            "0.3",
+            f"127.0.0.1:{boot_port}",
+            f"127.0.0.1:{silent}",
+        ],
+        capture_output=True,
+        text=True,
+        env=base_env(),
+        cwd=REPO_ROOT,
+        timeout=30,
     )
     assert done.returncode == 1, done.stderr
     out = json.loads(done.stdout)
@@ -122,7 +135,11 @@ def test_the_command_prints_json_and_exits_1_for_a_silent_target(
     assert out[f"127.0.0.1:{boot_port}"]["contacts"] == []
     usage = subprocess.run(
         [sys.executable, "-m", "cqkd_stack.node.crawler", "localhost:7000"],
-        capture_output=True, text=True, env=base_env(), cwd=REPO_ROOT, timeout=30,
+        capture_output=True,
+        text=True,
+        env=base_env(),
+        cwd=REPO_ROOT,
+        timeout=30,
     )
     assert usage.returncode == 2 and "not an IPv4 address" in usage.stderr
 
@@ -133,3 +150,24 @@ def test_a_key_in_bucket_is_at_that_distance() -> None:
     for index in (1, 2, 80, 159, 160):
         key = crawler.key_in_bucket(own, index, rng)
         assert (as_int(key) ^ as_int(own)).bit_length() == index
+
+
+def test_only_what_the_targets_send_is_decoded_and_only_within_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A datagram from anyone else, or larger than a node ever sends, costs no decoding."""
+    decoded: list[tuple[bytes, tuple[str, int]]] = []
+    monkeypatch.setattr(
+        crawler.ProbeProtocol, "datagram_received", lambda self, d, a: decoded.append((d, a))
+    )
+    target = ("10.0.0.5", 7000)
+    protocol = crawler.CrawlProtocol(1.0, {target})
+    reply = b"\x01" + bytes(20) + b"\xc0"
+    protocol.datagram_received(reply, ("10.0.0.6", 7000))  # not a target
+    protocol.datagram_received(b"\x00" + bytes(20) + b"\x90", ("10.0.0.5", 7001))  # other port
+    protocol.datagram_received(b"\x01" + bytes(crawler.MAX_RESPONSE_DATAGRAM), target)
+    protocol.datagram_received(b"\x00" + bytes(crawler.MAX_REQUEST_DATAGRAM), target)
+    protocol.datagram_received(b"", target)
+    assert decoded == []
+    protocol.datagram_received(reply, target)
+    assert decoded == [(reply, target)]
