@@ -40,6 +40,41 @@ CONTROL_PORT_VARIABLE = "CQKD_CONTROL_PORT"
 CONTROL_KEY_VARIABLE = "CQKD_CONTROL_KEY_FILE"
 
 
+# More workers than the worker range has ports: the workers are split into
+# worker groups, services `worker`, `worker-2`, ... each with slots 1..range
+# size and so the same ports (docs/ports.md, "More workers than the range").
+# Each group's service carries its number in GROUP_LABEL. On an overlay each
+# task has its own address, so groups may share nodes; on the host network a
+# port is taken on the whole node, so each group is held to the nodes whose
+# label group_node_label(stack) has its number, and deploy labels one node per
+# group.
+GROUP_LABEL = "cqkd.group"
+
+
+def group_node_label(stack: str) -> str:
+    """The node label that places a host-network stack's worker groups, one a node."""
+    return f"org.cqkd.group.{stack}"
+
+
+def group_service(service: str, group: int) -> str:
+    """``worker``, ``worker-2``, ...: group 1 keeps the template's name, so a stack
+    that grows past one group keeps its first service (and its running tasks)."""
+    return service if group == 1 else f"{service}-{group}"
+
+
+def worker_groups(replicas: int, size: int) -> list[int]:
+    """Replicas per group, each full before the next starts.
+
+    Filling rather than evening out means growing or shrinking the stack only
+    ever changes its last group: a group's slots, and so its tasks' ports,
+    stay as they are.
+    """
+    if size < 1:
+        raise ValueError(f"a worker group needs at least one port, got {size}")
+    full, rest = divmod(replicas, size)
+    return [size] * full + ([rest] if rest else [])
+
+
 def control_key_config(stack: str) -> str:
     """The Swarm config holding a stack's control key: in the stack's namespace."""
     return f"{stack}_{CONTROL_KEY_CONFIG}"

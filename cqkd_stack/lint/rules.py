@@ -11,6 +11,7 @@ document and what to do, because the reader is an operator looking at a CI log.
 from __future__ import annotations
 
 import heapq
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from ..core.contract import (
     CONTROL_KEY_VARIABLE,
     CONTROL_PORT_VARIABLE,
     FIXED_VARIABLES,
+    GROUP_LABEL,
     ROLE_LABEL,
     SLOT_PLACEHOLDER,
     SLOT_VARIABLES,
@@ -69,6 +71,11 @@ class ServicePorts:
     range_end: int | None = None
     source: str = ""
     own: bool = False
+    # A worker group's number (GROUP_LABEL), and the one node constraint
+    # (``node.labels.K`` / ``node.id`` / ``node.hostname`` ==) the service is
+    # held to: what lets two services hold the same ports apart.
+    group: str | None = None
+    pinned: tuple[str, str] | None = None
 
     @property
     def where(self) -> str:
@@ -351,6 +358,8 @@ class _ServiceCheck:
             on_host=self.on_host,
             range_end=rng.end,
             source=first.source,
+            group=self.labels.get(GROUP_LABEL),
+            pinned=node_pin(self.deploy),
         )
 
     # --- the sealed control port ---------------------------------------------
@@ -571,6 +580,7 @@ class _ServiceCheck:
                 path=json_path(["services", self.name, "ports", i]),
                 published=True,
                 own=mine,
+                pinned=node_pin(self.deploy),
             )
         ]
 
@@ -627,9 +637,41 @@ def check_services(
     return problems, claims
 
 
+_PIN = re.compile(r"^\s*(node\.labels\.\S+|node\.id|node\.hostname)\s*==\s*(\S+)\s*$")
+
+
+def node_pin(deploy: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The (attribute, value) of the first constraint that holds a service to named nodes.
+
+    A node has one value for each of these, so two services pinned on one
+    attribute to different values never run on the same node.
+    """
+    constraints = (deploy.get("placement") or {}).get("constraints") or []
+    for constraint in constraints if isinstance(constraints, list) else []:
+        found = _PIN.match(constraint) if isinstance(constraint, str) else None
+        if found:
+            return found.group(1), found.group(2)
+    return None
+
+
+def _apart(a: ServicePorts, b: ServicePorts) -> bool:
+    """Two claims that can never meet in one network namespace, whatever their ports.
+
+    On different nodes (pinned to different values of one attribute), nothing
+    they bind meets. Two worker groups of one stack on an overlay give every
+    task an address of its own, so their equal DHT ports are different
+    endpoints; that is what groups are for, and only they are let off.
+    """
+    if a.pinned and b.pinned and a.pinned[0] == b.pinned[0] and a.pinned[1] != b.pinned[1]:
+        return True
+    overlay_dht = not (a.on_host or b.on_host or a.published or b.published)
+    groups = a.group is not None and b.group is not None and a.group != b.group
+    return overlay_dht and groups and a.file == b.file
+
+
 def _conflict(a: ServicePorts, b: ServicePorts) -> bool:
     """Whether two claims can bind the same port in the same network namespace."""
-    if a.protocol != b.protocol:
+    if a.protocol != b.protocol or _apart(a, b):
         return False
     if a.service == b.service and a.file == b.file:
         # A service's own port published by one of its entries is fine; the

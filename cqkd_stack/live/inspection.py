@@ -171,6 +171,8 @@ def service_document(service: dict[str, Any], replicas: int | None = None) -> di
         deploy["replicas"] = replicas if replicas is not None else replicated.get("Replicas", 1)
     if placement.get("MaxReplicas"):
         deploy["placement"] = {"max_replicas_per_node": placement["MaxReplicas"]}
+    if placement.get("Constraints"):
+        deploy.setdefault("placement", {})["constraints"] = list(placement["Constraints"])
     ports = [
         {
             "target": p.get("TargetPort"),
@@ -325,6 +327,21 @@ def task_rows(
     return rows
 
 
+def held_twice(rows: Iterable[TaskPort]) -> list[int]:
+    """Ports two current tasks hold at once: at one address, or for one service.
+
+    A port is an endpoint only with its address: worker groups on an overlay
+    repeat each other's ports at addresses of their own. Two tasks of one
+    service on one port are one slot held twice (whatever their addresses);
+    on the host network a task's address is its node's, so two services on
+    one node's port are caught by the first count.
+    """
+    at_address = Counter((t.address, t.port) for t in rows if t.port is not None and t.address)
+    in_service = Counter((t.service, t.port) for t in rows if t.port is not None)
+    twice = {port for (_, port), n in (at_address + in_service).items() if n > 1}
+    return sorted(p for p in twice if p is not None)
+
+
 def build_port_map(
     stack: str,
     services: list[dict[str, Any]],
@@ -337,8 +354,7 @@ def build_port_map(
     result = PortMap(stack=stack, tasks=task_rows(stack, services, tasks, nodes))
     result.tasks.sort(key=lambda t: (t.port is None, t.port or 0, t.service, t.slot or 0))
 
-    counts = Counter(t.port for t in result.tasks if t.port is not None)
-    result.duplicate_ports = sorted(p for p, n in counts.items() if n > 1)
+    result.duplicate_ports = held_twice(result.tasks)
     for row in result.tasks:
         row.duplicate = row.port in result.duplicate_ports
 
@@ -352,7 +368,7 @@ def build_port_map(
             if missing:
                 result.missing_slots[rule.service] = missing
 
-    used = {p for p in counts}
+    used = {t.port for t in result.tasks if t.port is not None}
     for name, rng in (policy.roles if policy is not None else {}).items():
         in_use = sum(1 for p in used if p in rng)
         result.roles.append(RoleUse(name, str(rng), in_use, len(rng), len(rng) - in_use))

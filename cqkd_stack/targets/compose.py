@@ -126,7 +126,7 @@ def render_compose_document(policy: Policy, options: RenderOptions) -> dict[str,
     _check_options(options)
     # No sealed control port: dht-check reaches a compose project's nodes by
     # docker exec on this one host, and compose has no Swarm configs for the key.
-    swarm = render_document(dataclasses.replace(policy, control=None), options)
+    swarm = render_document(dataclasses.replace(policy, control=None), options, groups=False)
     services: dict[str, Any] = {}
     roles = {name: service_role(s, template=True) for name, s in swarm["services"].items()}
     bootstraps = [name for name, role in roles.items() if role == "bootstrap"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +24,20 @@ from ..core.contract import (
     CONTROL_PORT_VARIABLE,
     DHT_NETWORK,
     DOCKER_DEFAULT_SUBNET,
+    GROUP_LABEL,
     HOST_NETWORK,
     NODE_USER,
     ROLE_LABEL,
     TakenSubnet,
     control_key_config,
+    group_node_label,
+    group_service,
     key_values,
     resolve_slot,
     service_role,
     subnet_capacity,
     subnet_for,
+    worker_groups,
 )
 from ..core.documents import data_file, parse_yaml, read_text
 from ..core.errors import CqkdError, UsageError
@@ -110,13 +115,19 @@ SubnetChooser = Callable[[int], ipaddress.IPv4Network]
 
 
 def render_document(
-    policy: Policy, options: RenderOptions, choose_subnet: SubnetChooser | None = None
+    policy: Policy,
+    options: RenderOptions,
+    choose_subnet: SubnetChooser | None = None,
+    groups: bool = True,
 ) -> dict[str, Any]:
     """The stack as data; ``render`` serialises it.
 
     ``choose_subnet`` picks the overlay's subnet from the number of tasks on
     it when ``options.subnet`` is not given (deploy asks the live engine for
     a free one); without it the subnet is sized at the default base.
+    ``groups=False`` keeps more workers than the range in one service (for a
+    target that publishes each worker's port on one host, where groups'
+    repeated ports would meet), so the validator refuses it.
     """
     refuse_kubernetes_options(options)
     if options.replicas < 1:
@@ -167,6 +178,9 @@ def render_document(
         if isinstance(env, dict) and env.get("CQKD_ROLE") not in (None, "bootstrap"):
             env["BOOTSTRAP_NODES"] = ",".join(bootstrap_nodes)
 
+    if groups:
+        roles = _split_into_groups(doc, roles, options)
+    services = doc["services"]
     tasks = sum(int(s.get("deploy", {}).get("replicas", 1)) for s in services.values())
     _set_healthcheck(doc, roles, tasks, options.healthcheck)
     if options.network == "host":
@@ -226,6 +240,53 @@ def _add_control_port(
         "external": True,
         "name": control_key_config(options.join_stack),
     }
+
+
+def group_size(service: dict[str, Any]) -> int:
+    """How many slots the service's port range holds: the most tasks one worker group has.
+
+    The range is the one the resolver will read (BASE_PORT + PORT_OFFSET up to
+    PORT_RANGE_END), so a template's own offset is counted.
+    """
+    env = key_values(service.get("environment"))
+    start = int(env["BASE_PORT"]) + int(env.get("PORT_OFFSET") or 0)
+    return int(env["PORT_RANGE_END"]) - start + 1
+
+
+def _split_into_groups(doc: dict[str, Any], roles: Roles, options: RenderOptions) -> Roles:
+    """A worker service with more replicas than its range has ports becomes worker groups.
+
+    Group k is a copy of the service named ``group_service(name, k)``, with
+    its own slots 1..size and so the same ports as the others: on an overlay
+    every task has an address of its own. On the host network a group is
+    placed on the nodes labelled with its number (one a node: deploy labels
+    them), as two groups on one node would bind the same ports. A stack
+    within one range is rendered exactly as before.
+    """
+    services: dict[str, dict[str, Any]] = doc["services"]
+    out: dict[str, dict[str, Any]] = {}
+    new_roles: dict[str, str | None] = {}
+    for name, service in services.items():
+        replicas = int(service.get("deploy", {}).get("replicas", 1))
+        if roles[name] != "worker" or replicas <= group_size(service):
+            out[name], new_roles[name] = service, roles[name]
+            continue
+        for group, count in enumerate(worker_groups(replicas, group_size(service)), 1):
+            spec = deepcopy(service)
+            copy_name = group_service(name, group)
+            deploy = spec["deploy"]
+            deploy["replicas"] = count
+            deploy["labels"] = {**key_values(deploy.get("labels")), GROUP_LABEL: str(group)}
+            hostname = spec.get("hostname")
+            if isinstance(hostname, str) and group > 1:
+                spec["hostname"] = hostname.replace(name, copy_name, 1)
+            if options.network == "host":
+                constraint = f"node.labels.{group_node_label(options.join_stack)} == {group}"
+                placement = deploy.setdefault("placement", {})
+                placement["constraints"] = [*placement.get("constraints", []), constraint]
+            out[copy_name], new_roles[copy_name] = spec, "worker"
+    doc["services"] = out
+    return new_roles
 
 
 def _pin_bootstraps(services: dict[str, dict[str, Any]], roles: Roles, node_id: str) -> None:

@@ -23,10 +23,19 @@ BROKEN_POLICY = "version: 1\nroles:\n  worker: {start: 7000, end: 6000}\n"
 
 @pytest.mark.parametrize("target", ["swarm", "compose", "kubernetes"])
 def test_a_policy_refusal_exits_1_for_every_target(cli, target: str, tmp_path: Path) -> None:
+    # A blocked port inside the workers' slots: no target can render around it
+    # (Swarm splits more workers than the range into groups, so a count alone
+    # is no longer a refusal there).
+    policy = tmp_path / "policy.yml"
+    policy.write_text(
+        "version: 1\nroles:\n  bootstrap: {start: 5678, end: 5699}\n"
+        "  special: {start: 6000, end: 6099}\n  worker: {start: 7000, end: 7999}\n"
+        "control: {start: 6100, end: 6109}\nblocked_ports: [7500]\n"
+    )
     out = tmp_path / "stack.yml"
-    done = cli("render", "--target", target, "-r", "1001", "-o", str(out))
+    done = cli("render", "--target", target, "-r", "600", "-p", str(policy), "-o", str(out))
     assert done.code == 1, (target, done.err)
-    assert "7000-7999" in done.out + done.err
+    assert "7500" in done.out + done.err
     assert not out.exists()
 
 

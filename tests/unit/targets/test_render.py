@@ -176,9 +176,10 @@ def test_bad_options_are_refused(options: dict, message: str) -> None:
 
 def test_render_task_refuses_a_stack_that_would_not_validate(cli, tmp_path: Path) -> None:
     out = tmp_path / "cqkd.stack.yml"
-    result = cli("render", "--replicas", "1001", "--output", str(out))
+    # A batch beside a running stack stays in the range's ports after its offset.
+    result = cli("render", "--replicas", "2", "--port-offset", "999", "--output", str(out))
     assert result.code == 1
-    assert "1001 workers: slot 1001 (TASK_SLOT) with PORT_OFFSET=0 gives port 8000" in result.err
+    assert "2 workers: slot 2 (TASK_SLOT) with PORT_OFFSET=999 gives port 8000" in result.err
     assert not out.exists()
 
 

@@ -1,0 +1,105 @@
+"""More workers than the worker range: worker groups on a real swarm (issue 21).
+
+A policy whose worker range holds 10 ports and 25 workers: three groups
+(10, 10, 5), every task on the port its slot gives in its group, every one
+answering a Kademlia probe and known to the crawl, one network. Then what
+the nodes cannot hold is refused before anything is created. Once on this
+machine's one-node swarm, once on the three-node cluster (its tasks spread
+over the nodes).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from cqkd_stack.live.deploy import TASKS_PER_NODE
+
+WORKERS = 25
+GROUPS = {"worker": 10, "worker-2": 10, "worker-3": 5}
+TASKS = WORKERS + 3  # the bootstrap, Alice and Bob
+SMALL_RANGE = (
+    "version: 1\nprotocol: udp\nroles:\n  bootstrap: {start: 5678, end: 5699}\n"
+    "  special: {start: 6000, end: 6099}\n  worker: {start: 7000, end: 7009}\n"
+    "control: {start: 6100, end: 6109}\n"
+)
+
+
+def cqkd(host: list[str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cqkd_stack", *host, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> Any:
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
+def groups_deploy_and_answer(host: list[str], policy: Path, nodes: int) -> None:
+    stack = f"cqkdtest_{uuid.uuid4().hex[:8]}"
+    p = ["--policy", str(policy)]
+    try:
+        ok(cqkd(host, "deploy", "-r", str(WORKERS), "--stack", stack, *p, "--format", "json"))
+        ports = ok(cqkd(host, "ports", "--stack", stack, *p, "--format", "json"))
+        assert ports["healthy"] is True and ports["duplicate_ports"] == []
+        workers = [t for t in ports["tasks"] if t["role"] == "worker"]
+        per_group = Counter(t["service"] for t in workers)
+        assert per_group == Counter({f"{stack}_{g}": n for g, n in GROUPS.items()})
+        for task in workers:
+            assert task["port"] == 7000 + task["slot"] - 1, task
+        endpoints = {(t["address"], t["port"]) for t in workers}
+        assert len(endpoints) == WORKERS  # ports repeat, endpoints never do
+        assert len({t["node"] for t in workers}) == nodes
+        probe = ok(cqkd(host, "probe", "--stack", stack, "--format", "json"))
+        assert (probe["joined"], probe["total"]) == (TASKS, TASKS), probe
+        crawl = ok(cqkd(host, "crawl", "--stack", stack, "--format", "json"))
+        assert crawl["components"] == [TASKS] and crawl["unknown"] == [] and crawl["ok"]
+    finally:
+        cqkd(host, "teardown", "--stack", stack, "--timeout", "300")
+
+
+def too_many_are_refused(host: list[str], client: docker.DockerClient, nodes: int) -> None:
+    stack = f"cqkdtest_{uuid.uuid4().hex[:8]}"
+    workers = nodes * TASKS_PER_NODE  # with the bootstrap, Alice and Bob: 3 too many
+    done = cqkd(host, "deploy", "-r", str(workers), "--stack", stack, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (
+        f"{workers + 3} tasks on network 'dht' need {nodes + 1} nodes" in done.stdout + done.stderr
+    )
+    assert f"the swarm has {nodes} node" in done.stdout + done.stderr
+    assert client.services.list(filters={"label": f"com.docker.stack.namespace={stack}"}) == []
+
+
+@pytest.fixture
+def small_range(tmp_path: Path) -> Path:
+    path = tmp_path / "policy.yml"
+    path.write_text(SMALL_RANGE)
+    return path
+
+
+def test_groups_on_one_node(
+    docker_client: docker.DockerClient, node_image: str, small_range: Path
+) -> None:
+    nodes = len([n for n in docker_client.nodes.list() if n.attrs["Status"]["State"] == "ready"])
+    groups_deploy_and_answer([], small_range, nodes)
+    too_many_are_refused([], docker_client, nodes)
+
+
+def test_groups_across_the_cluster(cluster: Any, small_range: Path) -> None:
+    manager = docker.DockerClient(base_url=cluster.manager_url, timeout=120)
+    ready = [n for n in manager.nodes.list() if n.attrs["Status"]["State"] == "ready"]
+    host = ["--host", cluster.manager_url]
+    groups_deploy_and_answer(host, small_range, len(ready))
+    too_many_are_refused(host, manager, len(ready))
