@@ -46,8 +46,8 @@ CONTROL_KEY_VARIABLE = "CQKD_CONTROL_KEY_FILE"
 # Each group's service carries its number in GROUP_LABEL. On an overlay each
 # task has its own address, so groups may share nodes; on the host network a
 # port is taken on the whole node, so each group is held to the nodes whose
-# label group_node_label(stack) has its number, and deploy labels one node per
-# group.
+# label group_node_label(stack) has its number (set by the operator: deploy
+# refuses host-network groups until it sets them itself).
 GROUP_LABEL = "cqkd.group"
 
 

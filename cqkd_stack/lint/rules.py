@@ -637,7 +637,8 @@ def check_services(
     return problems, claims
 
 
-_PIN = re.compile(r"^\s*(node\.labels\.\S+|node\.id|node\.hostname)\s*==\s*(\S+)\s*$")
+# A label name stops at the operator, so the match never backtracks into it.
+_PIN = re.compile(r"\s*(node\.labels\.[^\s=!]+|node\.id|node\.hostname)\s*==\s*(\S+)\s*")
 
 
 def node_pin(deploy: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -648,7 +649,7 @@ def node_pin(deploy: Mapping[str, Any]) -> tuple[str, str] | None:
     """
     constraints = (deploy.get("placement") or {}).get("constraints") or []
     for constraint in constraints if isinstance(constraints, list) else []:
-        found = _PIN.match(constraint) if isinstance(constraint, str) else None
+        found = _PIN.fullmatch(constraint) if isinstance(constraint, str) else None
         if found:
             return found.group(1), found.group(2)
     return None

@@ -154,3 +154,15 @@ def test_a_port_is_held_twice_only_at_one_address_or_by_one_service() -> None:
     assert held_twice([*groups, _row("worker-2", 1, "10.0.0.9")]) == [7000]  # a slot twice
     assert held_twice([_row("a", 1, "192.0.2.1"), _row("b", 1, "192.0.2.1")]) == [7000]
     assert held_twice([_row("worker", 1, None), _row("worker-2", 1, None)]) == []
+
+
+def test_a_long_constraint_is_read_in_linear_time() -> None:
+    # Bad input is bounded: a 800 kB constraint is read at once and pins nothing.
+    from cqkd_stack.lint.rules import node_pin
+
+    hostile = "node.labels." + "a=" * 400_000
+    assert node_pin({"placement": {"constraints": [hostile]}}) is None
+    assert node_pin({"placement": {"constraints": ["node.labels.x == 2"]}}) == (
+        "node.labels.x",
+        "2",
+    )
