@@ -20,23 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.contract import (
-    GROUP_LABEL,
-    TakenSubnet,
-    group_node_label,
-    key_values,
-    service_role,
-)
+from ..core.contract import TakenSubnet, service_role
 from ..core.documents import read_text
 from ..core.errors import CqkdError, NotDeployed
 from ..core.policy import Policy
 from ..core.process import Progress, Say, run
-from ..core.results import Problem, Results, json_path
+from ..core.results import Results
 from ..lint.env_files import working_dir_of
 from ..lint.stackfile import load_stack
 from ..lint.validate import validate_texts
 from ..targets.base import RenderOptions
-from ..targets.swarm import render
+from ..targets.swarm import render, room_problems
 from . import distribution, inspection
 from .client import docker_cli, image_source
 from .controlkey import ensure_control_key, wanted_control_key
@@ -174,70 +168,6 @@ class CheckedStack:
     doc: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
 
-# A Linux bridge holds at most 1024 ports, and each node's end of an overlay
-# network is one (its VXLAN device takes a port): past that, tasks fail with
-# "exchange full". Kept free besides: a probe's or a debug container's
-# attachment, and a task started while its predecessor still holds its port.
-BRIDGE_PORTS = 1024
-BRIDGE_HEADROOM = 8
-TASKS_PER_NODE = BRIDGE_PORTS - 1 - BRIDGE_HEADROOM
-
-
-def room_problems(doc: dict[str, Any], source: str, stack: str, nodes: int) -> list[Problem]:
-    """What the swarm's nodes cannot hold, refused before anything is created.
-
-    On an overlay the tasks of a network spread over the nodes, and each
-    node's bridge of that network holds TASKS_PER_NODE of them. On the host
-    network each worker group needs a node of its own (its ports are bound on
-    the node); deploy does not yet label nodes for groups, so such a stack is
-    refused here with what to do instead.
-    """
-    problems = []
-    services = doc.get("services") or {}
-    per_network: dict[str, int] = {}
-    groups = []
-    for name, service in services.items():
-        if not isinstance(service, dict):
-            continue
-        deploy = service.get("deploy") or {}
-        replicas = deploy.get("replicas", 1)
-        count = replicas if isinstance(replicas, int) else 1
-        if GROUP_LABEL in key_values(deploy.get("labels")):
-            groups.append(name)
-        for network in service.get("networks") or []:
-            per_network[network] = per_network.get(network, 0) + count
-    networks = doc.get("networks") or {}
-    for name, tasks in per_network.items():
-        network = networks.get(name) or {}
-        if network.get("name") == "host" or network.get("driver", "overlay") != "overlay":
-            if network.get("name") == "host" and len(groups) > 1:
-                problems.append(
-                    Problem(
-                        source,
-                        json_path(["services", groups[1]]),
-                        f"{len(groups)} worker groups on the host network each need a node "
-                        f"of their own (label node k with {group_node_label(stack)}=k, "
-                        "then deploy the rendered file); deploy does not place them yet: "
-                        "use the overlay network, or at most one worker range of workers",
-                    )
-                )
-            continue
-        if tasks > nodes * TASKS_PER_NODE:
-            need = -(-tasks // TASKS_PER_NODE)
-            problems.append(
-                Problem(
-                    source,
-                    json_path(["networks", name]),
-                    f"{tasks} tasks on network '{name}' need {need} nodes: a node's bridge "
-                    f"of an overlay holds {BRIDGE_PORTS} ports ({TASKS_PER_NODE} tasks, "
-                    f"besides its VXLAN device and {BRIDGE_HEADROOM} kept free), and the "
-                    f"swarm has {nodes} node{'s' if nodes != 1 else ''} that run tasks: "
-                    "add nodes, or deploy fewer workers",
-                )
-            )
-    return problems
-
-
 def stack_images(doc: dict[str, Any]) -> tuple[str, ...]:
     """Every service's image, once each, in file order."""
     services = doc.get("services") or {}
@@ -254,7 +184,8 @@ def check_stack(client: docker.DockerClient, request: DeployRequest) -> CheckedS
     taken = inspection.taken_subnets(client, exclude_stack=request.stack)
     source, text = stack_text(client, request, taken)
     results, doc = check_against_swarm(client, request.stack, source, text, request.policy, taken)
-    if doc is not None:
+    if results.ok and doc is not None:
+        # Only a valid document has the shape the count reads.
         nodes = len(inspection.nodes_that_run_tasks(client))
         results.extend(room_problems(doc, source, request.stack, nodes))
     if not results.ok or doc is None:

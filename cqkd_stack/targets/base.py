@@ -33,6 +33,12 @@ HEALTH_CHECKS_PER_SECOND = 10
 MIN_HEALTH_INTERVAL = 5
 
 
+# A Linux bridge has at most 1024 ports (BR_MAX_PORTS), port 0 being
+# reserved: one bridge holds at most 1023 interfaces. A compose network on
+# one host is such a bridge, and so is each node's end of a Swarm overlay.
+BRIDGE_MAX_CONTAINERS = 1023
+
+
 @dataclass(frozen=True)
 class RenderOptions:
     replicas: int = 50

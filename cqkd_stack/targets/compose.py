@@ -51,7 +51,7 @@ from ..core.errors import InvalidInput, UsageError
 from ..core.policy import Policy
 from ..core.results import PathParts, Problem, json_path
 from ..node.resolver import ResolverError
-from .base import RenderOptions, Target, refuse_kubernetes_options
+from .base import BRIDGE_MAX_CONTAINERS, RenderOptions, Target, refuse_kubernetes_options
 from .swarm import render_document
 
 TARGET_KEY = "x-cqkd-target"
@@ -79,9 +79,6 @@ MAX_COMPOSE_SERVICES = 2048
 # control requests), so they get twice as much.
 WORKER_MEMORY = "64m"
 NODE_MEMORY = "128m"
-# A Linux bridge has at most 1024 ports (BR_MAX_PORTS), port 0 being
-# reserved: one bridge network holds at most 1023 containers.
-BRIDGE_MAX_CONTAINERS = 1023
 # Workers wait for the bootstrap's health check; check it often, so they do not wait long.
 BOOTSTRAP_HEALTH_INTERVAL = "2s"
 _TARGET_LINE = re.compile(rf"^{TARGET_KEY}\s*:\s*[\"']?{NAME}\b", re.MULTILINE)

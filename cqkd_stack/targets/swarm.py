@@ -44,6 +44,7 @@ from ..core.errors import CqkdError, UsageError
 from ..core.policy import Policy
 from ..core.results import Problem, json_path
 from .base import (
+    BRIDGE_MAX_CONTAINERS,
     RenderOptions,
     Target,
     dump_documents,
@@ -268,10 +269,11 @@ def _split_into_groups(doc: dict[str, Any], roles: Roles, options: RenderOptions
     new_roles: dict[str, str | None] = {}
     for name, service in services.items():
         replicas = int(service.get("deploy", {}).get("replicas", 1))
-        if roles[name] != "worker" or replicas <= group_size(service):
+        size = group_size(service) if roles[name] == "worker" else replicas
+        if replicas <= size:
             out[name], new_roles[name] = service, roles[name]
             continue
-        for group, count in enumerate(worker_groups(replicas, group_size(service)), 1):
+        for group, count in enumerate(worker_groups(replicas, size), 1):
             spec = deepcopy(service)
             copy_name = group_service(name, group)
             deploy = spec["deploy"]
@@ -410,16 +412,7 @@ def network_problems(
     """
     problems = []
     networks = doc.get("networks") or {}
-    demand: dict[str, int] = {}
-    for service in doc["services"].values():
-        deploy = service.get("deploy") or {}
-        if deploy.get("mode", "replicated") != "replicated":
-            continue
-        replicas = deploy.get("replicas", 1)
-        joined = service.get("networks") or ["default"]
-        for name in joined:
-            demand[name] = demand.get(name, 0) + (replicas if isinstance(replicas, int) else 1)
-    for name, tasks in demand.items():
+    for name, tasks in network_demand(doc).items():
         network = networks.get(name) or {}
         if network.get("external") or network.get("driver", "overlay") != "overlay":
             continue
@@ -448,6 +441,76 @@ def network_problems(
                         )
                     )
         problems += capacity_problems(file, json_path(where), name, what, subnet, tasks)
+    return problems
+
+
+def network_demand(doc: dict[str, Any]) -> dict[str, int]:
+    """Tasks of replicated services on each network (each takes an address and a bridge port)."""
+    demand: dict[str, int] = {}
+    for service in doc["services"].values():
+        deploy = service.get("deploy") or {}
+        if deploy.get("mode", "replicated") != "replicated":
+            continue
+        replicas = deploy.get("replicas", 1)
+        joined = service.get("networks") or ["default"]
+        for name in joined:
+            demand[name] = demand.get(name, 0) + (replicas if isinstance(replicas, int) else 1)
+    return demand
+
+
+# Each node's end of an overlay is a Linux bridge whose VXLAN device takes one
+# of its ports; past them, tasks fail with "exchange full". Kept free besides:
+# a probe's or a debug container's attachment, and a task started while its
+# predecessor still holds its port.
+BRIDGE_HEADROOM = 8
+TASKS_PER_NODE = BRIDGE_MAX_CONTAINERS - 1 - BRIDGE_HEADROOM
+
+
+def room_problems(doc: dict[str, Any], source: str, stack: str, nodes: int) -> list[Problem]:
+    """What a swarm of ``nodes`` nodes that run tasks cannot hold: deploy refuses it first.
+
+    An overlay's tasks spread over the nodes, each node's bridge holding
+    TASKS_PER_NODE. On the host network each worker group needs a node of
+    its own (its ports are bound on the node); deploy does not yet label
+    nodes for groups, so such a stack is refused with what to do instead.
+    """
+    problems = []
+    networks = doc.get("networks") or {}
+    groups = [
+        name
+        for name, service in doc["services"].items()
+        if GROUP_LABEL in key_values((service.get("deploy") or {}).get("labels"))
+    ]
+    for name, tasks in network_demand(doc).items():
+        network = networks.get(name) or {}
+        if network.get("name") == "host":
+            if len(groups) > 1:
+                problems.append(
+                    Problem(
+                        source,
+                        json_path(["services", groups[1]]),
+                        f"{len(groups)} worker groups on the host network each need a node "
+                        f"of their own (label node k with {group_node_label(stack)}=k, "
+                        "then deploy the rendered file); deploy does not place them yet: "
+                        "use the overlay network, or at most one worker range of workers",
+                    )
+                )
+            continue
+        if network.get("external") or network.get("driver", "overlay") != "overlay":
+            continue
+        if tasks > nodes * TASKS_PER_NODE:
+            need = -(-tasks // TASKS_PER_NODE)
+            problems.append(
+                Problem(
+                    source,
+                    json_path(["networks", name]),
+                    f"{tasks} tasks on network '{name}' need {need} nodes: a node's bridge "
+                    f"of an overlay holds {TASKS_PER_NODE} "
+                    f"tasks (besides its VXLAN device and {BRIDGE_HEADROOM} ports kept free), and "
+                    f"the swarm has {nodes} node{'s' if nodes != 1 else ''} that run tasks: "
+                    "add nodes, or deploy fewer workers",
+                )
+            )
     return problems
 
 

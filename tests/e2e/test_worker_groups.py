@@ -21,7 +21,7 @@ from typing import Any
 import docker
 import pytest
 
-from cqkd_stack.live.deploy import TASKS_PER_NODE
+from cqkd_stack.targets.swarm import TASKS_PER_NODE
 
 WORKERS = 25
 GROUPS = {"worker": 10, "worker-2": 10, "worker-3": 5}

@@ -13,10 +13,9 @@ import yaml
 from cqkd_stack.core.contract import GROUP_LABEL, resolve_slot, worker_groups
 from cqkd_stack.core.policy import load_policy
 from cqkd_stack.lint.validate import validate_texts
-from cqkd_stack.live.deploy import TASKS_PER_NODE, room_problems
 from cqkd_stack.live.inspection import TaskPort, held_twice
 from cqkd_stack.targets.base import RenderOptions
-from cqkd_stack.targets.swarm import render
+from cqkd_stack.targets.swarm import TASKS_PER_NODE, render, room_problems
 
 POLICY = load_policy()
 
@@ -126,7 +125,7 @@ def test_the_nodes_bridges_bound_the_overlay_before_anything_is_created() -> Non
     (problem,) = room_problems(doc, "s.yml", "cqkd", 2)
     assert problem.path == "$.networks.dht"
     assert "2503 tasks on network 'dht' need 3 nodes" in problem.message
-    assert f"({TASKS_PER_NODE} tasks" in problem.message
+    assert f"holds {TASKS_PER_NODE} tasks" in problem.message
     host = yaml.safe_load(render(POLICY, RenderOptions(replicas=1500, network="host")))
     (refused,) = room_problems(host, "s.yml", "cqkd", 3)
     assert "2 worker groups on the host network" in refused.message
