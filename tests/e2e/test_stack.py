@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -534,15 +535,22 @@ def test_scale_beyond_the_range_is_refused(stack: str, docker_client: docker.Doc
 
 
 def test_invalid_stack_is_refused_and_nothing_is_created(
-    docker_client: docker.DockerClient,
+    docker_client: docker.DockerClient, tmp_path: Path
 ) -> None:
+    # A port the policy blocks inside the workers' slots: no split into
+    # worker groups renders around it (a count past the range alone is no
+    # longer a refusal: it was, and CI deployed 1001 workers instead).
+    policy = tmp_path / "policy.yml"
+    policy.write_text(
+        "version: 1\nroles:\n  bootstrap: {start: 5678, end: 5699}\n"
+        "  special: {start: 6000, end: 6099}\n  worker: {start: 7000, end: 7999}\n"
+        "control: {start: 6100, end: 6109}\nblocked_ports: [7500]\n"
+    )
     name = f"cqkdtest_{uuid.uuid4().hex[:8]}"
     try:
-        done = cqkd("deploy", "--replicas", "1001", "--stack", name)
-        assert done.returncode == 1
-        assert (
-            "1001 workers: slot 1001 (TASK_SLOT) with PORT_OFFSET=0 gives port 8000" in done.stderr
-        )
+        done = cqkd("deploy", "--replicas", "600", "--stack", name, "--policy", str(policy))
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "slot 501 would get port 7500, which the policy blocks" in done.stderr
         assert "nothing was deployed" in done.stderr
         assert leftovers(docker_client, name) == {"services": [], "containers": [], "networks": []}
     finally:
