@@ -90,7 +90,8 @@ def test_killing_every_holder_loses_nothing_while_the_publisher_republishes(
         # Alice is not among the key's closest nodes and no task left alive held
         # it from before the kill: only her republish can have brought it back.
         # Her republish (every 5 s) may already have landed when the others are
-        # asked (once seen: bob.1); each copy says its age, so those are apart.
+        # asked; each copy says its age, so those are apart. One that landed
+        # between the count and the kill (once seen: bob.1) is killed too.
         assert result["publisher_holds"] is False
         assert result["survivors_holding"] == []
         assert not set(result["stored_after_kill"]) & set(result["holders"])

@@ -22,6 +22,7 @@ from cqkd_stack.live.holders import (
     closer_than,
     draw_key,
     is_task_container,
+    sort_survivors,
     stored_after,
     survival_timeout,
     task_order,
@@ -148,3 +149,19 @@ def test_a_copy_stored_after_the_kill_is_a_republish_not_a_survivor() -> None:
     # A node that cannot say when held it from before: reported as a survivor.
     assert not stored_after({"holds": True, "asked_at": 102.0}, killed_at)
     assert not stored_after({"holds": True, "stored_seconds_ago": True, "asked_at": 102.0}, 100.0)
+
+
+def test_a_copy_from_before_the_kill_is_a_missed_holder_to_kill_next() -> None:
+    """Once seen on CI: Alice's republish put a copy on bob.1 between the count and the kill.
+
+    Reported as a survivor, the check failed although nothing was wrong but
+    its own count; such a holder is now killed in another round.
+    """
+    after = {
+        # Asked 2 s after the kill at 100.0: a copy 3 s old was there before it.
+        "bob.1": {"ok": True, "holds": True, "stored_seconds_ago": 3.0, "asked_at": 102.0},
+        "worker.4": {"ok": True, "holds": True, "stored_seconds_ago": 0.5, "asked_at": 102.0},
+        "worker.5": {"ok": True, "holds": False, "asked_at": 102.0},
+    }
+    assert sort_survivors(after, "alice", 100.0) == (["bob.1"], ["worker.4"])
+    assert sort_survivors({}, "alice", 100.0) == ([], [])
