@@ -815,24 +815,29 @@ def scale(
     rules = _policy(c, policy)
     client = connect()
     try:
-        check_scale(client, name, service, replicas, rules)
+        groups = check_scale(client, name, service, replicas, rules)
     except NotDeployed as refused:
         raise _refused(refused.results, format, _dry(refused.what, dry_run)) from None
     if dry_run:
-        _show_plan(plan_scale(client, name, service, replicas), format)
+        _show_plan(plan_scale(client, name, service, replicas, groups), format)
         return
     outcome = with_progress(
         console,
         "scaling",
         lambda progress: scale_stack(
-            client, name, service, replicas, timeout, progress, console.log
+            client, name, service, replicas, timeout, progress, console.log, groups
         ),
     )
     if format == "json":
         _print_json(outcome.summary())
         return
+    spread = (
+        " (" + ", ".join(f"{n} {c}" for n, c in outcome.groups.items()) + ")"
+        if len(outcome.groups) > 1
+        else ""
+    )
     console.print(
-        f"[green]{name}_{service}: {replicas} replicas; "
+        f"[green]{name}_{service}: {replicas} replicas{spread}; "
         f"all {outcome.waited.total} DHT tasks of the stack running and in the DHT[/green]"
     )
 

@@ -34,6 +34,7 @@ from ..targets.swarm import render, room_problems
 from . import distribution, inspection
 from .client import docker_cli, image_source
 from .controlkey import ensure_control_key, wanted_control_key
+from .groups import GroupResize, apply_groups, plan_groups
 from .waits import POLL_SECONDS, WaitResult, wait_until_ready
 
 if TYPE_CHECKING:
@@ -274,12 +275,15 @@ class ScaleOutcome:
     service: str
     replicas: int
     waited: WaitResult
+    # Replicas of each service scaled: the service, or each of its worker groups.
+    groups: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
             "stack": self.stack,
             "service": self.service,
             "replicas": self.replicas,
+            "groups": self.groups,
             "seconds": round(self.waited.seconds, 1),
             "tasks": self.waited.total,
         }
@@ -287,11 +291,21 @@ class ScaleOutcome:
 
 def check_scale(
     client: docker.DockerClient, stack: str, service: str, replicas: int, policy: Policy
-) -> None:
-    """The new count, judged by the validator's rules on the live service; NotDeployed if not."""
-    results = inspection.scale_problems(client, stack, service, replicas, policy)
+) -> GroupResize | None:
+    """The new count, judged by the validator's rules on the live service; NotDeployed if not.
+
+    Workers past one range, or a stack that has worker groups already, are
+    spread over the groups (live/groups): the plan is returned, checked
+    whole (every group's ports, the subnet, the nodes' bridges).
+    """
+    resize = plan_groups(client, stack, service, replicas)
+    if resize is None:
+        results = inspection.scale_problems(client, stack, service, replicas, policy)
+    else:
+        results = inspection.resize_problems(client, stack, resize.counts, policy, resize.shapes)
     if not results.ok:
         raise NotDeployed(results, "nothing was changed")
+    return resize
 
 
 def scale_stack(
@@ -302,8 +316,9 @@ def scale_stack(
     timeout: float,
     progress: Progress | None = None,
     say: Say | None = None,
+    groups: GroupResize | None = None,
 ) -> ScaleOutcome:
-    """Scale a checked service and wait until the DHT has every task.
+    """Scale a checked service (or its worker groups) and wait until the DHT has every task.
 
     A node that joined since the deploy gets the image first, so that no
     new task waits in "Preparing" for it.
@@ -311,9 +326,13 @@ def scale_stack(
     spec = client.api.inspect_service(f"{stack}_{service}")["Spec"]
     image = spec["TaskTemplate"]["ContainerSpec"]["Image"]
     images_on_nodes(client, (image,), say or (lambda _: None))
-    scale_service(client, stack, service, replicas)
+    if groups is None:
+        scale_service(client, stack, service, replicas)
+    else:
+        apply_groups(client, groups)
     waited = wait_until_ready(client, stack, timeout, progress)
-    return ScaleOutcome(stack, service, replicas, waited)
+    counts = groups.kept if groups is not None else {service: replicas}
+    return ScaleOutcome(stack, service, replicas, waited, counts)
 
 
 def stack_deploy(

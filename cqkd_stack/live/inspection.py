@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,7 @@ from ..core.policy import Policy, PortRange
 from ..core.results import Problem, Results, json_path
 from ..lint.rules import ServicePorts, check_service, collision_problems
 from ..node.resolver import ResolverError
-from ..targets.swarm import capacity_problems
+from ..targets.swarm import capacity_problems, room_problems
 
 if TYPE_CHECKING:
     import docker
@@ -461,36 +461,94 @@ def live_claims(
 def scale_problems(
     client: docker.DockerClient, stack: str, service: str, replicas: int, policy: Policy
 ) -> Results:
-    """Why scaling a service to ``replicas`` would break the port contract, if it would.
+    """Why scaling a service to ``replicas`` would break the port contract, if it would."""
+    return resize_problems(client, stack, {service: replicas}, policy)
 
-    The validator's own rules, on the live service as it would be after
-    scaling: the new slots resolve inside the role's range and avoid blocked
-    ports and other services' ports, and the network's subnet holds them.
+
+def resize_problems(
+    client: docker.DockerClient,
+    stack: str,
+    wanted: Mapping[str, int],
+    policy: Policy,
+    created: Mapping[str, dict[str, Any]] | None = None,
+) -> Results:
+    """Why giving each service in ``wanted`` its count would break the port contract.
+
+    The validator's own rules, on the live services as they would be after
+    scaling (``created``: services not there yet, by short name, as service
+    objects whose Spec would create them, e.g. a new worker group): the new
+    slots resolve inside the role's range and avoid blocked ports and other
+    services' ports, the network's subnet holds every task, and the nodes'
+    bridges hold them.
     """
-    full = f"{stack}_{service}"
     source = f"stack {stack}"
     results = Results()
     results.checked(source)
     services = client.api.services(filters=stack_filter(stack))
-    target = next((s for s in services if s["Spec"]["Name"] == full), None)
-    if target is None:
-        results.extend([_problem(source, service, f"stack '{stack}' has no service '{service}'")])
-        return results
-    if port_rule(target).replicas is None:
-        message = f"{full} is not mode: replicated; only replicated services have slots to scale"
-        results.extend([_problem(source, service, message)])
-        return results
+    by_name = {s["Spec"]["Name"]: s for s in services}
+    by_name.update({f"{stack}_{name}": s for name, s in (created or {}).items()})
     names = NetworkNames(client)
-    problems, claims = check_service(
-        source, service, service_document(target, replicas), policy, _on_host(names, target)
-    )
-    joined = names.of_service(target)
+    problems: list[Problem] = []
+    claims: list[ServicePorts] = []
+    joined: set[str] = set()
+    for service, replicas in wanted.items():
+        target = by_name.get(f"{stack}_{service}")
+        if target is None:
+            message = f"stack '{stack}' has no service '{service}'"
+            problems.append(_problem(source, service, message))
+            continue
+        if port_rule(target).replicas is None:
+            message = (
+                f"{target['Spec']['Name']} is not mode: replicated; "
+                "only replicated services have slots to scale"
+            )
+            problems.append(_problem(source, service, message))
+            continue
+        if replicas == 0:
+            continue  # a group removed claims nothing
+        found, claimed = check_service(
+            source, service, service_document(target, replicas), policy, _on_host(names, target)
+        )
+        problems += found
+        claims += claimed
+        joined |= names.of_service(target)
+    if problems and not claims:
+        results.extend(problems)
+        return results
+    changed = {f"{stack}_{service}" for service in wanted}
     live = live_claims(client, policy, networks=joined, names=names)
-    others = [c for c in live if c.service != full]
-    problems += collision_problems(claims, others)
-    problems += _subnet_problems(client, source, stack, services, target, replicas)
+    problems += collision_problems(claims, [c for c in live if c.service not in changed])
+    counts = {
+        name: wanted.get(name.removeprefix(f"{stack}_"), port_rule(s).replicas or 0)
+        for name, s in by_name.items()
+    }
+    problems += _subnet_problems(client, source, stack, sum(counts.values()))
+    problems += room_problems(
+        _room_document(by_name, counts, names), source, stack, len(nodes_that_run_tasks(client))
+    )
     results.extend(problems)
     return results
+
+
+def _room_document(
+    services: Mapping[str, dict[str, Any]], counts: Mapping[str, int], names: NetworkNames
+) -> dict[str, Any]:
+    """The live services as the stack file room_problems reads: replicas, labels, networks."""
+    doc: dict[str, Any] = {"services": {}, "networks": {}}
+    for name, service in services.items():
+        spec = service["Spec"]
+        if spec.get("Mode", {}).get("Replicated") is None or not counts[name]:
+            continue
+        joined = sorted(names.of_service(service))
+        doc["services"][name] = {
+            "deploy": {"replicas": counts[name], "labels": spec.get("Labels") or {}},
+            "networks": joined,
+        }
+        for network in joined:
+            doc["networks"][network] = (
+                {"name": "host", "external": True} if network == "host" else {"driver": "overlay"}
+            )
+    return doc
 
 
 def _problem(source: str, service: str, message: str) -> Problem:
@@ -498,25 +556,19 @@ def _problem(source: str, service: str, message: str) -> Problem:
 
 
 def _subnet_problems(
-    client: docker.DockerClient,
-    source: str,
-    stack: str,
-    services: list[dict[str, Any]],
-    target: dict[str, Any],
-    replicas: int,
+    client: docker.DockerClient, source: str, stack: str, tasks: int
 ) -> list[Problem]:
     """The stack's DHT network must hold an address for every task after scaling."""
     subnet = stack_subnet(client, stack)
     if subnet is None:
         return []
-    others = sum(port_rule(s).replicas or 0 for s in services if s["ID"] != target["ID"])
     return capacity_problems(
         source,
         json_path(["networks", DHT_NETWORK]),
         f"{stack}_{DHT_NETWORK}",
         f"subnet {subnet}",
         subnet,
-        others + replicas,
+        tasks,
     )
 
 

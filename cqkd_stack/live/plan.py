@@ -27,6 +27,7 @@ from ..lint.rules import check_service
 from .client import image_source
 from .deploy import CheckedStack, DeployRequest, bootstrap_only
 from .distribution import NodeImageId, image_ids_on_nodes, names_a_registry
+from .groups import GroupResize
 from .inspection import StackState, env_of, port_rule, stack_state
 from .teardown import DRAIN_STEP
 
@@ -262,32 +263,53 @@ def scale_plan(
     replicas: int,
     state: StackState,
     images: list[NodeImageId],
+    groups: GroupResize | None = None,
 ) -> Plan:
-    """What ``docker service scale`` of one (checked) service would change."""
+    """What ``docker service scale`` of one (checked) service would change.
+
+    With ``groups``, each worker group's count: the ones created among them.
+    """
     plan = Plan("scale", stack, images=image_plans(images))
     plan.problems += [f"{i.image} on {i.node}: {i.error}" for i in plan.images if i.error]
-    full = f"{stack}_{service}"
-    live = next((s for s in state.services if s["Spec"]["Name"] == full), None)
-    if live is None:
-        plan.problems.append(f"stack '{stack}' has no service '{service}'")
-        return plan
-    rule = port_rule(live)
-    running = state.running_per_service().get(full, 0)
-    current = rule.replicas
-    first, last = rule.port(1), rule.port(replicas)
-    ports = [] if not rule.dht or first is None or last is None else [f"{first}-{last}"]
-    plan.services.append(
-        ServicePlan(
-            full,
-            UNCHANGED if replicas == current else SCALE,
-            replicas,
-            current,
-            ports=[f"{p}/{rule.protocol}" for p in ports],
-            image=_image_of(live),
-            starting=max(0, replicas - (current or 0)),
-            stopping=max(0, running - replicas),
+    counts = groups.counts if groups is not None else {service: replicas}
+    created = groups.create if groups is not None else ()
+    running = state.running_per_service()
+    for name, count in counts.items():
+        full = f"{stack}_{name}"
+        live = next((s for s in state.services if s["Spec"]["Name"] == full), None)
+        if name in created and groups is not None:
+            live = groups.shapes[name]
+        if live is None:
+            plan.problems.append(f"stack '{stack}' has no service '{name}'")
+            continue
+        rule = port_rule(live)
+        current = None if name in created else rule.replicas
+        if not count:
+            plan.services.append(
+                ServicePlan(
+                    full,
+                    REMOVE,
+                    None,
+                    current,
+                    image=_image_of(live),
+                    stopping=running.get(full, 0),
+                )
+            )
+            continue
+        first, last = rule.port(1), rule.port(count)
+        ports = [f"{first}-{last}"] if rule.dht and first and last and count else []
+        plan.services.append(
+            ServicePlan(
+                full,
+                CREATE if name in created else UNCHANGED if count == current else SCALE,
+                count,
+                current,
+                ports=[f"{p}/{rule.protocol}" for p in ports],
+                image=_image_of(live),
+                starting=max(0, count - (current or 0)),
+                stopping=max(0, running.get(full, 0) - count),
+            )
         )
-    )
     return plan
 
 
@@ -342,13 +364,19 @@ def plan_deploy(client: docker.DockerClient, request: DeployRequest, checked: Ch
     )
 
 
-def plan_scale(client: docker.DockerClient, stack: str, service: str, replicas: int) -> Plan:
+def plan_scale(
+    client: docker.DockerClient,
+    stack: str,
+    service: str,
+    replicas: int,
+    groups: GroupResize | None = None,
+) -> Plan:
     """What ``scale_stack`` would change (after ``check_scale``): nothing is changed."""
     state = stack_state(client, stack)
     live = next((s for s in state.services if s["Spec"]["Name"] == f"{stack}_{service}"), None)
     image = live["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] if live else ""
     found = node_image_ids(client, (image,)) if image else []
-    return scale_plan(stack, service, replicas, state, found)
+    return scale_plan(stack, service, replicas, state, found, groups)
 
 
 def plan_teardown(client: docker.DockerClient, stack: str) -> Plan:

@@ -5,7 +5,9 @@ A policy whose worker range holds 10 ports and 25 workers: three groups
 answering a Kademlia probe and known to the crawl, one network. Then what
 the nodes cannot hold is refused before anything is created. Once on this
 machine's one-node swarm, once on the three-node cluster (its tasks spread
-over the nodes).
+over the nodes). And a stack deployed within one range grows past it by
+``scale``: its workers become the first group, new groups are created, and
+no running task is replaced or moves off its port.
 """
 
 from __future__ import annotations
@@ -82,6 +84,12 @@ def too_many_are_refused(host: list[str], client: docker.DockerClient, nodes: in
     assert client.services.list(filters={"label": f"com.docker.stack.namespace={stack}"}) == []
 
 
+def worker_rows(host: list[str], stack: str, policy: Path) -> dict[str, dict[str, Any]]:
+    ports = ok(cqkd(host, "ports", "--stack", stack, "--policy", str(policy), "--format", "json"))
+    assert ports["healthy"] is True and ports["duplicate_ports"] == []
+    return {t["task_id"]: t for t in ports["tasks"] if t["role"] == "worker"}
+
+
 @pytest.fixture
 def small_range(tmp_path: Path) -> Path:
     path = tmp_path / "policy.yml"
@@ -103,3 +111,62 @@ def test_groups_across_the_cluster(cluster: Any, small_range: Path) -> None:
     host = ["--host", cluster.manager_url]
     groups_deploy_and_answer(host, small_range, len(ready))
     too_many_are_refused(host, manager, len(ready))
+
+
+def test_scaling_past_the_range_keeps_every_running_task(
+    docker_client: docker.DockerClient, node_image: str, small_range: Path
+) -> None:
+    stack = f"cqkdtest_{uuid.uuid4().hex[:8]}"
+    p = ["--policy", str(small_range)]
+    try:
+        ok(cqkd([], "deploy", "-r", "8", "--stack", stack, *p, "--format", "json"))
+        before = worker_rows([], stack, small_range)
+        assert len(before) == 8
+        first = docker_client.api.inspect_service(f"{stack}_worker")["Spec"]
+        assert "cqkd.group" not in first["Labels"]  # rendered within one range
+
+        plan = ok(
+            cqkd([], "scale", "-r", "25", "--stack", stack, *p, "--dry-run", "--format", "json")
+        )
+        actions = {s["service"]: (s["action"], s["replicas"]) for s in plan["services"]}
+        assert actions == {
+            f"{stack}_worker": ("scale", 10),
+            f"{stack}_worker-2": ("create", 10),
+            f"{stack}_worker-3": ("create", 5),
+        }
+        assert len(docker_client.api.services(filters={"name": f"{stack}_worker-"})) == 0
+
+        grown = ok(cqkd([], "scale", "-r", "25", "--stack", stack, *p, "--format", "json"))
+        assert grown["groups"] == GROUPS
+        after = worker_rows([], stack, small_range)
+        assert Counter(t["service"] for t in after.values()) == Counter(
+            {f"{stack}_{g}": n for g, n in GROUPS.items()}
+        )
+        # Every task that ran before runs on: same task, slot, address and port.
+        for task_id, row in before.items():
+            keep = ("service", "slot", "address", "port")
+            assert {k: after[task_id][k] for k in keep} == {k: row[k] for k in keep}
+        for row in after.values():
+            assert row["port"] == 7000 + row["slot"] - 1, row
+        labels = docker_client.api.inspect_service(f"{stack}_worker")["Spec"]["Labels"]
+        assert labels["cqkd.group"] == "1"
+        assert docker_client.api.inspect_service(f"{stack}_worker-2")["Spec"]["TaskTemplate"][
+            "ContainerSpec"
+        ]["Hostname"].startswith("worker-2-")
+        probe = ok(cqkd([], "probe", "--stack", stack, "--format", "json"))
+        assert (probe["joined"], probe["total"]) == (TASKS, TASKS), probe
+        crawl = ok(cqkd([], "crawl", "--stack", stack, "--format", "json"))
+        assert crawl["components"] == [TASKS] and crawl["unknown"] == [] and crawl["ok"]
+
+        # Down again: the last groups empty first, and an empty one goes.
+        shrunk = ok(cqkd([], "scale", "-r", "12", "--stack", stack, *p, "--format", "json"))
+        assert shrunk["groups"] == {"worker": 10, "worker-2": 2}
+        names = {s["Spec"]["Name"] for s in docker_client.api.services(filters={"name": stack})}
+        assert f"{stack}_worker-3" not in names and f"{stack}_worker-2" in names
+        left = worker_rows([], stack, small_range)
+        assert Counter(t["service"] for t in left.values()) == Counter(
+            {f"{stack}_worker": 10, f"{stack}_worker-2": 2}
+        )
+        assert all(after[t]["port"] == row["port"] for t, row in left.items())
+    finally:
+        cqkd([], "teardown", "--stack", stack, "--timeout", "300")
