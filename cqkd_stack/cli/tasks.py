@@ -33,6 +33,12 @@ from . import report
 F = TypeVar("F", bound=Callable[..., Any])
 TEXT_OR_JSON = ("text", "json")
 # Options several tasks share say the same, default included.
+VERIFY_HELP = (
+    "then crawl every task's routing table (as `crawl`); exit 1 if the DHT is "
+    "split or a task is unknown (the stack stays as deployed)"
+)
+
+
 STACK_HELP = "stack name (default: cqkd, or cqkd.stack in invoke.yaml)"
 POLICY_HELP = (
     "port policy file (default: cqkd.policy in invoke.yaml, else the shipped "
@@ -444,6 +450,7 @@ def _spread_image(image: str, say: Callable[[str], None]) -> list[str]:
         "and one published port per worker (the stack name is the compose project)",
         "dry-run": "render and validate against the live swarm, print what would change "
         "(services, replicas, ports, images to copy, tasks that stop) and change nothing",
+        "verify": VERIFY_HELP,
     }
 )
 @operator_errors
@@ -465,6 +472,7 @@ def deploy(
     registry: str = "",
     target: str = "swarm",
     dry_run: bool = False,
+    verify: bool = False,
 ) -> None:
     """Validate, deploy the DHT stack, and wait until every task answers in the DHT.
 
@@ -489,6 +497,7 @@ def deploy(
             "--registry applies to a rendered stack; with --file, write the "
             "registry reference into the file's image: lines"
         )
+    _verify_usage(verify, dry_run, no_wait, compose)
     pushed = registry_reference(registry, image) if registry else image
     options = _render_options(
         c, replicas, pushed, network, port_offset, subnet, join_stack, healthcheck
@@ -516,8 +525,10 @@ def deploy(
         lambda progress: deploy_stack(client, request, checked, console.log, progress),
     )
     summary = outcome.summary()
+    crawled = _crawl_after(client, name, console) if verify else None
     if format == "json":
-        _print_json(summary)
+        _print_json(summary | ({"crawl": crawled.as_dict()} if crawled else {}))
+        _verified(crawled, name)
         return
     if outcome.waited is None:
         console.log(f"stack '{name}' accepted; not waiting (--no-wait)")
@@ -530,6 +541,49 @@ def deploy(
         f"{waited.running_seconds or 0:.1f} s, all in the DHT after {waited.seconds:.1f} s"
         f"[/green]; ports: {ranges}"
     )
+    _show_verified(crawled, name)
+
+
+def _verify_usage(verify: bool, dry_run: bool, no_wait: bool, compose: bool = False) -> None:
+    """--verify crawls the stack once it is ready: refused where there is nothing to crawl."""
+    if not verify:
+        return
+    if dry_run:
+        raise UsageError("--verify crawls the deployed stack; --dry-run deploys nothing")
+    if no_wait:
+        raise UsageError("--verify crawls once every task is in the DHT; --no-wait does not wait")
+    if compose:
+        raise UsageError("--verify crawls a Swarm stack; run `cqkd-stack probe` for compose")
+
+
+def _crawl_after(client: Any, stack: str, console: Any) -> Any:
+    """The crawl --verify asks for, of the stack as it is now."""
+    from ..live.crawl import crawl_stack
+    from ..live.inspection import port_map
+
+    console.log(f"crawling every routing table of stack '{stack}' (--verify)")
+    return crawl_stack(client, stack, port_map(client, stack).tasks)
+
+
+def _show_verified(crawled: Any, stack: str) -> None:
+    """The crawl's table after the deploy's or scale's own lines; exit 1 if not one DHT."""
+    if crawled is None:
+        return
+    from rich.console import Console
+
+    from .console import print_crawl
+
+    print_crawl(Console(), crawled)
+    _verified(crawled, stack)
+
+
+def _verified(crawled: Any, stack: str) -> None:
+    if crawled is not None and not crawled.ok:
+        sys.stderr.write(
+            f"stack '{stack}' is deployed, but its crawl failed (split or unknown tasks): "
+            "see above; it was left as it is\n"
+        )
+        raise Exit(code=1)
 
 
 @cqkd_task(
@@ -784,6 +838,7 @@ def report_crawl(result: Any, format: str) -> None:
         "format": "text (default) or json",
         "dry-run": "render and validate against the live swarm, print what would change "
         "(services, replicas, ports, images to copy, tasks that stop) and change nothing",
+        "verify": VERIFY_HELP,
     }
 )
 @operator_errors
@@ -796,6 +851,7 @@ def scale(
     policy: str = "",
     format: str = "text",
     dry_run: bool = False,
+    verify: bool = False,
 ) -> None:
     """Scale the workers after checking the new count against the policy; existing ports stay.
 
@@ -810,6 +866,7 @@ def scale(
     _format(format)
     if replicas < 1:
         raise UsageError("give --replicas N (1 or more)")
+    _verify_usage(verify, dry_run, no_wait=False)
     console = stderr_console()
     name = _setting(c, "stack", stack)
     rules = _policy(c, policy)
@@ -828,8 +885,10 @@ def scale(
             client, name, service, replicas, timeout, progress, console.log, groups
         ),
     )
+    crawled = _crawl_after(client, name, console) if verify else None
     if format == "json":
-        _print_json(outcome.summary())
+        _print_json(outcome.summary() | ({"crawl": crawled.as_dict()} if crawled else {}))
+        _verified(crawled, name)
         return
     spread = (
         " (" + ", ".join(f"{n} {c}" for n, c in outcome.groups.items()) + ")"
@@ -840,6 +899,7 @@ def scale(
         f"[green]{name}_{service}: {replicas} replicas{spread}; "
         f"all {outcome.waited.total} DHT tasks of the stack running and in the DHT[/green]"
     )
+    _show_verified(crawled, name)
 
 
 @cqkd_task(

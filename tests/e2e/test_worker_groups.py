@@ -119,7 +119,10 @@ def test_scaling_past_the_range_keeps_every_running_task(
     stack = f"cqkdtest_{uuid.uuid4().hex[:8]}"
     p = ["--policy", str(small_range)]
     try:
-        ok(cqkd([], "deploy", "-r", "8", "--stack", stack, *p, "--format", "json"))
+        deployed = ok(
+            cqkd([], "deploy", "-r", "8", "--stack", stack, *p, "--verify", "--format", "json")
+        )
+        assert deployed["crawl"]["components"] == [11] and deployed["crawl"]["ok"] is True
         before = worker_rows([], stack, small_range)
         assert len(before) == 8
         first = docker_client.api.inspect_service(f"{stack}_worker")["Spec"]
@@ -136,8 +139,11 @@ def test_scaling_past_the_range_keeps_every_running_task(
         }
         assert len(docker_client.api.services(filters={"name": f"{stack}_worker-"})) == 0
 
-        grown = ok(cqkd([], "scale", "-r", "25", "--stack", stack, *p, "--format", "json"))
+        grown = ok(
+            cqkd([], "scale", "-r", "25", "--stack", stack, *p, "--verify", "--format", "json")
+        )
         assert grown["groups"] == GROUPS
+        assert grown["crawl"]["components"] == [TASKS] and grown["crawl"]["unknown"] == []
         after = worker_rows([], stack, small_range)
         assert Counter(t["service"] for t in after.values()) == Counter(
             {f"{stack}_{g}": n for g, n in GROUPS.items()}

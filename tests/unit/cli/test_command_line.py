@@ -193,6 +193,11 @@ def test_a_mistyped_task_or_option_gets_a_suggestion(cli) -> None:
         (("render", "-r", "3", "--replicas", "4"), "--replicas given twice"),
         (("-H",), "--host needs a value"),
         (("--print-completion-script", "tcsh"), "takes bash, zsh or fish, got 'tcsh'"),
+        # --verify crawls a ready Swarm stack: refused where there would be none.
+        (("deploy", "--verify", "--dry-run"), "--dry-run deploys nothing"),
+        (("deploy", "--verify", "--no-wait"), "--no-wait does not wait"),
+        (("deploy", "--verify", "--target", "compose"), "--verify crawls a Swarm stack"),
+        (("scale", "-r", "3", "--verify", "--dry-run"), "--dry-run deploys nothing"),
     ],
 )
 def test_a_bad_option_value_names_the_option_and_the_value(
