@@ -524,14 +524,22 @@ def test_scale_up_keeps_existing_ports(
     assert all(answers.values()), answers
 
 
-def test_scale_beyond_the_range_is_refused(stack: str, docker_client: docker.DockerClient) -> None:
+def test_scale_beyond_what_the_subnet_holds_is_refused(
+    stack: str, docker_client: docker.DockerClient
+) -> None:
+    """Past the range, scale makes worker groups; the stack's /24 still holds only 253.
+
+    Every group is checked before anything changes: no group is created,
+    the first one is not relabelled.
+    """
     before = docker_client.services.get(f"{stack}_worker").attrs["Version"]["Index"]
     done = cqkd("scale", "--replicas", "1001", "--stack", stack)
-    assert done.returncode == 1
-    assert "1001 workers: slot 1001 (TASK_SLOT) with PORT_OFFSET=0 gives port 8000" in done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "1004 tasks join network" in done.stderr and "each needs an address" in done.stderr
     assert "nothing was changed" in done.stderr
     after = docker_client.services.get(f"{stack}_worker").attrs["Version"]["Index"]
     assert after == before, "the service was changed although the scale was refused"
+    assert docker_client.services.list(filters={"name": f"{stack}_worker-2"}) == []
 
 
 def test_invalid_stack_is_refused_and_nothing_is_created(
