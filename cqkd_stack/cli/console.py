@@ -207,6 +207,8 @@ def plan_text(plan: Plan) -> str:
         lines.append(f"networks to remove: {', '.join(plan.networks_removed)}")
     if plan.volumes_removed:
         lines.append(f"volumes to remove: {', '.join(plan.volumes_removed)}")
+    if plan.nodes_labelled:
+        lines.append(f"node labels to set: {', '.join(plan.nodes_labelled)}")
     if plan.containers_removed:
         lines.append(f"containers to remove: {plan.containers_removed}")
     if plan.pushed:

@@ -25,7 +25,7 @@ from ..core.documents import read_text
 from ..core.errors import CqkdError, NotDeployed
 from ..core.policy import Policy
 from ..core.process import Progress, Say, run
-from ..core.results import Results
+from ..core.results import Problem, Results, json_path
 from ..lint.env_files import working_dir_of
 from ..lint.stackfile import load_stack
 from ..lint.validate import validate_texts
@@ -34,7 +34,7 @@ from ..targets.swarm import render, room_problems
 from . import distribution, inspection
 from .client import docker_cli, image_source
 from .controlkey import ensure_control_key, wanted_control_key
-from .groups import GroupResize, apply_groups, plan_groups
+from .groups import GroupResize, apply_groups, pinned_groups, place_groups, plan_groups
 from .waits import POLL_SECONDS, WaitResult, wait_until_ready
 
 if TYPE_CHECKING:
@@ -250,6 +250,9 @@ def deploy_stack(
         resolve = "always"
     else:
         outcome.images = images_on_nodes(client, checked.images, say)
+    groups = pinned_groups(checked.doc, request.stack)
+    if groups:
+        place_groups(client, request.stack, groups, say)
     key_config = wanted_control_key(checked.doc)
     if key_config is not None and ensure_control_key(client, request.stack, key_config):
         say(f"created the control key config {key_config}")
@@ -301,6 +304,17 @@ def check_scale(
     resize = plan_groups(client, stack, service, replicas)
     if resize is None:
         results = inspection.scale_problems(client, stack, service, replicas, policy)
+    elif resize.on_host:
+        # A new group would need its node labelled and the first group
+        # held to its own: a change of the first group's tasks, not a scale.
+        results = Results()
+        results.checked(f"stack {stack}")
+        message = (
+            f"{replicas} workers on the host network need worker groups, one node each; "
+            f"scale keeps host-network workers within one range of {resize.size}: "
+            f"deploy --network host --replicas {replicas} places the groups"
+        )
+        results.extend([Problem(f"stack {stack}", json_path(["services", service]), message)])
     else:
         results = inspection.resize_problems(client, stack, resize.counts, policy, resize.shapes)
     if not results.ok:

@@ -10,6 +10,11 @@ group's spec, as deploy would have rendered it; a group no longer needed
 (its tasks all stopped by the smaller count) is removed, as a stack file
 keeps no worker service of 0 replicas: the stack is then the one deploy
 renders for that count.
+
+On the host network a port is taken on the whole node, so each group is
+rendered held to the nodes whose label ``group_node_label(stack)`` has its
+number; ``place_groups`` gives each group a node of its own before the
+stack is deployed, and teardown takes the labels off again.
 """
 
 from __future__ import annotations
@@ -18,11 +23,19 @@ from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..core.contract import GROUP_LABEL, group_service, worker_groups
-from ..core.process import run
+from ..core.contract import GROUP_LABEL, group_node_label, group_service, worker_groups
+from ..core.errors import CqkdError
+from ..core.process import Say, run
+from ..lint.rules import node_pin
 from ..targets.swarm import group_size
 from .client import docker_cli
-from .inspection import port_rule, service_document, stack_filter
+from .inspection import (
+    NetworkNames,
+    nodes_that_run_tasks,
+    port_rule,
+    service_document,
+    stack_filter,
+)
 
 if TYPE_CHECKING:
     import docker
@@ -49,6 +62,8 @@ class GroupResize:
     create: tuple[str, ...] = ()
     # The first group was deployed within one range and carries no group label.
     label_first: bool = False
+    # The workers bind their ports on the nodes (each group held to a node of its own).
+    on_host: bool = False
 
     @property
     def remove(self) -> tuple[str, ...]:
@@ -110,13 +125,15 @@ def plan_groups(
     """How ``replicas`` workers spread over the groups; None where a plain scale applies.
 
     A plain scale: a service that is not a stack's workers with a port
-    range (BASE_PORT to PORT_RANGE_END), or one group only and a count its
-    range holds.
+    range (BASE_PORT to PORT_RANGE_END), a group other than the first, or
+    one group only and a count its range holds.
     """
     groups = live_groups(client.api.services(filters=stack_filter(stack)), stack, service)
     first = groups.get(1)
     if first is None or port_rule(first).role != "worker" or port_rule(first).replicas is None:
         return None
+    if (first["Spec"].get("Labels") or {}).get(GROUP_LABEL, "1") != "1":
+        return None  # one group named alone (worker-2) scales within its range
     env = service_document(first)["environment"]
     if not all(env.get(k, "").strip().isdigit() for k in ("BASE_PORT", "PORT_RANGE_END")):
         return None
@@ -143,7 +160,8 @@ def plan_groups(
     for g, name in enumerate(names, 1):
         if name in create:
             shapes[name] = new_group(first, stack, service, g, counts[name])
-    return GroupResize(stack, service, size, counts, before, shapes, create, label_first)
+    on_host = "host" in NetworkNames(client).of_service(first)
+    return GroupResize(stack, service, size, counts, before, shapes, create, label_first, on_host)
 
 
 def apply_groups(client: docker.DockerClient, resize: GroupResize) -> None:
@@ -190,3 +208,88 @@ def apply_groups(client: docker.DockerClient, resize: GroupResize) -> None:
         )
     for name in resize.remove:
         client.api.remove_service(f"{resize.stack}_{name}")
+
+
+@dataclass(frozen=True)
+class GroupNode:
+    """The node a host-network worker group is held to, and whether it has the label yet."""
+
+    group: str
+    node_id: str
+    hostname: str
+    labelled: bool
+
+
+def pinned_groups(doc: dict[str, Any], stack: str) -> list[str]:
+    """The group numbers a stack file holds to nodes by the stack's group label, in order."""
+    attribute = f"node.labels.{group_node_label(stack)}"
+    found = set()
+    for service in (doc.get("services") or {}).values():
+        pin = node_pin((service or {}).get("deploy") or {}) if isinstance(service, dict) else None
+        if pin is not None and pin[0] == attribute:
+            found.add(pin[1])
+    return sorted(found, key=lambda g: (len(g), g))
+
+
+def group_nodes(client: docker.DockerClient, stack: str, groups: list[str]) -> list[GroupNode]:
+    """One node for each group: the node that has its label already, else the next free one.
+
+    A node is free when it has no label for this stack, or one for a group
+    the stack no longer has; this engine's node is taken first. Read only.
+    The room check refused more groups than nodes before this runs; a node
+    lost since then is named.
+    """
+    label = group_node_label(stack)
+    nodes = nodes_that_run_tasks(client)
+    labels = {
+        n.node_id: client.api.inspect_node(n.node_id)["Spec"].get("Labels") or {} for n in nodes
+    }
+    holder = {labels[n.node_id][label]: n for n in nodes if label in labels[n.node_id]}
+    placed = {
+        g: GroupNode(g, holder[g].node_id, holder[g].hostname, True) for g in groups if g in holder
+    }
+    taken = {p.node_id for p in placed.values()}
+    free = [n for n in nodes if n.node_id not in taken]
+    for group in groups:
+        if group in placed:
+            continue
+        if not free:
+            raise CqkdError(
+                f"{len(groups)} worker groups on the host network each need a node of "
+                f"their own; the swarm has {len(nodes)} that run tasks: add nodes, or "
+                "deploy fewer workers"
+            )
+        node = free.pop(0)
+        placed[group] = GroupNode(group, node.node_id, node.hostname, False)
+    return [placed[g] for g in groups]
+
+
+def place_groups(
+    client: docker.DockerClient, stack: str, groups: list[str], say: Say
+) -> list[GroupNode]:
+    """Label one node per group (``group_nodes``); a node's other labels are kept."""
+    label = group_node_label(stack)
+    chosen = group_nodes(client, stack, groups)
+    for placed in chosen:
+        if placed.labelled:
+            continue
+        node = client.api.inspect_node(placed.node_id)
+        spec = node["Spec"]
+        spec["Labels"] = {**(spec.get("Labels") or {}), label: placed.group}
+        client.api.update_node(placed.node_id, node["Version"]["Index"], spec)
+        say(f"worker group {placed.group} held to node {placed.hostname}: {label}={placed.group}")
+    return chosen
+
+
+def unplace_groups(client: docker.DockerClient, stack: str) -> list[str]:
+    """Take the stack's group label off every node; the nodes it was on."""
+    label = group_node_label(stack)
+    cleared = []
+    for node in client.api.nodes():
+        spec = node["Spec"]
+        if label not in (spec.get("Labels") or {}):
+            continue
+        spec["Labels"] = {k: v for k, v in spec["Labels"].items() if k != label}
+        client.api.update_node(node["ID"], node["Version"]["Index"], spec)
+        cleared.append(node.get("Description", {}).get("Hostname", node["ID"]))
+    return cleared

@@ -21,13 +21,13 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..core.contract import key_values
+from ..core.contract import group_node_label, key_values
 from ..core.policy import Policy
 from ..lint.rules import check_service
 from .client import image_source
 from .deploy import CheckedStack, DeployRequest, bootstrap_only
 from .distribution import NodeImageId, image_ids_on_nodes, names_a_registry
-from .groups import GroupResize
+from .groups import GroupResize, group_nodes, pinned_groups
 from .inspection import StackState, env_of, port_rule, stack_state
 from .teardown import DRAIN_STEP
 
@@ -86,6 +86,8 @@ class Plan:
     networks_removed: list[str] = field(default_factory=list)
     volumes_removed: list[str] = field(default_factory=list)
     containers_removed: int = 0
+    # Host-network worker groups: "node-2 org.cqkd.group.cqkd=2" for each label to set.
+    nodes_labelled: list[str] = field(default_factory=list)
     pushed: str = ""  # --registry: where the image would be pushed
     bootstrap_first: bool = False
     problems: list[str] = field(default_factory=list)
@@ -354,7 +356,7 @@ def node_image_ids(client: docker.DockerClient, images: tuple[str, ...]) -> list
 def plan_deploy(client: docker.DockerClient, request: DeployRequest, checked: CheckedStack) -> Plan:
     """What ``deploy_stack`` would change: the swarm read once, nothing changed."""
     images = (request.local_image,) if request.registry else checked.images
-    return deploy_plan(
+    plan = deploy_plan(
         request.stack,
         checked.doc,
         stack_state(client, request.stack),
@@ -362,6 +364,14 @@ def plan_deploy(client: docker.DockerClient, request: DeployRequest, checked: Ch
         node_image_ids(client, images),
         request.registry,
     )
+    groups = pinned_groups(checked.doc, request.stack)
+    label = group_node_label(request.stack)
+    plan.nodes_labelled = [
+        f"{p.hostname} {label}={p.group}"
+        for p in (group_nodes(client, request.stack, groups) if groups else [])
+        if not p.labelled
+    ]
+    return plan
 
 
 def plan_scale(

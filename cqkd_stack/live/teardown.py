@@ -19,6 +19,7 @@ from .controlkey import remove_control_key
 from .deploy import scale_to
 from .dhtcheck import remove_control_volumes, remove_jobs
 from .distribution import other_engines
+from .groups import unplace_groups
 from .inspection import expected_replicas, stack_filter, stack_leftovers
 from .readiness import remove_probes
 from .waits import POLL_SECONDS
@@ -184,6 +185,8 @@ def _remove(
                 # docker stack rm removes it too (it has the namespace label);
                 # this covers a stack rm that failed half-way.
                 remove_control_key(client, stack)
+                # Host-network worker groups' node labels (deploy set them).
+                unplace_groups(client, stack)
                 break
         time.sleep(POLL_SECONDS)
     return Teardown(time.monotonic() - start, before["services"], left)

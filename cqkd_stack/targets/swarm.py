@@ -471,8 +471,7 @@ def room_problems(doc: dict[str, Any], source: str, stack: str, nodes: int) -> l
 
     An overlay's tasks spread over the nodes, each node's bridge holding
     TASKS_PER_NODE. On the host network each worker group needs a node of
-    its own (its ports are bound on the node); deploy does not yet label
-    nodes for groups, so such a stack is refused with what to do instead.
+    its own (its ports are bound on the node, which deploy labels for it).
     """
     problems = []
     networks = doc.get("networks") or {}
@@ -484,15 +483,16 @@ def room_problems(doc: dict[str, Any], source: str, stack: str, nodes: int) -> l
     for name, tasks in network_demand(doc).items():
         network = networks.get(name) or {}
         if network.get("name") == "host":
-            if len(groups) > 1:
+            if len(groups) > nodes:
                 problems.append(
                     Problem(
                         source,
-                        json_path(["services", groups[1]]),
+                        json_path(["services", groups[nodes]]),
                         f"{len(groups)} worker groups on the host network each need a node "
-                        f"of their own (label node k with {group_node_label(stack)}=k, "
-                        "then deploy the rendered file); deploy does not place them yet: "
-                        "use the overlay network, or at most one worker range of workers",
+                        f"of their own (deploy labels one with {group_node_label(stack)}=k "
+                        f"for group k), and the swarm has {nodes} node"
+                        f"{'s' if nodes != 1 else ''} that run tasks: add nodes, use the "
+                        "overlay network, or deploy fewer workers",
                     )
                 )
             continue

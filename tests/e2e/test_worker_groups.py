@@ -7,7 +7,9 @@ the nodes cannot hold is refused before anything is created. Once on this
 machine's one-node swarm, once on the three-node cluster (its tasks spread
 over the nodes). And a stack deployed within one range grows past it by
 ``scale``: its workers become the first group, new groups are created, and
-no running task is replaced or moves off its port.
+no running task is replaced or moves off its port. On the host network
+each group gets a node of its own (deploy labels it, teardown unlabels it),
+and one node is refused for two groups.
 """
 
 from __future__ import annotations
@@ -97,12 +99,48 @@ def small_range(tmp_path: Path) -> Path:
     return path
 
 
+def host_groups_on_nodes_of_their_own(
+    host: list[str], client: docker.DockerClient, policy: Path, nodes: int
+) -> None:
+    """15 workers on the host network, a 10-port range: 2 groups, each on a node of its own."""
+    stack = f"cqkdtest_{uuid.uuid4().hex[:8]}"
+    label = f"org.cqkd.group.{stack}"
+    p = ["--policy", str(policy)]
+    args = ["deploy", "-r", "15", "--network", "host", "--stack", stack, *p]
+    if nodes < 2:
+        done = cqkd(host, *args, timeout=120)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "2 worker groups on the host network each need a node" in done.stderr
+        assert client.services.list(filters={"label": f"com.docker.stack.namespace={stack}"}) == []
+        assert all(label not in n.attrs["Spec"].get("Labels", {}) for n in client.nodes.list())
+        return
+    try:
+        ok(cqkd(host, *args, "--format", "json"))
+        labelled = {
+            n.attrs["Description"]["Hostname"]: n.attrs["Spec"]["Labels"][label]
+            for n in client.nodes.list()
+            if label in n.attrs["Spec"].get("Labels", {})
+        }
+        assert sorted(labelled.values()) == ["1", "2"], labelled
+        workers = worker_rows(host, stack, policy).values()
+        for group, node_of in (("worker", "1"), ("worker-2", "2")):
+            mine = [t for t in workers if t["service"] == f"{stack}_{group}"]
+            assert {labelled[t["node"]] for t in mine} == {node_of}, mine
+            assert sorted(t["port"] for t in mine) == [7000 + i for i in range(len(mine))]
+        probe = ok(cqkd(host, "probe", "--stack", stack, "--format", "json"))
+        assert (probe["joined"], probe["total"]) == (18, 18), probe
+    finally:
+        cqkd(host, "teardown", "--stack", stack, "--timeout", "300")
+    assert all(label not in n.attrs["Spec"].get("Labels", {}) for n in client.nodes.list())
+
+
 def test_groups_on_one_node(
     docker_client: docker.DockerClient, node_image: str, small_range: Path
 ) -> None:
     nodes = len([n for n in docker_client.nodes.list() if n.attrs["Status"]["State"] == "ready"])
     groups_deploy_and_answer([], small_range, nodes)
     too_many_are_refused([], docker_client, nodes)
+    host_groups_on_nodes_of_their_own([], docker_client, small_range, nodes)
 
 
 def test_groups_across_the_cluster(cluster: Any, small_range: Path) -> None:
@@ -111,6 +149,7 @@ def test_groups_across_the_cluster(cluster: Any, small_range: Path) -> None:
     host = ["--host", cluster.manager_url]
     groups_deploy_and_answer(host, small_range, len(ready))
     too_many_are_refused(host, manager, len(ready))
+    host_groups_on_nodes_of_their_own(host, manager, small_range, len(ready))
 
 
 def test_scaling_past_the_range_keeps_every_running_task(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cqkd_stack.live.groups import GroupResize, live_groups, new_group
+from cqkd_stack.live.groups import GroupResize, live_groups, new_group, pinned_groups
 from cqkd_stack.live.plan import scale_plan
 
 from .test_plan import STACK, deployed, rendered
@@ -87,3 +87,20 @@ def test_a_scale_across_groups_plans_each_group() -> None:
     assert down.remove == ("worker-2",) and down.kept == {"worker": 600}
     plan = scale_plan(STACK, "worker", 600, state, [], down)
     assert [(s.action, s.stopping) for s in plan.services] == [("scale", 400), ("remove", 500)]
+
+
+def test_the_groups_a_host_stack_holds_to_nodes_are_read_from_its_constraints() -> None:
+    doc = rendered(2500, network="host", join_stack="mine")
+    assert pinned_groups(doc, "mine") == ["1", "2", "3"]
+    # Another stack's label, or an overlay stack, pins nothing of this one.
+    assert pinned_groups(doc, "other") == []
+    assert pinned_groups(rendered(2500), STACK) == []
+    many = {
+        "services": {
+            f"w{g}": {
+                "deploy": {"placement": {"constraints": [f"node.labels.org.cqkd.group.s == {g}"]}}
+            }
+            for g in (10, 2, 1)
+        }
+    }
+    assert pinned_groups(many, "s") == ["1", "2", "10"]

@@ -126,9 +126,13 @@ def test_the_nodes_bridges_bound_the_overlay_before_anything_is_created() -> Non
     assert problem.path == "$.networks.dht"
     assert "2503 tasks on network 'dht' need 3 nodes" in problem.message
     assert f"holds {TASKS_PER_NODE} tasks" in problem.message
+    # On the host network a group needs a node of its own: 2 groups, 2 nodes.
     host = yaml.safe_load(render(POLICY, RenderOptions(replicas=1500, network="host")))
-    (refused,) = room_problems(host, "s.yml", "cqkd", 3)
-    assert "2 worker groups on the host network" in refused.message
+    assert room_problems(host, "s.yml", "cqkd", 2) == []
+    (refused,) = room_problems(host, "s.yml", "cqkd", 1)
+    assert "2 worker groups on the host network each need a node" in refused.message
+    assert "the swarm has 1 node that run" in refused.message
+    assert refused.path == "$.services.worker-2"
 
 
 def _row(service: str, slot: int, address: str | None) -> TaskPort:
