@@ -129,6 +129,11 @@ def host_groups_on_nodes_of_their_own(
             assert sorted(t["port"] for t in mine) == [7000 + i for i in range(len(mine))]
         probe = ok(cqkd(host, "probe", "--stack", stack, "--format", "json"))
         assert (probe["joined"], probe["total"]) == (18, 18), probe
+        # A third group would need a node and the first group a new constraint.
+        refused = cqkd(host, "scale", "-r", "25", "--stack", stack, *p)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "scale keeps host-network workers within one range" in refused.stderr
+        assert len(worker_rows(host, stack, policy)) == 15
     finally:
         cqkd(host, "teardown", "--stack", stack, "--timeout", "300")
     assert all(label not in n.attrs["Spec"].get("Labels", {}) for n in client.nodes.list())
