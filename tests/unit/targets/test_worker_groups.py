@@ -53,8 +53,8 @@ def test_2500_workers_are_three_groups_on_the_ports_their_slots_give() -> None:
         assert resolve_slot(env, 1).port == 7000
         assert resolve_slot(env, group["deploy"]["replicas"]).port <= 7999
         assert "placement" not in group["deploy"]  # an overlay: groups may share nodes
-    # Every task of the stack has an address in the overlay's subnet.
-    assert doc["networks"]["dht"]["ipam"]["config"][0]["subnet"].endswith("/20")
+    # Every task of the stack has an address in the subnet, twice over (replacements).
+    assert doc["networks"]["dht"]["ipam"]["config"][0]["subnet"].endswith("/19")
     assert validate_texts([("s.yml", text)], POLICY).ok
 
 
