@@ -1,0 +1,218 @@
+"""Past one range on a 3-node cluster: N real DHT workers, beside a bare stack (issue 21).
+
+One run, on a fresh Docker-in-Docker swarm of this machine (``cluster up``):
+
+1. the memory arithmetic: host memory before and after the cluster is up,
+   and the per-worker figures measured below, give how many workers fit;
+   a stage that would not fit (no swap here: an out-of-memory kill takes
+   the engine with it) is refused before it starts, and says so;
+2. bare: the naive node of ``benchmarks/naive/`` with a plain ``docker stack
+   deploy`` on the manager (its image copied to every node by hand first),
+   timed to all running and to all joined (the project's own readiness
+   wait, so both are judged alike), host memory per worker, torn down;
+3. project: ``cqkd-stack --host <manager> deploy --replicas N --verify``
+   (worker groups past 1000), timed the same way; host memory per worker;
+   ``probe``, ``crawl`` (one component, every task known), ``dht-check``
+   (Alice and Bob's nodes named), ``ports`` wall times; then a node lost
+   under that load (tasks moved, seconds until every slot answers again,
+   the port map sampled throughout for a port held twice), and Alice's
+   value read by Bob after; then ``teardown``.
+
+    python benchmarks/cluster_scale.py --workers 1500 --json cluster_scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker
+from node_loss import bare_stack, lose_node
+from scale import (
+    MIB,
+    Throttled,
+    cqkd,
+    log,
+    memory,
+    memory_figures,
+    wait_running,
+)
+
+from cqkd_stack import DEFAULT_NODE_IMAGE
+from cqkd_stack.core.files import write_atomically
+from cqkd_stack.host.cluster import Cluster, cluster_down, cluster_up
+from cqkd_stack.live import dhtcheck
+from cqkd_stack.live.inspection import port_map, stack_leftovers
+from cqkd_stack.live.waits import wait_until_ready
+
+CLUSTER = "cqkd-bench-scale"
+NODES = 3
+SUBNET = "10.214.0.0/20"
+GIB = 1024 * MIB
+# Kept free whatever the arithmetic says: the engine, the benchmark, page cache.
+MARGIN = 2 * GIB
+# Host memory a task, measured on this machine (docs/benchmarks.md, 1000
+# workers on one node): what the arithmetic starts from before a stage has
+# measured its own. The naive node imports asyncio and kademlia.
+NAIVE_MIB = 14.9
+PROJECT_MIB = 9.0
+TASKS_EXTRA = 3  # the bootstrap, Alice and Bob (the bare stack: its bootstrap)
+
+
+def available() -> int:
+    """``free -b`` "available": what the next stage may take."""
+    out = subprocess.run(["free", "-b"], capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("Mem:"))
+    return int(line.split()[6])
+
+
+def fits(tasks: int, mib_per_task: float) -> tuple[bool, str]:
+    """Whether ``tasks`` of ``mib_per_task`` fit in what is available, keeping MARGIN free."""
+    need = tasks * mib_per_task * MIB
+    have = available() - MARGIN
+    said = (
+        f"{tasks} tasks x {mib_per_task:.1f} MiB = {need / GIB:.1f} GiB; "
+        f"available {(have + MARGIN) / GIB:.1f} GiB less {MARGIN / GIB:.0f} GiB kept free"
+    )
+    return need <= have, said
+
+
+def user_stack_rm(manager: docker.DockerClient, stack: str, env: dict[str, str]) -> float:
+    """``docker stack rm`` as a user runs it, until no service, container or network is left.
+
+    Its network removal fails while tasks still hold the network; a user
+    runs it again once they are gone, and so does this (seen here: the
+    network outlived the one ``docker stack rm``).
+    """
+    start = time.monotonic()
+    rm = ["docker", "stack", "rm", stack]
+    subprocess.run(rm, capture_output=True, env=env)
+    while any((left := stack_leftovers(manager, stack)).values()):
+        if time.monotonic() - start > 1800:
+            raise TimeoutError(f"{stack} still has {left} after 1800 s")
+        if not left["containers"] and not left["services"]:
+            subprocess.run(rm, capture_output=True, env=env)
+        time.sleep(1)
+    return time.monotonic() - start
+
+
+def bare(host: docker.DockerClient, cluster: Cluster, workers: int) -> dict[str, Any]:
+    manager, stack, path, env = bare_stack(host, cluster, workers)
+    before = memory()
+    start = time.monotonic()
+    subprocess.run(
+        ["docker", "stack", "deploy", "--resolve-image", "never", "-c", str(path), stack],
+        check=True, capture_output=True, env=env,
+    )  # fmt: skip
+    out: dict[str, Any] = {"tasks": workers + 1}
+    try:
+        wait_running(manager, stack, workers + 1, start + 1800, "bare running")
+        out["running_seconds"] = round(time.monotonic() - start, 1)
+        waited = wait_until_ready(manager, stack, 1800, progress=Throttled("bare joined"))
+        out["joined_seconds"] = round(time.monotonic() - start, 1)
+        out["joined"] = waited.ready
+        out["memory"] = memory_figures(before, memory(), workers + 1)
+    except TimeoutError as exc:
+        out["error"] = str(exc)
+    finally:
+        out["teardown_seconds"] = round(user_stack_rm(manager, stack, env), 1)
+        path.unlink(missing_ok=True)
+    return out
+
+
+def timed_json(*args: str, timeout: float = 900) -> tuple[float, Any, int]:
+    wall, done = cqkd(*args, timeout=timeout)
+    try:
+        body = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        body = {"stderr": done.stderr[-2000:]}
+    return round(wall, 2), body, done.returncode
+
+
+def project(host: docker.DockerClient, cluster: Cluster, workers: int) -> dict[str, Any]:
+    manager = docker.DockerClient(base_url=cluster.manager_url, timeout=300)
+    stack = f"proj_{uuid.uuid4().hex[:6]}"
+    on = ["--host", cluster.manager_url]
+    before = memory()
+    out: dict[str, Any] = {"tasks": workers + TASKS_EXTRA}
+    wall, deployed, code = timed_json(
+        *on, "deploy", "-s", stack, "-r", str(workers), "--verify", "-f", "json", "-t", "1800",
+        timeout=2400,
+    )  # fmt: skip
+    out["deploy"] = {"wall": wall, "exit": code, **{
+        k: deployed.get(k) for k in ("seconds", "running_seconds", "stderr") if k in deployed
+    }}  # fmt: skip
+    crawl = deployed.get("crawl") or {}
+    out["deploy_crawl"] = {k: crawl.get(k) for k in ("components", "unknown", "ok", "seconds")}
+    if code != 0:
+        return out
+    try:
+        out["memory"] = memory_figures(before, memory(), workers + TASKS_EXTRA)
+        for name, args in (
+            ("probe", ("probe", "-s", stack, "-f", "json")),
+            ("crawl", ("crawl", "-s", stack, "-f", "json")),
+            ("dht_check", ("dht-check", "-s", stack, "-f", "json")),
+            ("ports", ("ports", "-s", stack, "-f", "json")),
+        ):
+            wall, body, code = timed_json(*on, *args)
+            out[name] = {"wall": wall, "exit": code}
+            if name == "probe":
+                out[name] |= {k: body.get(k) for k in ("joined", "total")}
+            if name == "crawl":
+                out[name] |= {k: body.get(k) for k in ("components", "unknown", "ok", "seconds")}
+            if name == "ports":
+                out[name] |= {"healthy": body.get("healthy"), "dup": body.get("duplicate_ports")}
+        rows = port_map(manager, stack).tasks
+        out["alice_bob_nodes"] = sorted(r.node for r in rows if r.role == "special")
+        key, value = f"bench-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+        dhtcheck.store_value(manager, stack, "alice", key, value)
+        out["node_loss"] = lose_node(host, cluster, manager, stack)
+        out["value_survived"] = dhtcheck.read_value(manager, stack, "bob", key) == value
+    finally:
+        wall, _, code = timed_json(*on, "teardown", "-s", stack, "-t", "1800", timeout=2400)
+        out["teardown"] = {"wall": wall, "exit": code}
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=1500)
+    parser.add_argument("--skip-bare", action="store_true", help="the project stage only")
+    parser.add_argument("--json", type=Path, help="also write every figure here")
+    args = parser.parse_args()
+    host = docker.from_env(timeout=600)
+    results: dict[str, Any] = {"workers": args.workers, "nodes": NODES}
+    cluster_down(host, CLUSTER)
+    bare_at = memory()["used"]
+    log(f"{NODES}-node cluster up")
+    cluster = cluster_up(host, NODES, CLUSTER, DEFAULT_NODE_IMAGE)
+    try:
+        results["cluster_mib"] = round((memory()["used"] - bare_at) / MIB)
+        stages = [("project", project, PROJECT_MIB, TASKS_EXTRA)]
+        if not args.skip_bare:
+            stages.insert(0, ("bare", bare, NAIVE_MIB, 1))
+        for name, stage, mib, extra in stages:
+            ok, said = fits(args.workers + extra, mib)
+            results[f"{name}_arithmetic"] = said
+            log(f"{name}: {said}")
+            if not ok:
+                results[name] = {"refused": f"does not fit: {said}"}
+                continue
+            results[name] = stage(host, cluster, args.workers)
+            log(f"{name}: {results[name]}")
+    finally:
+        cluster_down(host, CLUSTER)
+    print(json.dumps(results, indent=2))
+    if args.json:
+        write_atomically(args.json, json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
