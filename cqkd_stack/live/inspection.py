@@ -470,13 +470,14 @@ def resize_problems(
     stack: str,
     wanted: Mapping[str, int],
     policy: Policy,
-    created: Mapping[str, dict[str, Any]] | None = None,
+    shapes: Mapping[str, dict[str, Any]] | None = None,
 ) -> Results:
     """Why giving each service in ``wanted`` its count would break the port contract.
 
     The validator's own rules, on the live services as they would be after
-    scaling (``created``: services not there yet, by short name, as service
-    objects whose Spec would create them, e.g. a new worker group): the new
+    scaling (``shapes``: by short name, services as they will be where that
+    differs from the swarm, as service objects: a worker group to create,
+    the first group given its group label): the new
     slots resolve inside the role's range and avoid blocked ports and other
     services' ports, the network's subnet holds every task, and the nodes'
     bridges hold them.
@@ -486,7 +487,7 @@ def resize_problems(
     results.checked(source)
     services = client.api.services(filters=stack_filter(stack))
     by_name = {s["Spec"]["Name"]: s for s in services}
-    by_name.update({f"{stack}_{name}": s for name, s in (created or {}).items()})
+    by_name.update({f"{stack}_{name}": s for name, s in (shapes or {}).items()})
     names = NetworkNames(client)
     problems: list[Problem] = []
     claims: list[ServicePorts] = []
