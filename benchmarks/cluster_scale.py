@@ -41,6 +41,7 @@ from scale import (
     log,
     memory,
     memory_figures,
+    user_teardown,
     wait_running,
 )
 
@@ -48,7 +49,7 @@ from cqkd_stack import DEFAULT_NODE_IMAGE
 from cqkd_stack.core.files import write_atomically
 from cqkd_stack.host.cluster import Cluster, cluster_down, cluster_up
 from cqkd_stack.live import dhtcheck
-from cqkd_stack.live.inspection import port_map, stack_leftovers
+from cqkd_stack.live.inspection import port_map
 from cqkd_stack.live.waits import wait_until_ready
 
 CLUSTER = "cqkd-bench-scale"
@@ -83,25 +84,6 @@ def fits(tasks: int, mib_per_task: float) -> tuple[bool, str]:
     return need <= have, said
 
 
-def user_stack_rm(manager: docker.DockerClient, stack: str, env: dict[str, str]) -> float:
-    """``docker stack rm`` as a user runs it, until no service, container or network is left.
-
-    Its network removal fails while tasks still hold the network; a user
-    runs it again once they are gone, and so does this (seen here: the
-    network outlived the one ``docker stack rm``).
-    """
-    start = time.monotonic()
-    rm = ["docker", "stack", "rm", stack]
-    subprocess.run(rm, capture_output=True, env=env)
-    while any((left := stack_leftovers(manager, stack)).values()):
-        if time.monotonic() - start > 1800:
-            raise TimeoutError(f"{stack} still has {left} after 1800 s")
-        if not left["containers"] and not left["services"]:
-            subprocess.run(rm, capture_output=True, env=env)
-        time.sleep(1)
-    return time.monotonic() - start
-
-
 def bare(host: docker.DockerClient, cluster: Cluster, workers: int) -> dict[str, Any]:
     manager, stack, path, env = bare_stack(host, cluster, workers)
     before = memory()
@@ -121,7 +103,7 @@ def bare(host: docker.DockerClient, cluster: Cluster, workers: int) -> dict[str,
     except TimeoutError as exc:
         out["error"] = str(exc)
     finally:
-        out["teardown_seconds"] = round(user_stack_rm(manager, stack, env), 1)
+        out["teardown_seconds"] = round(user_teardown(manager, stack, 1800, env), 1)
         path.unlink(missing_ok=True)
     return out
 

@@ -354,15 +354,22 @@ def wait_running(
         time.sleep(POLL_SECONDS)
 
 
-def user_stack_rm(stack: str) -> None:
+def user_stack_rm(stack: str, env: dict[str, str] | None = None) -> None:
     """One ``docker stack rm``, in a session of its own: a Ctrl-C meant for the
-    benchmark must not cut short the removal it is waiting for."""
+    benchmark must not cut short the removal it is waiting for. ``env``: the
+    docker CLI's environment (``DOCKER_HOST`` for a cluster's manager)."""
     subprocess.run(
-        ["docker", "stack", "rm", stack], capture_output=True, text=True, start_new_session=True
+        ["docker", "stack", "rm", stack],
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+        env=env,
     )
 
 
-def user_teardown(client: docker.DockerClient, stack: str, timeout: float) -> float:
+def user_teardown(
+    client: docker.DockerClient, stack: str, timeout: float, env: dict[str, str] | None = None
+) -> float:
     """``docker stack rm`` as a user runs it, until containers and network are gone.
 
     The network's removal fails while tasks still hold it; a user runs
@@ -372,7 +379,7 @@ def user_teardown(client: docker.DockerClient, stack: str, timeout: float) -> fl
     """
     start = time.monotonic()
     remove_probes(client, stack)
-    user_stack_rm(stack)
+    user_stack_rm(stack, env)
     last_rm = time.monotonic()
     progress = Throttled(f"docker stack rm {stack}")
     while True:
@@ -381,7 +388,7 @@ def user_teardown(client: docker.DockerClient, stack: str, timeout: float) -> fl
             return time.monotonic() - start
         progress(0, 0, f"{len(left['containers'])} containers, {len(left['networks'])} networks")
         if not left["containers"] and time.monotonic() - last_rm >= 2 * POLL_SECONDS:
-            user_stack_rm(stack)
+            user_stack_rm(stack, env)
             last_rm = time.monotonic()
         if time.monotonic() - start > timeout:
             raise TimeoutError(f"{leftovers_text(left)} left after {timeout:.0f} s")

@@ -33,13 +33,11 @@ from . import report
 F = TypeVar("F", bound=Callable[..., Any])
 TEXT_OR_JSON = ("text", "json")
 # Options several tasks share say the same, default included.
+STACK_HELP = "stack name (default: cqkd, or cqkd.stack in invoke.yaml)"
 VERIFY_HELP = (
     "then crawl every task's routing table (as `crawl`); exit 1 if the DHT is "
     "split or a task is unknown (the stack stays as deployed)"
 )
-
-
-STACK_HELP = "stack name (default: cqkd, or cqkd.stack in invoke.yaml)"
 POLICY_HELP = (
     "port policy file (default: cqkd.policy in invoke.yaml, else the shipped "
     "stacks/port-policy.yml)"

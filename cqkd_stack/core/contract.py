@@ -62,6 +62,16 @@ def group_service(service: str, group: int) -> str:
     return service if group == 1 else f"{service}-{group}"
 
 
+# The most workers one service may be split into, and the most groups: a
+# /16 overlay's addresses (the largest subnet the stack is given), and what
+# the validator still reads within a second (about 350 groups reach its
+# 30,000 YAML nodes). Checked before any group is made, so that a count of a
+# billion is refused at once rather than split into a million services
+# (measured: 43 s for `render -r 1000000000` without it).
+MAX_GROUPED_WORKERS = 2**16 - 3
+MAX_WORKER_GROUPS = 256
+
+
 def worker_groups(replicas: int, size: int) -> list[int]:
     """Replicas per group, each full before the next starts.
 
@@ -71,6 +81,17 @@ def worker_groups(replicas: int, size: int) -> list[int]:
     """
     if size < 1:
         raise ValueError(f"a worker group needs at least one port, got {size}")
+    if replicas > MAX_GROUPED_WORKERS:
+        raise InvalidInput(
+            f"{replicas} workers: at most {MAX_GROUPED_WORKERS} fit one stack "
+            "(the addresses of a /16 overlay); deploy fewer workers"
+        )
+    if -(-replicas // size) > MAX_WORKER_GROUPS:
+        raise InvalidInput(
+            f"{replicas} workers in a worker range of {size} ports need "
+            f"{-(-replicas // size)} worker groups, more than {MAX_WORKER_GROUPS}: "
+            "widen the worker range in the port policy, or deploy fewer workers"
+        )
     full, rest = divmod(replicas, size)
     return [size] * full + ([rest] if rest else [])
 

@@ -76,6 +76,15 @@ class GroupResize:
         return {n: c for n, c in self.counts.items() if c}
 
 
+def plain_number(label: Any) -> bool:
+    """A label or variable that reads as a small number: ASCII digits, six at most.
+
+    Labels and environments are anyone's to set; ``"²".isdigit()`` is true
+    and ``int`` of 5000 digits raises, so neither reaches ``int``.
+    """
+    return isinstance(label, str) and 0 < len(label) <= 6 and label.isascii() and label.isdigit()
+
+
 def live_groups(
     services: list[dict[str, Any]], stack: str, service: str
 ) -> dict[int, dict[str, Any]]:
@@ -88,7 +97,7 @@ def live_groups(
         label = (live["Spec"].get("Labels") or {}).get(GROUP_LABEL)
         if name == first:
             found[1] = live
-        elif name.startswith(f"{first}-") and label is not None and label.isdigit():
+        elif name.startswith(f"{first}-") and plain_number(label):
             group = int(label)
             if group >= 2 and name == f"{stack}_{group_service(service, group)}":
                 found[group] = live
@@ -135,7 +144,9 @@ def plan_groups(
     if (first["Spec"].get("Labels") or {}).get(GROUP_LABEL, "1") != "1":
         return None  # one group named alone (worker-2) scales within its range
     env = service_document(first)["environment"]
-    if not all(env.get(k, "").strip().isdigit() for k in ("BASE_PORT", "PORT_RANGE_END")):
+    offset = env.get("PORT_OFFSET", "").strip() or "0"
+    ends = (env.get("BASE_PORT", "").strip(), env.get("PORT_RANGE_END", "").strip(), offset)
+    if not all(plain_number(v) for v in ends):
         return None
     size = group_size({"environment": env})
     if size < 1:
@@ -241,9 +252,8 @@ def group_nodes(client: docker.DockerClient, stack: str, groups: list[str]) -> l
     """
     label = group_node_label(stack)
     nodes = nodes_that_run_tasks(client)
-    labels = {
-        n.node_id: client.api.inspect_node(n.node_id)["Spec"].get("Labels") or {} for n in nodes
-    }
+    specs = {n["ID"]: n["Spec"] for n in client.api.nodes()}
+    labels = {n.node_id: specs.get(n.node_id, {}).get("Labels") or {} for n in nodes}
     holder = {labels[n.node_id][label]: n for n in nodes if label in labels[n.node_id]}
     placed = {
         g: GroupNode(g, holder[g].node_id, holder[g].hostname, True) for g in groups if g in holder

@@ -278,9 +278,11 @@ def scale_plan(
     running = state.running_per_service()
     for name, count in counts.items():
         full = f"{stack}_{name}"
-        live = next((s for s in state.services if s["Spec"]["Name"] == full), None)
-        if name in created and groups is not None:
-            live = groups.shapes[name]
+        live = (
+            groups.shapes[name]
+            if groups is not None and name in created
+            else next((s for s in state.services if s["Spec"]["Name"] == full), None)
+        )
         if live is None:
             plan.problems.append(f"stack '{stack}' has no service '{name}'")
             continue
@@ -299,7 +301,8 @@ def scale_plan(
             )
             continue
         first, last = rule.port(1), rule.port(count)
-        ports = [f"{first}-{last}"] if rule.dht and first and last and count else []
+        known = rule.dht and first is not None and last is not None
+        ports = [f"{first}-{last}"] if known else []
         plan.services.append(
             ServicePlan(
                 full,

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from cqkd_stack.live.groups import GroupResize, live_groups, new_group, pinned_groups
+from cqkd_stack.live.groups import (
+    GroupResize,
+    live_groups,
+    new_group,
+    pinned_groups,
+    plain_number,
+)
 from cqkd_stack.live.plan import scale_plan
 
 from .test_plan import STACK, deployed, rendered
@@ -104,3 +110,15 @@ def test_the_groups_a_host_stack_holds_to_nodes_are_read_from_its_constraints() 
         }
     }
     assert pinned_groups(many, "s") == ["1", "2", "10"]
+
+
+def test_a_hostile_group_label_is_no_group_and_no_crash() -> None:
+    # "²" passes str.isdigit and int() refuses it; int() of 5000 digits raises too.
+    services = [
+        service("worker"),
+        *(service("worker-2", {"cqkd.group": v}) for v in ("²", "9" * 5000)),
+    ]
+    assert sorted(live_groups(services, STACK, "worker")) == [1]
+    assert [plain_number(v) for v in ("7000", "²", "٣", "9" * 7, "", None)] == [
+        True, False, False, False, False, False,
+    ]  # fmt: skip

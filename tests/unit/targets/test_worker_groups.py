@@ -8,9 +8,11 @@ held to its own nodes.
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from cqkd_stack.core.contract import GROUP_LABEL, resolve_slot, worker_groups
+from cqkd_stack.core.errors import InvalidInput
 from cqkd_stack.core.policy import load_policy
 from cqkd_stack.lint.validate import validate_texts
 from cqkd_stack.live.inspection import TaskPort, held_twice
@@ -169,3 +171,14 @@ def test_a_long_constraint_is_read_in_linear_time() -> None:
         "node.labels.x",
         "2",
     )
+
+
+def test_a_count_no_stack_holds_is_refused_before_any_group_is_made() -> None:
+    """Found in review: `render -r 1000000000` split a million services, 43 s to refuse."""
+    with pytest.raises(InvalidInput, match="at most 65533 fit one stack"):
+        worker_groups(10**9, 1000)
+    with pytest.raises(InvalidInput, match="need 3200 worker groups, more than 256"):
+        worker_groups(32000, 10)
+    assert len(worker_groups(2560, 10)) == 256
+    with pytest.raises(InvalidInput, match="at most 65533"):
+        render(POLICY, RenderOptions(replicas=10**9))
