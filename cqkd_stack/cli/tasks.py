@@ -449,6 +449,10 @@ def _spread_image(image: str, say: Callable[[str], None]) -> list[str]:
         "dry-run": "render and validate against the live swarm, print what would change "
         "(services, replicas, ports, images to copy, tasks that stop) and change nothing",
         "verify": VERIFY_HELP,
+        "pace": "start a new stack's workers at most N tasks a node at a time, raising "
+        "them with docker service scale as tasks run (default 0: all at once, as "
+        "docker stack deploy does); for hosts that drown when Swarm starts hundreds "
+        "of tasks a node together",
     }
 )
 @operator_errors
@@ -471,6 +475,7 @@ def deploy(
     target: str = "swarm",
     dry_run: bool = False,
     verify: bool = False,
+    pace: int = 0,
 ) -> None:
     """Validate, deploy the DHT stack, and wait until every task answers in the DHT.
 
@@ -481,6 +486,7 @@ def deploy(
     from ..live.client import connect
     from ..live.deploy import DeployRequest, check_stack, deploy_stack
     from ..live.distribution import registry_reference
+    from ..live.inspection import stack_exists
     from ..live.plan import plan_deploy
     from ..targets.registry import target_named
     from .console import print_port_map, stderr_console, with_progress
@@ -496,6 +502,7 @@ def deploy(
             "registry reference into the file's image: lines"
         )
     _verify_usage(verify, dry_run, no_wait, compose)
+    _pace_usage(pace, no_wait, compose)
     pushed = registry_reference(registry, image) if registry else image
     options = _render_options(
         c, replicas, pushed, network, port_offset, subnet, join_stack, healthcheck
@@ -506,10 +513,15 @@ def deploy(
         _deploy_compose(name, _policy(c, policy), options, file, timeout, not no_wait, format)
         return
     request = DeployRequest(
-        name, _policy(c, policy), options, file, timeout, not no_wait, registry, image
+        name, _policy(c, policy), options, file, timeout, not no_wait, registry, image, pace
     )
     console = stderr_console()
     client = connect()
+    if pace and stack_exists(client, name):
+        raise UsageError(
+            f"--pace starts a new stack's workers; stack '{name}' is deployed already "
+            "(a redeploy asks Swarm for its changes at once; `scale` adds workers)"
+        )
     try:
         checked = check_stack(client, request)
     except NotDeployed as refused:
@@ -540,6 +552,18 @@ def deploy(
         f"[/green]; ports: {ranges}"
     )
     _show_verified(crawled, name)
+
+
+def _pace_usage(pace: int, no_wait: bool, compose: bool) -> None:
+    """--pace raises a new Swarm stack's workers as they start: refused where it cannot."""
+    if pace < 0:
+        raise UsageError(f"--pace takes a number of tasks a node, 1 or more (0: off); got {pace}")
+    if not pace:
+        return
+    if no_wait:
+        raise UsageError("--pace waits for the workers' tasks to start; --no-wait does not wait")
+    if compose:
+        raise UsageError("--pace paces Swarm's task starts; the compose target has no Swarm")
 
 
 def _verify_usage(verify: bool, dry_run: bool, no_wait: bool, compose: bool = False) -> None:

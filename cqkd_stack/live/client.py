@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import CqkdError
+from ..core.process import run
 
 if TYPE_CHECKING:
     import docker
@@ -183,3 +184,15 @@ def docker_cli() -> str:
     if path is None:
         raise CqkdError("the docker CLI is not installed; `docker stack` needs it")
     return path
+
+
+def scale_services(counts: Mapping[str, int]) -> None:
+    """``docker service scale --detach`` of services by full name, in one call; returns at once.
+
+    The CLI, not the SDK's ``update_service``: it changes the replica count
+    alone, against the spec's current version, as an operator's own command.
+    """
+    pairs = [f"{name}={count}" for name, count in counts.items()]
+    if pairs:
+        what = f"docker service scale {' '.join(pairs)}"
+        run([docker_cli(), "service", "scale", "--detach", *pairs], what)

@@ -31,8 +31,8 @@ from ..lint.stackfile import load_stack
 from ..lint.validate import validate_texts
 from ..targets.base import RenderOptions
 from ..targets.swarm import render, room_problems
-from . import distribution, inspection
-from .client import docker_cli, image_source
+from . import distribution, inspection, pacing
+from .client import docker_cli, image_source, scale_services
 from .controlkey import ensure_control_key, wanted_control_key
 from .groups import GroupResize, apply_groups, pinned_groups, place_groups, plan_groups
 from .waits import POLL_SECONDS, WaitResult, wait_until_ready
@@ -57,6 +57,9 @@ class DeployRequest:
     # The local image pushed to ``registry`` (``options.image`` is then its
     # registry reference).
     local_image: str = ""
+    # A new stack's workers: at most this many tasks a node on their way up at
+    # once (live/pacing.py); 0 asks Swarm for all of them at once.
+    pace: int = 0
 
 
 @dataclass
@@ -242,6 +245,7 @@ def deploy_stack(
     The image reaches every node first: pushed to ``request.registry`` (the
     engine resolves it to a digest at deploy), or copied where it differs.
     """
+    started = time.monotonic()
     outcome = DeployOutcome(request.stack, checked.source)
     resolve = "never"
     if request.registry:
@@ -262,12 +266,23 @@ def deploy_stack(
         say(f"deploying stack '{request.stack}' ({checked.source})")
         # Docker reads env files and relative paths from the given file's folder.
         where = working_dir_of(checked.source)
+        asked_at = time.monotonic()
         deploy_bootstrap_first(
-            client, path, request.stack, say, resolve_image=resolve, working_dir=where
+            client,
+            path,
+            request.stack,
+            say,
+            resolve_image=resolve,
+            working_dir=where,
+            pace=request.pace,
+            pace_seconds=request.timeout,
         )
     if not request.wait:
         return outcome
-    outcome.waited = wait_until_ready(client, request.stack, request.timeout, progress)
+    # --timeout is the whole deploy's: the time pacing took is not given twice.
+    left = max(1.0, request.timeout - (time.monotonic() - started))
+    # Its seconds count from the first `docker stack deploy`, pacing included.
+    outcome.waited = wait_until_ready(client, request.stack, left, progress, since=asked_at)
     outcome.ports = inspection.port_map(client, request.stack, request.policy)
     return outcome
 
@@ -405,15 +420,20 @@ def deploy_bootstrap_first(
     wait: float = BOOTSTRAP_FIRST_SECONDS,
     resolve_image: str = "never",
     working_dir: Path | None = None,
+    pace: int = 0,
+    pace_seconds: float = 600.0,
 ) -> None:
     """``docker stack deploy``, bootstrap nodes first when the stack is new (see bootstrap_only).
 
     A stack that already exists is deployed in one step: its bootstrap runs.
     The first phase is made from the file as written (not as interpolated),
     so that Docker interpolates it exactly once, as it does the whole file.
+    With ``pace``, a new stack's workers are then raised at most ``pace``
+    tasks a node on their way up (live/pacing.py), for at most
+    ``pace_seconds``; the file as written is always deployed last.
     ``working_dir``: where the stack's relative paths start (see stack_deploy).
     """
-    if client.api.services(filters=inspection.stack_filter(stack)):
+    if inspection.stack_exists(client, stack):
         stack_deploy(stack_file, stack, resolve_image, working_dir)
         return
     import yaml
@@ -438,6 +458,21 @@ def deploy_bootstrap_first(
     else:
         if say is not None:
             say(f"bootstrap running after {time.monotonic() - start:.1f} s; deploying the rest")
+    if pace > 0:
+        written = yaml.safe_load(stack_file.read_text())
+        wanted = pacing.worker_counts(written)
+        window = pace * max(1, len(inspection.nodes_that_run_tasks(client)))
+        asked = pacing.next_step({}, wanted, window)
+        if asked != wanted:
+            # The workers start at the window and are raised as tasks come up.
+            for name, count in asked.items():
+                written["services"][name].setdefault("deploy", {})["replicas"] = count
+            phase.write_text(yaml.safe_dump(written, sort_keys=False))
+            stack_deploy(phase, stack, resolve_image, working_dir)
+            if say is not None:
+                workers = sum(wanted.values())
+                say(f"starting {workers} workers, at most {window} on their way at once")
+            pacing.feed(client, stack, asked, wanted, window, start + pace_seconds, say)
     stack_deploy(stack_file, stack, resolve_image, working_dir)
 
 
@@ -459,12 +494,4 @@ def scale_service(client: docker.DockerClient, stack: str, service: str, replica
     name = f"{stack}_{service}"
     if not client.api.services(filters={"name": name}):
         raise CqkdError(f"stack '{stack}' has no service '{service}'")
-    scale_to(name, replicas)
-
-
-def scale_to(service: str, replicas: int) -> None:
-    """``docker service scale`` of one service by its full name; returns at once."""
-    run(
-        [docker_cli(), "service", "scale", "--detach", f"{service}={replicas}"],
-        f"docker service scale {service}={replicas}",
-    )
+    scale_services({name: replicas})

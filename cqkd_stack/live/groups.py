@@ -28,7 +28,7 @@ from ..core.errors import CqkdError
 from ..core.process import Say, run
 from ..lint.rules import node_pin
 from ..targets.swarm import group_size
-from .client import docker_cli
+from .client import docker_cli, scale_services
 from .inspection import (
     NetworkNames,
     nodes_that_run_tasks,
@@ -207,16 +207,13 @@ def apply_groups(client: docker.DockerClient, resize: GroupResize) -> None:
             rollback_config=spec.get("RollbackConfig"),
             endpoint_spec=spec.get("EndpointSpec"),
         )
-    changed = [
-        f"{resize.stack}_{name}={count}"
-        for name, count in resize.counts.items()
-        if count and name not in resize.create and count != resize.before[name]
-    ]
-    if changed:
-        run(
-            [docker_cli(), "service", "scale", "--detach", *changed],
-            f"docker service scale {' '.join(changed)}",
-        )
+    scale_services(
+        {
+            f"{resize.stack}_{name}": count
+            for name, count in resize.counts.items()
+            if count and name not in resize.create and count != resize.before[name]
+        }
+    )
     for name in resize.remove:
         client.api.remove_service(f"{resize.stack}_{name}")
 

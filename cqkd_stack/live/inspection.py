@@ -109,6 +109,11 @@ def stack_filter(stack: str) -> dict[str, str]:
     return {"label": f"{STACK_LABEL}={stack}"}
 
 
+def stack_exists(client: docker.DockerClient, stack: str) -> bool:
+    """Has the stack a service on the swarm (what ``docker stack ls`` would list)?"""
+    return bool(client.api.services(filters=stack_filter(stack)))
+
+
 def env_of(spec: dict[str, Any]) -> dict[str, str]:
     """A service spec's container environment as a mapping."""
     container = spec.get("TaskTemplate", {}).get("ContainerSpec", {})

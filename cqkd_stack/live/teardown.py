@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING
 
 from ..core.errors import CqkdError
 from ..core.process import Progress, run
-from .client import docker_cli
+from .client import docker_cli, scale_services
 from .controlkey import remove_control_key
-from .deploy import scale_to
 from .dhtcheck import remove_control_volumes, remove_jobs
 from .distribution import other_engines
 from .groups import unplace_groups
@@ -84,7 +83,7 @@ def _drain(
                 break
             if target > step and running - target <= step:
                 target = max(target - step, step)
-                scale_to(name, target)
+                scale_services({name: target})
                 continue
             time.sleep(POLL_SECONDS / 2)
 

@@ -158,6 +158,7 @@ def wait_until_ready(
     progress: Progress | None = None,
     *,
     image: str = DEFAULT_NODE_IMAGE,
+    since: float | None = None,
 ) -> WaitResult:
     """Wait until every replica runs and every DHT task answers the probe, joined.
 
@@ -166,10 +167,11 @@ def wait_until_ready(
     are, one more round asks every task, so a task that died meanwhile is
     not reported as ready. Swarm's "running" and the
     DHT's "joined" are reported separately: the first is the engine's work,
-    the second ours.
+    the second ours. The seconds count from ``since`` (a ``time.monotonic``
+    moment: a paced deploy's first step) when given, else from now.
     """
-    start = time.monotonic()
-    deadline = start + timeout
+    start = time.monotonic() if since is None else since
+    deadline = time.monotonic() + timeout
     joined: set[str] = set()  # IDs of the tasks seen answering, in the DHT
     running_at: float | None = None
     early = ignores_probe(client, stack)

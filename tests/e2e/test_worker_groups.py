@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -218,5 +219,55 @@ def test_scaling_past_the_range_keeps_every_running_task(
             {f"{stack}_worker": 10, f"{stack}_worker-2": 2}
         )
         assert all(after[t]["port"] == row["port"] for t, row in left.items())
+    finally:
+        cqkd([], "teardown", "--stack", stack, "--timeout", "300")
+
+
+def worker_raises(client: docker.DockerClient, stack: str, since: float) -> list[tuple[str, int]]:
+    """Each change of a worker group's replica count since ``since``, from the engine's events."""
+    events = client.events(
+        since=int(since), until=int(time.time()) + 1, decode=True,
+        filters={"type": "service", "event": "update"},
+    )  # fmt: skip
+    raises = []
+    for event in events:
+        attributes = event["Actor"]["Attributes"]
+        name = attributes.get("name", "")
+        if name.startswith(f"{stack}_worker") and "replicas.new" in attributes:
+            raises.append((name.removeprefix(f"{stack}_"), int(attributes["replicas.new"])))
+    return raises
+
+
+def test_a_paced_deploy_raises_the_workers_in_windows_and_ends_as_written(
+    docker_client: docker.DockerClient, node_image: str, small_range: Path
+) -> None:
+    """--pace 4 on one node: 25 workers asked for at most 4 tasks on their way at once."""
+    stack = f"cqkdtest_{uuid.uuid4().hex[:8]}"
+    p = ["--policy", str(small_range)]
+    nodes = len([n for n in docker_client.nodes.list() if n.attrs["Status"]["State"] == "ready"])
+    window = 4 * nodes
+    since = time.time() - 1
+    try:
+        done = cqkd([], "deploy", "-r", str(WORKERS), "--stack", stack, *p, "--pace", "4",
+                    "--verify", "--format", "json")  # fmt: skip
+        deployed = ok(done)
+        assert f"at most {window} on their way at once" in done.stderr
+        assert deployed["crawl"]["components"] == [TASKS] and deployed["crawl"]["ok"] is True
+        raises = worker_raises(docker_client, stack, since)
+        # Group by group, each raise by at most the window, up to the file's counts.
+        asked = {g: 0 for g in GROUPS}
+        for group, count in raises:
+            assert 0 < count - asked[group] <= window, raises
+            asked[group] = count
+        assert asked == GROUPS and len(raises) >= WORKERS // window, raises
+        assert [g for g, _ in raises] == sorted((g for g, _ in raises), key=list(GROUPS).index)
+        for task in worker_rows([], stack, small_range).values():
+            assert task["port"] == 7000 + task["slot"] - 1, task
+        # A deployed stack is not paced again: refused, nothing changed.
+        again = cqkd([], "deploy", "-r", "30", "--stack", stack, *p, "--pace", "4")
+        assert again.returncode == 2 and "is deployed already" in again.stderr, again.stderr
+        assert docker_client.api.inspect_service(f"{stack}_worker-3")["Spec"]["Mode"] == {
+            "Replicated": {"Replicas": 5}
+        }
     finally:
         cqkd([], "teardown", "--stack", stack, "--timeout", "300")

@@ -198,6 +198,10 @@ def test_a_mistyped_task_or_option_gets_a_suggestion(cli) -> None:
         (("deploy", "--verify", "--no-wait"), "--no-wait does not wait"),
         (("deploy", "--verify", "--target", "compose"), "--verify crawls a Swarm stack"),
         (("scale", "-r", "3", "--verify", "--dry-run"), "--dry-run deploys nothing"),
+        # --pace raises a new Swarm stack's workers as their tasks start.
+        (("deploy", "--pace", "-1"), "1 or more (0: off); got -1"),
+        (("deploy", "--pace", "8", "--no-wait"), "--no-wait does not wait"),
+        (("deploy", "--pace", "8", "--target", "compose"), "the compose target has no Swarm"),
     ],
 )
 def test_a_bad_option_value_names_the_option_and_the_value(
