@@ -439,26 +439,27 @@ def deploy_bootstrap_first(
     import yaml
 
     first = bootstrap_only(yaml.safe_load(stack_file.read_text()))
-    if first is None:
-        stack_deploy(stack_file, stack, resolve_image, working_dir)
-        return
-    phase = stack_file.with_name(f"{stack_file.stem}.bootstrap-first{stack_file.suffix}")
-    phase.write_text(yaml.safe_dump(first, sort_keys=False))
+    phase = stack_file.with_name(f"{stack_file.stem}.first-step{stack_file.suffix}")
     start = time.monotonic()
-    stack_deploy(phase, stack, resolve_image, working_dir)
-    names = [
-        f"{stack}_{name}" for name, s in first["services"].items() if service_role(s) == "bootstrap"
-    ]
-    while not _all_running(client, names):
-        if time.monotonic() - start >= wait:
+    if first is not None:
+        phase.write_text(yaml.safe_dump(first, sort_keys=False))
+        stack_deploy(phase, stack, resolve_image, working_dir)
+        names = [
+            f"{stack}_{name}"
+            for name, s in first["services"].items()
+            if service_role(s) == "bootstrap"
+        ]
+        while not _all_running(client, names):
+            if time.monotonic() - start >= wait:
+                if say is not None:
+                    say(f"the bootstrap node is not running after {wait:.0f} s; deploying the rest")
+                break
+            time.sleep(POLL_SECONDS / 2)
+        else:
             if say is not None:
-                say(f"the bootstrap node is not running after {wait:.0f} s; deploying the rest")
-            break
-        time.sleep(POLL_SECONDS / 2)
-    else:
-        if say is not None:
-            say(f"bootstrap running after {time.monotonic() - start:.1f} s; deploying the rest")
+                say(f"bootstrap running after {time.monotonic() - start:.1f} s; deploying the rest")
     if pace > 0:
+        # A batch (no bootstrap of its own) is paced too: --pace does what it says.
         written = yaml.safe_load(stack_file.read_text())
         wanted = pacing.worker_counts(written)
         window = pace * max(1, len(inspection.nodes_that_run_tasks(client)))
