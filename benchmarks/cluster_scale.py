@@ -120,6 +120,15 @@ def timed_json(*args: str, timeout: float = 900) -> tuple[float, Any, int]:
     return round(wall, 2), body, done.returncode
 
 
+def crawl_figures(crawl: dict[str, Any]) -> dict[str, Any]:
+    """What a crawl's JSON says of the network: components, unknown tasks, tables, lookups."""
+    keys = ("components", "unknown", "ok", "seconds", "incomplete_tables", "table_median")
+    lookups = crawl.get("lookups") or {}
+    return {k: crawl.get(k) for k in keys} | {
+        "lookups": {k: lookups.get(k) for k in ("success_rate", "keys_agreeing", "hops_median")}
+    }
+
+
 def project(
     host: docker.DockerClient,
     cluster: Cluster,
@@ -147,11 +156,10 @@ def project(
     out["deploy"] = {"wall": wall, "exit": code, **{
         k: deployed.get(k) for k in ("seconds", "running_seconds", "stderr") if k in deployed
     }}  # fmt: skip
-    crawl = deployed.get("crawl") or {}
-    out["deploy_crawl"] = {k: crawl.get(k) for k in ("components", "unknown", "ok", "seconds")}
+    out["deploy_crawl"] = crawl_figures(deployed.get("crawl") or {})
     save()
-    if code != 0:
-        return out
+    if code != 0 and not deployed.get("waited"):
+        return out  # not deployed; a deploy whose crawl failed is measured on
     try:
         out["memory"] = memory_figures(before, memory(), workers + TASKS_EXTRA)
         for name, args in (
@@ -165,7 +173,7 @@ def project(
             if name == "probe":
                 out[name] |= {k: body.get(k) for k in ("joined", "total")}
             if name == "crawl":
-                out[name] |= {k: body.get(k) for k in ("components", "unknown", "ok", "seconds")}
+                out[name] |= crawl_figures(body)
             if name == "ports":
                 out[name] |= {"healthy": body.get("healthy"), "dup": body.get("duplicate_ports")}
             save()

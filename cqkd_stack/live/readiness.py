@@ -44,7 +44,7 @@ from .. import DEFAULT_NODE_IMAGE
 from ..core.contract import HASH_LABEL
 from ..core.errors import CqkdError
 from .inspection import NetworkNames, ServicePortRule, TaskPort, port_rule, stack_filter
-from .namespace import Namespace
+from .namespace import Namespace, is_container_process
 
 if TYPE_CHECKING:
     import docker
@@ -268,7 +268,10 @@ class Prober:
             return False
         if via is not None:
             try:
-                pid = int(self.client.api.inspect_container(via)["State"]["Pid"])
+                found = self.client.api.inspect_container(via)
+                pid = int(found["State"]["Pid"])
+                if not is_container_process(pid, str(found["Id"])):
+                    return False  # not this machine's process: a remote or nested engine
                 namespace = Namespace(pid)
             except (OSError, KeyError, TypeError, ValueError, APIError, NotFound):
                 return False

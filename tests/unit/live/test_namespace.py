@@ -73,3 +73,26 @@ def test_a_socket_made_in_a_namespace_reaches_what_only_that_namespace_sees(
 def test_a_namespace_that_cannot_be_entered_is_an_os_error() -> None:
     with pytest.raises(OSError):
         Namespace(2**22 + 12345)  # no such process
+
+
+def test_a_pid_is_entered_only_when_it_is_the_containers_own(tmp_path: Path) -> None:
+    """A remote or nested engine's PID names another process here: never entered.
+
+    Seen on the 3-node Docker-in-Docker cluster: the manager's engine gave
+    its task's PID in its own PID namespace, the probe entered whatever
+    process had that PID on this machine, and all 1103 tasks looked silent.
+    """
+    from cqkd_stack.live.namespace import is_container_process
+
+    ours, other = "a" * 64, "b" * 64
+    (tmp_path / "41").mkdir()
+    (tmp_path / "41" / "cgroup").write_text(f"0::/docker/{ours}\n")
+    (tmp_path / "42").mkdir()
+    # A process of a container inside a Docker-in-Docker node: its id is in the path too.
+    (tmp_path / "42" / "cgroup").write_text(f"0::/docker/{other}/docker/{ours}\n")
+    assert is_container_process(41, ours, str(tmp_path))
+    assert is_container_process(42, ours, str(tmp_path))
+    assert not is_container_process(41, other, str(tmp_path))  # someone else's process
+    assert not is_container_process(43, ours, str(tmp_path))  # no such process
+    assert not is_container_process(41, ours[:12], str(tmp_path))  # a short id proves nothing
+    assert not is_container_process(os.getpid(), ours)  # this test is in no container
