@@ -336,6 +336,8 @@ class DhtNode:
         self.stopping = False
         self.announced = False  # the joined line is printed once for the whole life
         self.in_dht = False  # a join succeeded (or, for a bootstrap node, it need not)
+        # When the join's second lookup for our own id falls due (see _join_succeeded).
+        self.second_lookup_at: float | None = None
         self.attempt: _JoinAttempt | None = None
         self.join_failures = 0
         self.join_delay = config.join_backoff
@@ -1054,6 +1056,14 @@ class DhtNode:
         Filling the rest of the table is a lookup for our own id that, after
         churn, waits out every dead contact the others still list; so it runs
         alongside everything else instead of holding up the health file.
+
+        That lookup is also how the others learn of us: each pings us before
+        adding us, and one whose ping timed out (a loaded host, mid-deploy)
+        leaves us out for ``UNREACHABLE_FOR``. Nothing else would announce us
+        again until our contacts went stale, an hour later: 2 of 1103 workers
+        were in no other table right after a deploy (issue 21). So the lookup
+        runs once more, with the bootstrap check due ``BOOTSTRAP_CHECK_ROUNDS``
+        rounds on (90 s at the default round, past ``UNREACHABLE_FOR``).
         """
         attempt.over = True
         self.cancel(attempt.timer)
@@ -1064,6 +1074,9 @@ class DhtNode:
         self.in_dht = True
         self.join_delay = self.config.join_backoff
         self.announce()
+        self.second_lookup_at = (
+            time.monotonic() + BOOTSTRAP_CHECK_ROUNDS * self.config.health_interval
+        )
 
         def filled(value: Any, nodes: list[Contact]) -> None:
             self.say("INFO", f"routing table filled: {len(self.table)} contacts")
@@ -1100,6 +1113,10 @@ class DhtNode:
         """
         interval = self.config.health_interval
         now = time.monotonic()
+        if self.second_lookup_at is not None and self.second_lookup_at - interval / 2 <= now:
+            self.second_lookup_at = None
+            if self.in_dht and len(self.table):
+                Lookup(self, self.id, False, lambda value, nodes: None).start()
         size = len(self.table)
         count = min(NEIGHBOUR_CHECK_MAX, max(NEIGHBOUR_CHECK_MIN, size // 10))
         boots = self.bootstrap_ids
@@ -1160,6 +1177,8 @@ class DhtNode:
         seen = self.table.seen
         now = time.monotonic()
         soonest = now + self._stale_after()
+        if self.second_lookup_at is not None:
+            soonest = min(soonest, self.second_lookup_at)
         for node_id in self.table.addresses.values():
             last = seen.get(node_id)
             if last is None:

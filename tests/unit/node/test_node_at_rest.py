@@ -12,17 +12,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import umsgpack
 
 from cqkd_stack.node.config import BOOTSTRAP_CHECK_ROUNDS, CONTACT_STALE_ROUNDS
 from cqkd_stack.node.routing import RoutingTable
 
 from .test_node import NodeProc, free_udp_ports, wait_for
-from .test_node_hostile import Peer, peers, spawn, verified
+from .test_node_hostile import Peer, node_id_of, peers, spawn, verified
 
 __all__ = ["peers", "spawn"]  # the fixtures, imported so pytest finds them here
 
 # Rounds short enough that a contact goes stale in 3 s.
 ROUND = 3.0 / CONTACT_STALE_ROUNDS
+
+
+def answer_lookups(peer: Peer, msgid: bytes, name: str, args: list[Any], address: Any) -> None:
+    """A contact's answer to find_node: no contacts of its own."""
+    if name == "find_node":
+        peer.sock.sendto(b"\x01" + msgid + umsgpack.packb([]), address)
 
 
 def test_a_routing_table_knows_when_each_contact_was_last_seen() -> None:
@@ -55,7 +64,8 @@ def test_an_idle_node_pings_only_contacts_it_has_not_heard_from(
         CQKD_RPC_TIMEOUT="0.3",
     )
     node.wait_healthy()
-    quiet, chatty = peers(), peers()
+    # Contacts answer lookups (the join's second one asks them too).
+    quiet, chatty = peers(on_request=answer_lookups), peers(on_request=answer_lookups)
     verified(quiet, node)
     verified(chatty, node)
     quiet_start = len(quiet.requests_received("ping"))
@@ -112,3 +122,44 @@ def test_an_idle_worker_wakes_only_when_a_check_is_due(spawn: Callable[..., Node
     checks = rounds / BOOTSTRAP_CHECK_ROUNDS
     assert woke < rounds, (woke, rounds)
     assert woke >= checks / 2, (woke, checks)  # it still checks its bootstrap
+
+
+def test_a_newcomer_no_one_pinged_back_looks_itself_up_once_more(
+    spawn: Callable[..., NodeProc], peers: Callable[..., Peer]
+) -> None:
+    """2 of 1103 workers were in no other table right after a deploy (issue 21).
+
+    The others add a newcomer only once it answers their ping, and one whose
+    ping timed out on a loaded host leaves it out for a while; before the fix
+    nothing announced it again for an hour. The bootstrap here answers pings
+    and lookups but never pings the worker back, as such a peer: the worker
+    must ask for its own id once more, and only once.
+    """
+    interval = 0.1
+    asked: list[tuple[float, bytes]] = []  # (when, target) of each find_node
+
+    def answer(peer: Peer, msgid: bytes, name: str, args: list[Any], address: Any) -> None:
+        if name == "find_node":
+            asked.append((time.monotonic(), args[1]))
+        answer_lookups(peer, msgid, name, args, address)
+
+    boot = peers(on_request=answer)
+    (port,) = free_udp_ports(1)
+    node = spawn(
+        "w", port, "worker", f"127.0.0.1:{boot.port}", CQKD_HEALTH_INTERVAL=str(interval)
+    )
+    node.wait_healthy()
+    own = node_id_of(node)
+
+    def own_lookups() -> list[float]:
+        return [when for when, target in list(asked) if target == own]
+
+    wait_for(lambda: len(own_lookups()) >= 1, 5, "the join's lookup")
+    wait_for(lambda: len(own_lookups()) >= 2, 5, "a second lookup for its own id")
+    first, second = own_lookups()[:2]
+    due = BOOTSTRAP_CHECK_ROUNDS * interval
+    assert second - first > due / 2, (first, second)  # later, not a retry
+    rest = time.monotonic() + 3 * due
+    while time.monotonic() < rest:  # the measure: three more of its periods
+        time.sleep(interval)
+    assert len(own_lookups()) == 2, own_lookups()
