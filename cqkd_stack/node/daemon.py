@@ -341,6 +341,10 @@ class DhtNode:
         self.attempt: _JoinAttempt | None = None
         self.join_failures = 0
         self.join_delay = config.join_backoff
+        # Rejoining for want of a bootstrap while in the DHT: the rounds to the
+        # next try after a failed one, and when it is due (see _join_failed).
+        self.rejoin_rounds = 1
+        self.rejoin_at = 0.0
         self.last_join_error: str | None = None
         self._last_warning: float | None = None
         self._pinging: set[bytes] = set()
@@ -834,12 +838,20 @@ class DhtNode:
         Known peers count because other nodes may reach us before we reach
         the bootstrap node. Names are resolved in child processes; literal addresses
         and peers are pinged at once, so a slow name holds nothing up.
+
+        A node already in the DHT that joins again only for want of a
+        bootstrap pings the bootstrap addresses alone: its peers answering
+        proves nothing it lacks. Pinging the whole table (and looking itself
+        up on the first peer's answer) every round is what 1000 nodes did at
+        once when a loaded host made their bootstrap checks time out
+        together, and on the 3-node cluster the host never came back from it.
         """
         if self.attempt is not None or self.stopping:
             return
         attempt = self.attempt = _JoinAttempt()
-        for contact in self.table.contacts():
-            self._join_ping(attempt, (contact[1], contact[2]))
+        if not self.in_dht:
+            for contact in self.table.contacts():
+                self._join_ping(attempt, (contact[1], contact[2]))
         for host, port in self.config.bootstrap_nodes:
             if is_ipv4(host):
                 attempt.bootstraps.add((host, port))
@@ -1032,7 +1044,13 @@ class DhtNode:
         self.last_join_error = reason
         self.join_failures += 1
         if self.in_dht:
-            # Lost every neighbour after joining: the health round tries again.
+            # Lost every neighbour, or every bootstrap, after joining: a later
+            # health round tries again. A bootstrap that is only slow (the
+            # whole host loaded) must not be pinged by every node each round:
+            # 1, 2, 4 ... rounds apart, at most a bootstrap check's.
+            rounds = self.rejoin_rounds * (0.5 + _random_fraction() / 2)
+            self.rejoin_at = time.monotonic() + rounds * self.config.health_interval
+            self.rejoin_rounds = min(2 * self.rejoin_rounds, BOOTSTRAP_CHECK_ROUNDS)
             self.say("INFO", f"rejoin attempt failed: {reason}")
             return
         now = time.monotonic()
@@ -1073,6 +1091,7 @@ class DhtNode:
             self.say("INFO", f"joined after {self.join_failures} failed attempt(s)")
         self.in_dht = True
         self.join_delay = self.config.join_backoff
+        self.rejoin_rounds, self.rejoin_at = 1, 0.0
         self.announce()
         self.second_lookup_at = (
             time.monotonic() + BOOTSTRAP_CHECK_ROUNDS * self.config.health_interval
@@ -1199,7 +1218,11 @@ class DhtNode:
                 else:
                     if not self.health.exists():
                         self.health.write()
-                    if self._needs_bootstrap() and self.attempt is None:
+                    if (
+                        self._needs_bootstrap()
+                        and self.attempt is None
+                        and self.rejoin_at <= time.monotonic()
+                    ):
                         self.join_attempt()
         finally:
             self.later(self._next_round(), self.health_round)

@@ -163,3 +163,53 @@ def test_a_newcomer_no_one_pinged_back_looks_itself_up_once_more(
     while time.monotonic() < rest:  # the measure: three more of its periods
         time.sleep(interval)
     assert len(own_lookups()) == 2, own_lookups()
+
+
+def test_a_node_that_lost_its_bootstrap_pings_only_the_bootstrap_and_less_and_less(
+    spawn: Callable[..., NodeProc], peers: Callable[..., Peer]
+) -> None:
+    """The 3-node cluster drowned past ~1100 workers (issue 21).
+
+    A loaded host made bootstrap checks time out together, and every such
+    node then joined again each round by pinging its whole routing table
+    (and looking itself up when the first peer answered): ~1000 python
+    processes runnable at once. Its peers answering proves nothing the node
+    lacks; only a bootstrap does, and a slow one is asked less and less often.
+    """
+    interval = 0.1
+    boot = peers(on_request=answer_lookups)
+    (port,) = free_udp_ports(1)
+    node = spawn(
+        "w",
+        port,
+        "worker",
+        f"127.0.0.1:{boot.port}",
+        CQKD_HEALTH_INTERVAL=str(interval),
+        CQKD_RPC_TIMEOUT="0.3",
+        CQKD_LOG_LEVEL="INFO",
+    )
+    node.wait_healthy()
+    others = [peers(on_request=answer_lookups) for _ in range(4)]
+    for peer in others:
+        verified(peer, node)
+    wait_for(lambda: node.ctl("status")[1]["neighbours"] == 5, 5, "five contacts")
+    boot.answer_pings = False
+    wait_for(lambda: "a bootstrap node is gone" in node.stderr(), 5, "the lost bootstrap")
+    pinged = [len(peer.requests_received("ping")) for peer in others]
+    boot_pings = len(boot.requests_received("ping"))
+    window = 40 * interval
+    end = time.monotonic() + window
+    while time.monotonic() < end:  # the measure: forty rounds without a bootstrap
+        time.sleep(interval)
+    assert [len(peer.requests_received("ping")) for peer in others] == pinged
+    tries = len(boot.requests_received("ping")) - boot_pings
+    # Every round would be 40; 1, 2, 4, 8, 9, 9 ... rounds apart (with jitter) about 8.
+    assert 2 <= tries <= 14, tries
+    assert node.health.exists()  # still in the DHT all along
+    asked = len(boot.requests_received("find_node"))
+    boot.answer_pings = True
+    wait_for(
+        lambda: len(boot.requests_received("find_node")) > asked,
+        (BOOTSTRAP_CHECK_ROUNDS + 3) * interval + 2,
+        "the node to join the bootstrap again and look itself up through it",
+    )
