@@ -30,9 +30,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 from scale import NAIVE_DIR, NAIVE_IMAGE, Throttled, ensure_naive_image, log, wait_running
@@ -85,6 +86,24 @@ def on_node(manager: docker.DockerClient, stack: str, node: str) -> set[tuple[st
     }
 
 
+T = TypeVar("T")
+
+
+def asked_again(ask: Callable[[], T]) -> T:
+    """``ask()``, again every 2 s while the manager is too busy to answer.
+
+    Moving 500 tasks at once, a starved manager answers task listings with
+    "context deadline exceeded"; at 1503 tasks that ended the benchmark in
+    a traceback six minutes after the kill, its node-loss figures unsaved.
+    """
+    while True:
+        try:
+            return ask()
+        except (docker.errors.APIError, OSError) as exc:
+            log(f"node loss: the manager did not answer ({str(exc)[:80]}); asking again")
+            time.sleep(2)
+
+
 def lose_node(
     host: docker.DockerClient, cluster: Cluster, manager: docker.DockerClient, stack: str
 ) -> dict[str, Any]:
@@ -98,12 +117,16 @@ def lose_node(
     out: dict[str, Any] = {"tasks": total, "moved": len(moved), "node": victim.container}
     try:
         host.containers.get(victim.container).kill()
-        while manager.api.inspect_node(victim.node_id)["Status"]["State"] != "down":
+        while (
+            asked_again(lambda: manager.api.inspect_node(victim.node_id))["Status"]["State"]
+            != "down"
+        ):
             time.sleep(0.2)
         out["down_seconds"] = round(time.monotonic() - start, 1)
         deadline = time.monotonic() + RUNNING_AGAIN_SECONDS
         while True:
-            rows = [r for r in port_map(manager, stack).tasks if r.state == "running"]
+            tasks = asked_again(lambda: port_map(manager, stack).tasks)
+            rows = [r for r in tasks if r.state == "running"]
             keys = {(r.service, r.slot) for r in rows}
             if len(keys) == total and not any(r.node == victim.container for r in rows):
                 break
@@ -119,7 +142,9 @@ def lose_node(
         watch.stop.set()
         watch.thread.join(10)
     out |= {"samples": watch.samples, "duplicates": watch.duplicates, "stray": watch.stray}
-    ports = {r.port for r in port_map(manager, stack).tasks if r.role == "worker"}
+    ports = {
+        r.port for r in asked_again(lambda: port_map(manager, stack).tasks) if r.role == "worker"
+    }
     out["distinct_worker_ports"] = len(ports)
     return out
 
