@@ -111,6 +111,20 @@ class ProbeProtocol(RPCProtocol):
     def rpc_ping(self, sender: tuple[str, int], nodeid: bytes) -> bytes:
         return self.node_id
 
+    def _timeout(self, msg_id: bytes) -> None:
+        """rpcudp's, for an RPC whose waiter may be gone already.
+
+        A probe round that ends at its deadline cancels the pings still out;
+        rpcudp's timer then set a result on the cancelled future, and the
+        "Exception in callback ... InvalidStateError" it logged made a
+        1503-task deploy's wait fail on the cluster (seen 2026-12-04).
+        """
+        entry = self._outstanding.get(msg_id)
+        if entry is not None and entry[0].done():
+            del self._outstanding[msg_id]
+            return
+        super()._timeout(msg_id)
+
 
 async def _address(target: Endpoint) -> tuple[str, int]:
     with contextlib.suppress(ValueError):
