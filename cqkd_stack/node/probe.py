@@ -115,9 +115,11 @@ class ProbeProtocol(RPCProtocol):
         """rpcudp's, for an RPC whose waiter may be gone already.
 
         A probe round that ends at its deadline cancels the pings still out;
-        rpcudp's timer then set a result on the cancelled future, and the
-        "Exception in callback ... InvalidStateError" it logged made a
-        1503-task deploy's wait fail on the cluster (seen 2026-12-04).
+        rpcudp's timer then set a result on the cancelled future and asyncio
+        logged "Exception in callback ... InvalidStateError": the only words
+        on stderr of a probe run that printed no result, which failed a
+        1503-task deploy's wait on the cluster (seen 2026-12-04; why it
+        printed nothing was not found).
         """
         entry = self._outstanding.get(msg_id)
         if entry is not None and entry[0].done():

@@ -15,8 +15,8 @@ def test_a_ping_given_up_on_times_out_later_without_an_error() -> None:
     """A round's deadline cancels the pings still out; rpcudp's timer fires afterwards.
 
     rpcudp then set a result on the cancelled future: asyncio logged
-    "Exception in callback RPCProtocol._timeout ... InvalidStateError", and
-    the deploy's wait took that output for a failed probe (1503 tasks).
+    "Exception in callback RPCProtocol._timeout ... InvalidStateError", all
+    the stderr of a probe run that failed a 1503-task deploy's wait.
     """
     errors: list[dict[str, Any]] = []
 
