@@ -89,17 +89,20 @@ def on_node(manager: docker.DockerClient, stack: str, node: str) -> set[tuple[st
 T = TypeVar("T")
 
 
-def asked_again(ask: Callable[[], T]) -> T:
-    """``ask()``, again every 2 s while the manager is too busy to answer.
+def asked_again(ask: Callable[[], T], deadline: float) -> T:
+    """``ask()``, again every 2 s while the manager is too busy to answer, until ``deadline``.
 
     Moving 500 tasks at once, a starved manager answers task listings with
     "context deadline exceeded"; at 1503 tasks that ended the benchmark in
     a traceback six minutes after the kill, its node-loss figures unsaved.
+    A manager that never answers again still ends the run, at the deadline.
     """
     while True:
         try:
             return ask()
         except (docker.errors.APIError, OSError) as exc:
+            if time.monotonic() > deadline:
+                raise
             log(f"node loss: the manager did not answer ({str(exc)[:80]}); asking again")
             time.sleep(2)
 
@@ -117,15 +120,18 @@ def lose_node(
     out: dict[str, Any] = {"tasks": total, "moved": len(moved), "node": victim.container}
     try:
         host.containers.get(victim.container).kill()
+        deadline = start + RUNNING_AGAIN_SECONDS
         while (
-            asked_again(lambda: manager.api.inspect_node(victim.node_id))["Status"]["State"]
+            asked_again(lambda: manager.api.inspect_node(victim.node_id), deadline)["Status"][
+                "State"
+            ]
             != "down"
         ):
             time.sleep(0.2)
         out["down_seconds"] = round(time.monotonic() - start, 1)
         deadline = time.monotonic() + RUNNING_AGAIN_SECONDS
         while True:
-            tasks = asked_again(lambda: port_map(manager, stack).tasks)
+            tasks = asked_again(lambda: port_map(manager, stack).tasks, deadline)
             rows = [r for r in tasks if r.state == "running"]
             keys = {(r.service, r.slot) for r in rows}
             if len(keys) == total and not any(r.node == victim.container for r in rows):
@@ -143,7 +149,9 @@ def lose_node(
         watch.thread.join(10)
     out |= {"samples": watch.samples, "duplicates": watch.duplicates, "stray": watch.stray}
     ports = {
-        r.port for r in asked_again(lambda: port_map(manager, stack).tasks) if r.role == "worker"
+        r.port
+        for r in asked_again(lambda: port_map(manager, stack).tasks, time.monotonic() + 60)
+        if r.role == "worker"
     }
     out["distinct_worker_ports"] = len(ports)
     return out
